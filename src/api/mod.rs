@@ -1,0 +1,170 @@
+//! The HTTP API (the contract's endpoints), on axum.
+//!
+//! Owns the wire: routes, body limits, and the mapping of every error to the contract's
+//! `{"success": bool, "msg": string}` answer. It holds no state of its own and makes no
+//! decision the executor should make; read a handler top to bottom to see a request's path.
+
+pub mod request;
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::executor::{ExecError, Executor, Stats};
+use request::RequestError;
+
+/// Largest request body accepted (the task input travels inside it).
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
+
+#[derive(Clone)]
+struct AppState {
+    executor: Arc<Executor>,
+    /// Cancelled by `/stop`: the server shuts down and the executor cleans up.
+    stop: CancellationToken,
+}
+
+/// The router of all endpoints.
+pub fn router(executor: Arc<Executor>, stop: CancellationToken) -> Router {
+    Router::new()
+        .route("/", post(execute))
+        .route("/stats", get(stats))
+        .route("/health", get(health))
+        .route("/pause", post(pause))
+        .route("/unpause", post(unpause))
+        .route("/update-config", post(update_config))
+        .route("/stop", post(stop_executor))
+        .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
+        .with_state(AppState { executor, stop })
+}
+
+#[derive(Serialize)]
+struct Outcome<'a> {
+    success: bool,
+    msg: &'a str,
+}
+
+fn outcome(status: StatusCode, success: bool, msg: &str) -> Response {
+    let body = serde_json::to_vec(&Outcome { success, msg }).expect("plain struct serializes");
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn failure(msg: &str) -> Response {
+    outcome(StatusCode::OK, false, msg)
+}
+
+fn body_rejected(rejection: BytesRejection) -> Response {
+    outcome(rejection.status(), false, &rejection.body_text())
+}
+
+async fn execute(State(app): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => return body_rejected(rejection),
+    };
+    let request = match request::parse_execute(&body) {
+        Ok(r) => r,
+        Err(e @ RequestError::Malformed(_)) => {
+            return outcome(StatusCode::BAD_REQUEST, false, &e.to_string())
+        }
+        Err(e) => return failure(&e.to_string()),
+    };
+    tracing::debug!(key = %request.key, "execute");
+    match app.executor.execute(request).await {
+        Ok(answer) => match std::str::from_utf8(&answer) {
+            Ok(text) => outcome(StatusCode::OK, true, text),
+            Err(_) => failure(&format!(
+                "task answered {} bytes that are not valid UTF-8; the answer must be text",
+                answer.len()
+            )),
+        },
+        Err(e) => {
+            if !matches!(e, ExecError::Paused) {
+                tracing::debug!(error = %e, "execute failed");
+            }
+            failure(&e.to_string())
+        }
+    }
+}
+
+/// Writes a number as an integer when it is one (Go clients decode `task_cpu` into ints).
+fn number(x: f64) -> serde_json::Value {
+    if x.fract() == 0.0 && x.abs() < 1e15 {
+        serde_json::Value::from(x as i64)
+    } else {
+        serde_json::Value::from(x)
+    }
+}
+
+fn stats_json(s: &Stats) -> serde_json::Value {
+    serde_json::json!({
+        "total_cpu": s.host.cores,
+        "total_mem": s.host.mem_mb,
+        "used_cpu": s.host_cpu_percent,
+        "used_mem": s.host_mem_percent,
+        "task_cpu": number(s.task_cpu),
+        "task_mem": s.task_mem_mb,
+        "task_used_cpu": s.task_used_cpu_percent,
+        "task_used_mem": s.task_used_mem_percent,
+        "gpu_model": s.gpu_model,
+        "task_gpu": s.task_gpu,
+        "task_used_gpu": s.task_used_gpu,
+        "containers": s.containers,
+    })
+}
+
+async fn stats(State(app): State<AppState>) -> Response {
+    match app.executor.stats() {
+        Some(s) => axum::Json(stats_json(&s)).into_response(),
+        None => failure("failed to retrieve resource stats"),
+    }
+}
+
+async fn health() -> Response {
+    axum::Json(serde_json::json!({"status": "ok"})).into_response()
+}
+
+async fn pause(State(app): State<AppState>) -> Response {
+    app.executor.pause().await;
+    outcome(StatusCode::OK, true, "executor paused")
+}
+
+async fn unpause(State(app): State<AppState>) -> Response {
+    app.executor.unpause();
+    outcome(StatusCode::OK, true, "executor unpaused")
+}
+
+async fn update_config(
+    State(app): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => return body_rejected(rejection),
+    };
+    let update = match request::parse_update(&body) {
+        Ok(u) => u,
+        Err(e) => return outcome(StatusCode::BAD_REQUEST, false, &e.to_string()),
+    };
+    match app.executor.update_config(update).await {
+        Ok(()) => outcome(StatusCode::OK, true, "config updated"),
+        Err(e) => failure(&e.to_string()),
+    }
+}
+
+async fn stop_executor(State(app): State<AppState>) -> Response {
+    tracing::info!("stop requested");
+    app.stop.cancel();
+    outcome(
+        StatusCode::OK,
+        true,
+        "executor stopping: removing task containers",
+    )
+}

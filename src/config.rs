@@ -1,0 +1,327 @@
+//! Executor configuration: the YAML file, its defaults, and its validation.
+//!
+//! Owns the mapping from the contract's YAML keys (plus this executor's own keys) to a
+//! validated [`Config`]. Every problem is reported with the key it concerns; unknown keys
+//! are errors. This module does no I/O beyond reading the file it is given, and knows
+//! nothing about Docker or HTTP.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// File read when no `--config` is given, if it exists.
+pub const DEFAULT_CONFIG_FILE: &str = "mecanywhere_executor.yaml";
+
+/// A configuration problem, naming the key or file concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config key `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+/// SGX settings (`sgx:` in the YAML).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SgxConfig {
+    #[serde(default)]
+    pub enable: bool,
+    #[serde(default)]
+    pub sgx_device: Option<String>,
+    #[serde(default)]
+    pub aesmd_path: Option<String>,
+}
+
+/// The YAML file as written; every field optional so defaults apply.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(rename = "type")]
+    engine_type: Option<String>,
+    timeout: Option<i64>,
+    idle_timeout: Option<String>,
+    start_timeout: Option<String>,
+    request_timeout: Option<String>,
+    queue_timeout: Option<String>,
+    cpu: Option<f64>,
+    mem: Option<i64>,
+    has_gpu: Option<bool>,
+    #[serde(rename = "microVM_runtime")]
+    microvm_runtime: Option<String>,
+    sgx: Option<SgxConfig>,
+    network: Option<String>,
+    publish_task_ports: Option<bool>,
+    name: Option<String>,
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// How long a warm container may sit idle before it is removed.
+    pub idle_timeout: Duration,
+    /// How long a task may take to print `meca-init-done` after it is started.
+    pub start_timeout: Duration,
+    /// Deadline of one request to a task.
+    pub request_timeout: Duration,
+    /// How long a request may wait for the budget to have room.
+    pub queue_timeout: Duration,
+    /// Task CPU budget as configured, in cores (capped by the host's cores at run time).
+    pub cpu: f64,
+    /// Task memory budget as configured, in MB (capped at 80% of host memory at run time).
+    pub mem_mb: u64,
+    pub has_gpu: bool,
+    /// Docker runtime name used for requests with `runtime: "microVM"`.
+    pub microvm_runtime: Option<String>,
+    pub sgx: SgxConfig,
+    /// Docker network tasks join; `None` = Docker's default bridge.
+    pub network: Option<String>,
+    /// Reach tasks through port 8080 published on 127.0.0.1 instead of the container IP.
+    pub publish_task_ports: bool,
+    /// Instance name; every container this executor creates carries it as a label, and only
+    /// containers with this label are ever removed by it.
+    pub name: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            idle_timeout: Duration::from_secs(60),
+            start_timeout: Duration::from_secs(120),
+            request_timeout: Duration::from_secs(300),
+            queue_timeout: Duration::from_secs(60),
+            cpu: 4.0,
+            mem_mb: 4096,
+            has_gpu: false,
+            microvm_runtime: None,
+            sgx: SgxConfig::default(),
+            network: None,
+            publish_task_ports: false,
+            name: "mecanywhere".to_string(),
+        }
+    }
+}
+
+/// Parses a duration such as `"30s"`, `"2m"` or `"1h 30m"`.
+fn duration(key: &'static str, text: &str) -> Result<Duration, ConfigError> {
+    let d = humantime::parse_duration(text.trim()).map_err(|e| {
+        invalid(
+            key,
+            format!("{text:?} is not a duration like \"30s\" ({e})"),
+        )
+    })?;
+    if d.is_zero() {
+        return Err(invalid(key, "must be longer than zero"));
+    }
+    Ok(d)
+}
+
+/// Checks a task CPU budget value (`cpu` in the file or in `/update-config`).
+pub fn check_cpu(cpu: f64) -> Result<f64, ConfigError> {
+    if !cpu.is_finite() || cpu <= 0.0 {
+        return Err(invalid(
+            "cpu",
+            format!("{cpu} cores: must be a number above 0"),
+        ));
+    }
+    if cpu > 4096.0 {
+        return Err(invalid("cpu", format!("{cpu} cores is not plausible")));
+    }
+    Ok(cpu)
+}
+
+/// Checks a task memory budget value in MB.
+pub fn check_mem(mem: i64) -> Result<u64, ConfigError> {
+    if mem <= 0 {
+        return Err(invalid("mem", format!("{mem} MB: must be above 0")));
+    }
+    Ok(mem as u64)
+}
+
+/// Checks an idle timeout given in minutes (`timeout`).
+pub fn check_timeout_minutes(minutes: i64) -> Result<Duration, ConfigError> {
+    if minutes <= 0 {
+        return Err(invalid(
+            "timeout",
+            format!("{minutes} minutes: must be above 0"),
+        ));
+    }
+    Ok(Duration::from_secs(minutes as u64 * 60))
+}
+
+fn non_empty(key: &'static str, value: Option<String>) -> Result<Option<String>, ConfigError> {
+    match value {
+        Some(v) if v.trim().is_empty() => Err(invalid(key, "must not be empty")),
+        other => Ok(other),
+    }
+}
+
+impl Config {
+    /// Parses and validates YAML text; `path` is only used in messages.
+    pub fn from_yaml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = if text.trim().is_empty() {
+            RawConfig::default()
+        } else {
+            serde_norway::from_str(text).map_err(|e| ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?
+        };
+        Config::from_raw(raw)
+    }
+
+    /// Reads `path` if given, else [`DEFAULT_CONFIG_FILE`] if it exists, else the defaults.
+    pub fn load(path: Option<&Path>) -> Result<(Config, Option<PathBuf>), ConfigError> {
+        let path = match path {
+            Some(p) => p.to_path_buf(),
+            None if Path::new(DEFAULT_CONFIG_FILE).is_file() => PathBuf::from(DEFAULT_CONFIG_FILE),
+            None => return Ok((Config::default(), None)),
+        };
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        Ok((Config::from_yaml(&text, &path)?, Some(path)))
+    }
+
+    fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
+        let mut c = Config::default();
+        if let Some(t) = raw.engine_type {
+            if t != "docker" {
+                return Err(invalid(
+                    "type",
+                    format!("{t:?}: only \"docker\" is supported"),
+                ));
+            }
+        }
+        if let Some(m) = raw.timeout {
+            c.idle_timeout = check_timeout_minutes(m)?;
+        }
+        if let Some(d) = raw.idle_timeout {
+            c.idle_timeout = duration("idle_timeout", &d)?;
+        }
+        if let Some(d) = raw.start_timeout {
+            c.start_timeout = duration("start_timeout", &d)?;
+        }
+        if let Some(d) = raw.request_timeout {
+            c.request_timeout = duration("request_timeout", &d)?;
+        }
+        if let Some(d) = raw.queue_timeout {
+            c.queue_timeout = duration("queue_timeout", &d)?;
+        }
+        if let Some(cpu) = raw.cpu {
+            c.cpu = check_cpu(cpu)?;
+        }
+        if let Some(mem) = raw.mem {
+            c.mem_mb = check_mem(mem)?;
+        }
+        c.has_gpu = raw.has_gpu.unwrap_or(false);
+        c.microvm_runtime = non_empty("microVM_runtime", raw.microvm_runtime)?;
+        if let Some(sgx) = raw.sgx {
+            if sgx.enable && (sgx.sgx_device.is_none() || sgx.aesmd_path.is_none()) {
+                return Err(invalid(
+                    "sgx",
+                    "enable: true needs both sgx_device and aesmd_path",
+                ));
+            }
+            c.sgx = sgx;
+        }
+        c.network = non_empty("network", raw.network)?;
+        c.publish_task_ports = raw.publish_task_ports.unwrap_or(false);
+        if let Some(name) = raw.name {
+            let ok = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch));
+            if !ok {
+                return Err(invalid(
+                    "name",
+                    format!("{name:?}: use 1-64 letters, digits, '-', '_' or '.'"),
+                ));
+            }
+            c.name = name;
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_yaml(text, Path::new("test.yaml"))
+    }
+
+    #[test]
+    fn empty_file_gives_contract_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.cpu, 4.0);
+        assert_eq!(c.mem_mb, 4096);
+        assert!(!c.has_gpu && c.microvm_runtime.is_none() && !c.sgx.enable);
+    }
+
+    #[test]
+    fn contract_example_parses() {
+        let c = parse(
+            "type: \"docker\"\ntimeout: 2\ncpu: 2\nmem: 2048\nhas_gpu: true\nmicroVM_runtime: kata\n\
+             sgx:\n  enable: true\n  sgx_device: /dev/sgx_enclave\n  aesmd_path: /var/run/aesmd\n",
+        )
+        .unwrap();
+        assert_eq!(c.idle_timeout, Duration::from_secs(120));
+        assert_eq!(c.cpu, 2.0);
+        assert_eq!(c.mem_mb, 2048);
+        assert!(c.has_gpu);
+        assert_eq!(c.microvm_runtime.as_deref(), Some("kata"));
+        assert_eq!(c.sgx.sgx_device.as_deref(), Some("/dev/sgx_enclave"));
+    }
+
+    #[test]
+    fn idle_timeout_overrides_timeout() {
+        let c = parse("timeout: 5\nidle_timeout: 30s\nqueue_timeout: 2s\ncpu: 0.5\n").unwrap();
+        assert_eq!(c.idle_timeout, Duration::from_secs(30));
+        assert_eq!(c.queue_timeout, Duration::from_secs(2));
+        assert_eq!(c.cpu, 0.5);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = parse("cpus: 2\n").unwrap_err().to_string();
+        assert!(e.contains("cpus"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (text, key) in [
+            ("cpu: 0\n", "cpu"),
+            ("cpu: -1\n", "cpu"),
+            ("mem: 0\n", "mem"),
+            ("timeout: 0\n", "timeout"),
+            ("idle_timeout: soon\n", "idle_timeout"),
+            ("start_timeout: 0s\n", "start_timeout"),
+            ("type: podman\n", "type"),
+            ("name: \"a b\"\n", "name"),
+            ("sgx:\n  enable: true\n", "sgx"),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text:?} gave {e}");
+        }
+        let e = parse("mem: lots\n").unwrap_err().to_string();
+        assert!(e.contains("mem"), "{e}");
+    }
+}

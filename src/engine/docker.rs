@@ -1,0 +1,389 @@
+//! [`Engine`] on a Docker daemon, through bollard over the Unix socket (`DOCKER_HOST`
+//! honoured), with the API version negotiated so older daemons (API 1.41) work.
+//!
+//! Owns every Docker API call the executor makes. Readiness is read from the container's
+//! followed log stream, never by polling.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bollard::container::LogOutput;
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, DeviceMapping, EndpointSettings, HostConfig,
+    NetworkingConfig, PortBinding,
+};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, InspectContainerOptions, ListContainersOptions,
+    LogsOptions, RemoveContainerOptions, StartContainerOptions,
+};
+use bollard::Docker;
+use futures_util::StreamExt;
+
+use super::{ContainerSpec, Engine, EngineError, ExitState, READY_LINE, TASK_PORT};
+
+/// How many lines of a failed task's output are quoted in its error.
+const OUTPUT_TAIL_LINES: usize = 5;
+
+/// The Docker engine.
+#[derive(Clone)]
+pub struct DockerEngine {
+    docker: Docker,
+}
+
+fn api_error(e: bollard::errors::Error) -> EngineError {
+    use bollard::errors::Error as E;
+    match e {
+        E::DockerResponseServerError { message, .. } => EngineError::Api(message),
+        E::IOError { err } => EngineError::Unreachable(err.to_string()),
+        E::HyperResponseError { err } => EngineError::Unreachable(err.to_string()),
+        E::RequestTimeoutError => EngineError::Unreachable("request timed out".into()),
+        other => EngineError::Api(other.to_string()),
+    }
+}
+
+fn is_not_found(e: &bollard::errors::Error) -> bool {
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+/// `name` → `name:latest`; references with a tag or digest are kept. (Without a tag the
+/// pull API would fetch every tag of the repository.)
+fn with_default_tag(image: &str) -> String {
+    let last = image.rsplit('/').next().unwrap_or(image);
+    if image.contains('@') || last.contains(':') {
+        image.to_string()
+    } else {
+        format!("{image}:latest")
+    }
+}
+
+impl DockerEngine {
+    /// Connects using `DOCKER_HOST` or the default socket and negotiates the API version.
+    pub async fn connect() -> Result<DockerEngine, EngineError> {
+        let docker = Docker::connect_with_defaults().map_err(api_error)?;
+        let docker = docker.negotiate_version().await.map_err(|e| {
+            EngineError::Unreachable(format!("cannot talk to the Docker daemon: {e}"))
+        })?;
+        tracing::info!(api_version = %docker.client_version(), "connected to Docker");
+        Ok(DockerEngine { docker })
+    }
+
+    async fn inspect(&self, id: &str) -> Result<ContainerInspectResponse, EngineError> {
+        self.docker
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+            .map_err(api_error)
+    }
+
+    async fn pull(&self, image: &str) -> Result<(), EngineError> {
+        let reference = with_default_tag(image);
+        tracing::info!(image = %reference, "pulling image");
+        let options = CreateImageOptions {
+            from_image: Some(reference.clone()),
+            ..Default::default()
+        };
+        let mut progress = self.docker.create_image(Some(options), None, None);
+        while let Some(item) = progress.next().await {
+            match item {
+                Ok(info) => {
+                    if let Some(detail) = info.error_detail.and_then(|d| d.message) {
+                        return Err(EngineError::ImageUnavailable {
+                            image: image.to_string(),
+                            detail,
+                        });
+                    }
+                    tracing::debug!(image = %reference, status = ?info.status, progress = ?info.progress, "pull");
+                }
+                Err(e) => {
+                    let detail = match e {
+                        bollard::errors::Error::DockerResponseServerError { message, .. } => {
+                            message
+                        }
+                        bollard::errors::Error::DockerStreamError { error } => error,
+                        other => other.to_string(),
+                    };
+                    return Err(EngineError::ImageUnavailable {
+                        image: image.to_string(),
+                        detail,
+                    });
+                }
+            }
+        }
+        tracing::info!(image = %reference, "image pulled");
+        Ok(())
+    }
+
+    /// Where the started container answers: its IP on the task network, or the port
+    /// Docker published on 127.0.0.1.
+    fn task_address(
+        info: &ContainerInspectResponse,
+        spec: &ContainerSpec,
+    ) -> Result<SocketAddr, EngineError> {
+        let settings = info
+            .network_settings
+            .as_ref()
+            .ok_or_else(|| EngineError::Api("container has no network settings".into()))?;
+        if spec.publish_port {
+            let port = settings
+                .ports
+                .as_ref()
+                .and_then(|p| p.get(&format!("{TASK_PORT}/tcp")))
+                .and_then(|b| b.as_ref())
+                .and_then(|b| b.iter().find_map(|b| b.host_port.as_deref()?.parse().ok()))
+                .ok_or_else(|| EngineError::Api("Docker published no port for the task".into()))?;
+            return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+        }
+        let network = spec.network.as_deref().unwrap_or("bridge");
+        let ip = settings
+            .networks
+            .as_ref()
+            .and_then(|n| n.get(network))
+            .and_then(|e| e.ip_address.as_deref())
+            .filter(|ip| !ip.is_empty())
+            .ok_or_else(|| {
+                EngineError::Api(format!(
+                    "task container has no address on network {network}"
+                ))
+            })?;
+        let ip: IpAddr = ip
+            .parse()
+            .map_err(|_| EngineError::Api(format!("Docker reported a bad address {ip:?}")))?;
+        Ok(SocketAddr::new(ip, TASK_PORT))
+    }
+
+    /// Follows the container's output until the ready line; `Ok(false)` when the stream
+    /// ended first (the container stopped). `tail` keeps the last lines for error messages.
+    async fn follow_until_ready(
+        &self,
+        id: &str,
+        tail: &mut Vec<String>,
+    ) -> Result<bool, EngineError> {
+        let options = LogsOptions {
+            follow: true,
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        };
+        let mut stream = self.docker.logs(id, Some(options));
+        // Bytes of stdout after its last newline: a line may arrive in several frames.
+        let mut pending: Vec<u8> = Vec::new();
+        while let Some(item) = stream.next().await {
+            match item.map_err(api_error)? {
+                LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                    pending.extend_from_slice(&message);
+                    let Some(end) = pending.iter().rposition(|b| *b == b'\n') else {
+                        continue;
+                    };
+                    let complete: Vec<u8> = pending.drain(..=end).collect();
+                    for line in complete.split(|b| *b == b'\n') {
+                        let line = String::from_utf8_lossy(line);
+                        if line.trim() == READY_LINE {
+                            return Ok(true);
+                        }
+                        remember(tail, &line);
+                    }
+                }
+                LogOutput::StdErr { message } => {
+                    for line in String::from_utf8_lossy(&message).lines() {
+                        remember(tail, line);
+                    }
+                }
+                LogOutput::StdIn { .. } => {}
+            }
+        }
+        Ok(String::from_utf8_lossy(&pending).trim() == READY_LINE)
+    }
+}
+
+/// Keeps the last few non-empty output lines of a task, each cut to a sane length.
+fn remember(tail: &mut Vec<String>, line: &str) {
+    let line = line.trim();
+    if line.is_empty() {
+        return;
+    }
+    if tail.len() == OUTPUT_TAIL_LINES {
+        tail.remove(0);
+    }
+    tail.push(line.chars().take(200).collect());
+}
+
+fn exit_state_of(info: &ContainerInspectResponse) -> Option<ExitState> {
+    let state = info.state.as_ref()?;
+    if state.running.unwrap_or(false) {
+        return None;
+    }
+    Some(ExitState {
+        code: state.exit_code.unwrap_or(-1),
+        oom_killed: state.oom_killed.unwrap_or(false),
+    })
+}
+
+#[async_trait]
+impl Engine for DockerEngine {
+    async fn ensure_image(&self, image: &str) -> Result<(), EngineError> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => self.pull(image).await,
+            Err(e) => Err(api_error(e)),
+        }
+    }
+
+    async fn create(&self, spec: &ContainerSpec) -> Result<String, EngineError> {
+        let port_key = format!("{TASK_PORT}/tcp");
+        let mut host_config = HostConfig {
+            nano_cpus: Some(spec.nano_cpus),
+            memory: Some(spec.memory_bytes),
+            // No swap beyond the memory limit: a task gets exactly the memory it asked for.
+            memory_swap: Some(spec.memory_bytes),
+            runtime: spec.runtime.clone(),
+            network_mode: spec.network.clone(),
+            ..Default::default()
+        };
+        if spec.publish_port {
+            host_config.port_bindings = Some(HashMap::from([(
+                port_key.clone(),
+                Some(vec![PortBinding {
+                    host_ip: Some("127.0.0.1".into()),
+                    host_port: Some(String::new()),
+                }]),
+            )]));
+        }
+        if let Some(sgx) = &spec.sgx {
+            host_config.devices = Some(vec![DeviceMapping {
+                path_on_host: Some(sgx.device.clone()),
+                path_in_container: Some("/dev/sgx/enclave".into()),
+                cgroup_permissions: Some("rwm".into()),
+            }]);
+            host_config.binds = Some(vec![format!("{}:/var/run/aesmd", sgx.aesmd_path)]);
+        }
+        let networking_config = spec.network.as_ref().map(|n| NetworkingConfig {
+            endpoints_config: Some(HashMap::from([(n.clone(), EndpointSettings::default())])),
+        });
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            labels: Some(spec.labels.clone()),
+            exposed_ports: Some(HashMap::from([(port_key, HashMap::new())])),
+            host_config: Some(host_config),
+            networking_config,
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_container(None::<CreateContainerOptions>, body)
+            .await
+            .map_err(api_error)?;
+        for warning in created.warnings {
+            tracing::warn!(container = %created.id, %warning, "Docker warning on create");
+        }
+        Ok(created.id)
+    }
+
+    async fn start_and_wait_ready(
+        &self,
+        id: &str,
+        spec: &ContainerSpec,
+        deadline: Duration,
+    ) -> Result<SocketAddr, EngineError> {
+        self.docker
+            .start_container(id, None::<StartContainerOptions>)
+            .await
+            .map_err(api_error)?;
+        let mut tail = Vec::new();
+        let ready =
+            match tokio::time::timeout(deadline, self.follow_until_ready(id, &mut tail)).await {
+                Err(_) => return Err(EngineError::ReadyTimeout(deadline)),
+                Ok(result) => result?,
+            };
+        let mut info = self.inspect(id).await?;
+        if !ready {
+            // The log stream ends when the container stops; its state can lag a moment.
+            for _ in 0..20 {
+                if let Some(state) = exit_state_of(&info) {
+                    return Err(EngineError::ExitedBeforeReady {
+                        state,
+                        output: tail.join(" | "),
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                info = self.inspect(id).await?;
+            }
+            return Err(EngineError::Api(
+                "the container's output ended before it printed the ready line".into(),
+            ));
+        }
+        Self::task_address(&info, spec)
+    }
+
+    async fn exit_state(&self, id: &str) -> Result<Option<ExitState>, EngineError> {
+        Ok(exit_state_of(&self.inspect(id).await?))
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), EngineError> {
+        let options = RemoveContainerOptions {
+            force: true,
+            v: true,
+            ..Default::default()
+        };
+        match self.docker.remove_container(id, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            // "removal already in progress" is success for us.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409,
+                message,
+            }) if message.contains("already in progress") => Ok(()),
+            Err(e) => Err(api_error(e)),
+        }
+    }
+
+    async fn list_labelled(&self, key: &str, value: &str) -> Result<Vec<String>, EngineError> {
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(HashMap::from([(
+                "label".to_string(),
+                vec![format!("{key}={value}")],
+            )])),
+            ..Default::default()
+        };
+        let list = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(api_error)?;
+        Ok(list.into_iter().filter_map(|c| c.id).collect())
+    }
+
+    async fn runtimes(&self) -> Result<Vec<String>, EngineError> {
+        let info = self.docker.info().await.map_err(api_error)?;
+        let mut names: Vec<String> = info.runtimes.unwrap_or_default().into_keys().collect();
+        names.sort();
+        Ok(names)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_tag() {
+        assert_eq!(with_default_tag("echo"), "echo:latest");
+        assert_eq!(with_default_tag("a/b:v1"), "a/b:v1");
+        assert_eq!(
+            with_default_tag("127.0.0.1:5000/a/b"),
+            "127.0.0.1:5000/a/b:latest"
+        );
+        assert_eq!(
+            with_default_tag("127.0.0.1:5000/a:v2"),
+            "127.0.0.1:5000/a:v2"
+        );
+        assert_eq!(with_default_tag("r/a@sha256:abc"), "r/a@sha256:abc");
+    }
+}

@@ -1,0 +1,124 @@
+//! The container engine seen by the executor: one trait, [`Engine`], and its Docker
+//! implementation in [`docker`].
+//!
+//! Owns the translation of a [`ContainerSpec`] into engine calls and of engine failures into
+//! [`EngineError`]s a host operator can act on. It must not know about pools, budgets or
+//! HTTP requests: a second engine (another daemon, Kubernetes) is added by implementing the
+//! trait, without touching the executor.
+
+pub mod docker;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+/// Label on every container this executor creates: the executor's configured `name`.
+pub const LABEL_EXECUTOR: &str = "org.mecanywhere.executor";
+/// Label: the id of the executor process instance that created the container.
+pub const LABEL_INSTANCE: &str = "org.mecanywhere.executor.instance";
+/// Label: the task key the container serves.
+pub const LABEL_TASK_KEY: &str = "org.mecanywhere.task-key";
+/// Labels: the resources reserved for the container.
+pub const LABEL_CPU: &str = "org.mecanywhere.cpu";
+pub const LABEL_MEM: &str = "org.mecanywhere.mem-mb";
+
+/// The port a task listens on inside its container.
+pub const TASK_PORT: u16 = 8080;
+/// The line a task prints on stdout once it is ready.
+pub const READY_LINE: &str = "meca-init-done";
+
+/// SGX device and AESM socket directory mapped into a task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SgxMounts {
+    pub device: String,
+    pub aesmd_path: String,
+}
+
+/// Everything needed to create one task container.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerSpec {
+    pub image: String,
+    /// CPU quota in units of 10⁻⁹ cores.
+    pub nano_cpus: i64,
+    pub memory_bytes: i64,
+    /// OCI runtime registered with the engine; `None` = the engine's default.
+    pub runtime: Option<String>,
+    pub labels: HashMap<String, String>,
+    /// Network to join; `None` = the engine's default.
+    pub network: Option<String>,
+    /// Publish the task port on 127.0.0.1 and reach the task there.
+    pub publish_port: bool,
+    pub sgx: Option<SgxMounts>,
+}
+
+/// How a container ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitState {
+    pub code: i64,
+    pub oom_killed: bool,
+}
+
+impl std::fmt::Display for ExitState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.oom_killed {
+            write!(
+                f,
+                "was killed for exceeding its memory limit (exit code {})",
+                self.code
+            )
+        } else {
+            write!(f, "exited with code {}", self.code)
+        }
+    }
+}
+
+/// An engine failure, worded for a host operator.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EngineError {
+    #[error("container engine unreachable: {0}")]
+    Unreachable(String),
+    #[error("image {image} is not present and could not be pulled: {detail}")]
+    ImageUnavailable { image: String, detail: String },
+    #[error("task container {state} before it printed {READY_LINE}{}", tail_suffix(.output))]
+    ExitedBeforeReady { state: ExitState, output: String },
+    #[error("task did not print {READY_LINE} within {}", humantime::format_duration(*.0))]
+    ReadyTimeout(Duration),
+    #[error("container engine refused: {0}")]
+    Api(String),
+}
+
+fn tail_suffix(output: &str) -> String {
+    if output.is_empty() {
+        String::new()
+    } else {
+        format!("; its last output: {output}")
+    }
+}
+
+/// A container engine. All methods are cancel-safe in the sense that dropping a future
+/// leaves at worst a labelled container behind, which [`Engine::list_labelled`] finds.
+#[async_trait]
+pub trait Engine: Send + Sync + 'static {
+    /// Makes sure `image` is present locally, pulling it if it is not.
+    async fn ensure_image(&self, image: &str) -> Result<(), EngineError>;
+    /// Creates (does not start) a container; returns its id.
+    async fn create(&self, spec: &ContainerSpec) -> Result<String, EngineError>;
+    /// Starts the container and follows its output until the ready line, its exit, or
+    /// `deadline`; returns the address at which the task answers.
+    async fn start_and_wait_ready(
+        &self,
+        id: &str,
+        spec: &ContainerSpec,
+        deadline: Duration,
+    ) -> Result<SocketAddr, EngineError>;
+    /// How the container ended, or `None` while it is still running.
+    async fn exit_state(&self, id: &str) -> Result<Option<ExitState>, EngineError>;
+    /// Removes the container (killing it if needed). Removing a missing container is Ok.
+    async fn remove(&self, id: &str) -> Result<(), EngineError>;
+    /// Ids of all containers (running or not) whose label `key` equals `value`.
+    async fn list_labelled(&self, key: &str, value: &str) -> Result<Vec<String>, EngineError>;
+    /// Names of the OCI runtimes the engine has registered.
+    async fn runtimes(&self) -> Result<Vec<String>, EngineError>;
+}

@@ -1,0 +1,44 @@
+//! Why a request to the executor failed. Each message is meant for the person who reads the
+//! `msg` of the answer: it says what happened and, where it helps, what to change.
+
+use std::sync::Arc;
+
+use crate::engine::EngineError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("executor is paused: not accepting tasks")]
+    Paused,
+    #[error("executor is shutting down")]
+    ShuttingDown,
+    #[error("invalid resource limit: {0}")]
+    InvalidResource(String),
+    #[error("resource limit exceeds the maximum: {0}")]
+    ExceedsMaximum(String),
+    #[error("not enough GPU available: {0}")]
+    NoGpu(String),
+    #[error("{0}")]
+    RuntimeUnavailable(String),
+    #[error("{0}")]
+    SgxUnavailable(String),
+    #[error("no room for the task: waited {waited} for {wanted}; the task budget is {total}, of which {reserved} is held by running tasks")]
+    QueueTimeout {
+        waited: String,
+        wanted: String,
+        total: String,
+        reserved: String,
+    },
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// A cold start failed; the message is shared by every request that waited for it.
+    #[error("{0}")]
+    StartFailed(Arc<str>),
+    /// The call to a ready task failed; the container was removed.
+    #[error("{0}")]
+    TaskBroken(String),
+    /// The task answered with a non-2xx status.
+    #[error("task answered HTTP {status}: {body}")]
+    TaskStatus { status: u16, body: String },
+    #[error("{0}")]
+    BadAnswer(String),
+}

@@ -1,0 +1,432 @@
+//! The executor: admission, warm-pool lookup, cold starts, the task call, and the control
+//! operations (pause, unpause, update-config, stats, stop).
+//!
+//! Owns the policy that ties the pool, the budget and the engine together. It holds no lock
+//! across an `.await`: the pool and the budget are synchronous, and each cold start runs as
+//! its own task so that no key ever waits for another. HTTP lives in `api`, Docker in
+//! `engine`; this module sees neither wire format.
+
+mod error;
+mod reaper;
+mod start;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use error::ExecError;
+
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::host::{Host, HostCapacity};
+use crate::pool::{Lease, Lookup, Pool, StartOutcome};
+use crate::resources::{cores_to_milli, Budget, Demand};
+use crate::task::{Call, Runtime, TaskKey};
+use crate::task_client::{CallError, TaskClient};
+
+/// Largest task answer read into memory.
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
+/// How long pause and stop let in-flight requests finish before removing their container.
+const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+
+/// A validated execute request.
+#[derive(Debug, Clone)]
+pub struct TaskRequest {
+    pub key: TaskKey,
+    pub input: Bytes,
+}
+
+/// The fields `/update-config` may change; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ConfigUpdate {
+    pub idle_timeout: Option<Duration>,
+    pub cpu: Option<f64>,
+    pub mem_mb: Option<u64>,
+    pub has_gpu: Option<bool>,
+    pub microvm_runtime: Option<Option<String>>,
+}
+
+/// What `/stats` reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stats {
+    pub host: HostCapacity,
+    pub host_cpu_percent: f64,
+    pub host_mem_percent: f64,
+    pub task_cpu: f64,
+    pub task_mem_mb: u64,
+    pub task_used_cpu_percent: f64,
+    pub task_used_mem_percent: f64,
+    pub gpu_model: String,
+    pub task_gpu: u32,
+    pub task_used_gpu: u32,
+    pub containers: usize,
+}
+
+/// The task budget the config allows on this host: CPU capped at the host's cores,
+/// memory at 80% of its memory.
+pub fn task_budget(config: &Config, host: HostCapacity) -> Demand {
+    Demand {
+        milli_cpu: cores_to_milli(config.cpu).min(u64::from(host.cores) * 1000),
+        mem_mb: config.mem_mb.min(host.mem_mb * 8 / 10),
+    }
+}
+
+pub struct Executor {
+    engine: Arc<dyn Engine>,
+    pool: Arc<Pool>,
+    budget: Arc<Budget>,
+    host: Host,
+    client: TaskClient,
+    config: RwLock<Config>,
+    /// OCI runtimes the engine reported at start or at the last config update.
+    runtimes: RwLock<Vec<String>>,
+    paused: AtomicBool,
+    closing: CancellationToken,
+    /// Cold starts and removals in progress; shutdown waits for them.
+    work: TaskTracker,
+    instance: String,
+}
+
+impl Executor {
+    /// Removes what an earlier instance with the same name left, learns the engine's
+    /// runtimes, and starts the idle reaper.
+    pub async fn start(
+        config: Config,
+        engine: Arc<dyn Engine>,
+    ) -> Result<Arc<Executor>, ExecError> {
+        let host = Host::new();
+        let total = task_budget(&config, host.capacity());
+        let orphans = engine
+            .list_labelled(crate::engine::LABEL_EXECUTOR, &config.name)
+            .await?;
+        for id in &orphans {
+            tracing::info!(container = %id, "removing container left by an earlier executor instance");
+            engine.remove(id).await?;
+        }
+        let runtimes = engine.runtimes().await?;
+        let executor = Arc::new(Executor {
+            engine,
+            pool: Pool::new(),
+            budget: Budget::new(total),
+            host,
+            client: TaskClient::new(MAX_ANSWER_BYTES),
+            runtimes: RwLock::new(runtimes),
+            paused: AtomicBool::new(false),
+            closing: CancellationToken::new(),
+            work: TaskTracker::new(),
+            instance: uuid::Uuid::new_v4().to_string(),
+            config: RwLock::new(config),
+        });
+        executor.check_microvm_runtime();
+        if executor.config().has_gpu {
+            tracing::warn!(
+                "has_gpu is set, but this build schedules no GPUs: GPU requests will be refused"
+            );
+        }
+        tokio::spawn(Arc::clone(&executor).reap_idle());
+        let budget = executor.budget.snapshot().total;
+        tracing::info!(
+            instance = %executor.instance,
+            cpu = budget.cores(),
+            mem_mb = budget.mem_mb,
+            removed_orphans = orphans.len(),
+            "executor ready"
+        );
+        Ok(executor)
+    }
+
+    /// A copy of the current configuration.
+    pub fn config(&self) -> Config {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The id of this process's instance (label `org.mecanywhere.executor.instance`).
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Acquire)
+    }
+
+    fn check_microvm_runtime(&self) {
+        if let Some(name) = self.config().microvm_runtime {
+            let known = self.runtimes.read().unwrap_or_else(|e| e.into_inner());
+            if !known.contains(&name) {
+                tracing::warn!(runtime = %name, registered = ?*known,
+                    "microVM_runtime is not registered with Docker: microVM requests will be refused");
+            }
+        }
+    }
+
+    /// Checks what depends on this host and its configuration; returns the config to use.
+    fn admit(&self, key: &TaskKey) -> Result<Config, ExecError> {
+        if self.closing.is_cancelled() {
+            return Err(ExecError::ShuttingDown);
+        }
+        if self.is_paused() {
+            return Err(ExecError::Paused);
+        }
+        let config = self.config();
+        let total = self.budget.snapshot().total;
+        if key.demand.milli_cpu > total.milli_cpu || key.demand.mem_mb > total.mem_mb {
+            return Err(ExecError::ExceedsMaximum(format!(
+                "the task asks for {} cores and {} MB; this executor's task budget is {} cores and {} MB",
+                key.demand.cores(),
+                key.demand.mem_mb,
+                total.cores(),
+                total.mem_mb
+            )));
+        }
+        if key.gpu_count > 0 {
+            return Err(ExecError::NoGpu(format!(
+                "the task asks for {} GPUs; this host offers 0 GPUs to tasks",
+                key.gpu_count
+            )));
+        }
+        if key.runtime == Runtime::MicroVm {
+            let Some(name) = config.microvm_runtime.as_deref() else {
+                return Err(ExecError::RuntimeUnavailable(
+                    "runtime microVM is not available on this host: no microVM_runtime is configured \
+                     (the task is not run under a weaker runtime instead)"
+                        .into(),
+                ));
+            };
+            let known = self.runtimes.read().unwrap_or_else(|e| e.into_inner());
+            if !known.iter().any(|r| r == name) {
+                return Err(ExecError::RuntimeUnavailable(format!(
+                    "runtime microVM is not available on this host: the configured runtime {name:?} \
+                     is not registered with Docker (registered: {})",
+                    known.join(", ")
+                )));
+            }
+        }
+        if key.use_sgx {
+            if !config.sgx.enable {
+                return Err(ExecError::SgxUnavailable(
+                    "SGX is not enabled on this host (sgx.enable is false)".into(),
+                ));
+            }
+            let device = config.sgx.sgx_device.as_deref().unwrap_or_default();
+            if !Path::new(device).exists() {
+                return Err(ExecError::SgxUnavailable(format!(
+                    "SGX device {device} does not exist on this host"
+                )));
+            }
+        }
+        Ok(config)
+    }
+
+    /// Runs one request: admission, a warm container (or a cold start), the task call.
+    /// On success returns the task's answer body.
+    pub async fn execute(self: &Arc<Self>, request: TaskRequest) -> Result<Bytes, ExecError> {
+        let config = self.admit(&request.key)?;
+        let lease = self.lease(&request.key).await?;
+        let call = Call::for_input(request.key.use_sgx, &request.input);
+        let addr = lease.container().addr;
+        match self
+            .client
+            .call(addr, call, request.input, config.request_timeout)
+            .await
+        {
+            Ok(answer) if answer.status.is_success() => Ok(answer.body),
+            Ok(answer) => Err(ExecError::TaskStatus {
+                status: answer.status.as_u16(),
+                body: String::from_utf8_lossy(&answer.body[..answer.body.len().min(4096)])
+                    .into_owned(),
+            }),
+            Err(CallError::TooLarge(limit)) => Err(ExecError::BadAnswer(format!(
+                "task answer is larger than the {} MiB limit",
+                limit / (1024 * 1024)
+            ))),
+            Err(e) => Err(ExecError::TaskBroken(self.discard_broken(lease, e).await)),
+        }
+    }
+
+    /// A lease on a ready container for `key`, starting one if needed (single flight).
+    async fn lease(self: &Arc<Self>, key: &TaskKey) -> Result<Lease, ExecError> {
+        loop {
+            let mut outcome = match self.pool.lease_or_claim(key) {
+                Lookup::Leased(lease) => return Ok(lease),
+                Lookup::Wait(outcome) => outcome,
+                Lookup::Claimed(ticket) => {
+                    let outcome = ticket.subscribe();
+                    self.work.spawn(Arc::clone(self).cold_start(ticket));
+                    outcome
+                }
+            };
+            let result = outcome
+                .wait_for(|o| !matches!(o, StartOutcome::Pending))
+                .await
+                .map(|o| o.clone());
+            match result {
+                Ok(StartOutcome::Failed(reason)) => return Err(ExecError::StartFailed(reason)),
+                // Ready: lease it on the next turn. (A closed channel also means: look again.)
+                _ => continue,
+            }
+        }
+    }
+
+    /// A call to the container failed at the transport level: find out why, take the
+    /// container out of service and remove it. Returns the message for the caller.
+    async fn discard_broken(&self, lease: Lease, error: CallError) -> String {
+        let container = Arc::clone(lease.container());
+        drop(lease);
+        let exit = self.exit_state_settled(&container.id).await;
+        let message = match (&error, exit) {
+            (CallError::Timeout(_), _) => {
+                format!("{error}; its container was removed and will not be reused")
+            }
+            (_, Ok(Some(state))) => {
+                format!("task container {state} while handling the request")
+            }
+            (_, Err(crate::engine::EngineError::Api(_))) => {
+                "task container disappeared while handling the request".to_string()
+            }
+            _ => format!("{error}; its container was removed"),
+        };
+        tracing::warn!(container = %container.id, key = %container.key, %message, "discarding task container");
+        if self.pool.take_if_current(&container) {
+            self.retire(container, Duration::ZERO).await;
+        }
+        message
+    }
+
+    /// The container's exit state, allowing Docker a moment to notice an exit that just
+    /// broke a connection (its state lags the process by a few milliseconds).
+    async fn exit_state_settled(
+        &self,
+        id: &str,
+    ) -> Result<Option<crate::engine::ExitState>, crate::engine::EngineError> {
+        for _ in 0..10 {
+            match self.engine.exit_state(id).await {
+                Ok(None) => tokio::time::sleep(Duration::from_millis(50)).await,
+                other => return other,
+            }
+        }
+        self.engine.exit_state(id).await
+    }
+
+    /// `/pause`: refuse new tasks and remove every warm container.
+    pub async fn pause(&self) {
+        self.paused.store(true, Ordering::Release);
+        let containers = self.pool.take_all();
+        tracing::info!(removing = containers.len(), "paused");
+        self.retire_all(containers, DRAIN_LIMIT).await;
+    }
+
+    /// `/unpause`: accept tasks again.
+    pub fn unpause(&self) {
+        self.paused.store(false, Ordering::Release);
+        tracing::info!("unpaused");
+    }
+
+    /// `/update-config`: only while paused.
+    pub async fn update_config(&self, update: ConfigUpdate) -> Result<(), ExecError> {
+        if !self.is_paused() {
+            return Err(ExecError::RuntimeUnavailable(
+                "executor is running: pause it before updating its config".into(),
+            ));
+        }
+        if update.microvm_runtime.is_some() {
+            let runtimes = self.engine.runtimes().await?;
+            *self.runtimes.write().unwrap_or_else(|e| e.into_inner()) = runtimes;
+        }
+        let new_total = {
+            let mut config = self.config.write().unwrap_or_else(|e| e.into_inner());
+            if let Some(t) = update.idle_timeout {
+                config.idle_timeout = t;
+            }
+            if let Some(cpu) = update.cpu {
+                config.cpu = cpu;
+            }
+            if let Some(mem) = update.mem_mb {
+                config.mem_mb = mem;
+            }
+            if let Some(gpu) = update.has_gpu {
+                config.has_gpu = gpu;
+            }
+            if let Some(runtime) = update.microvm_runtime {
+                config.microvm_runtime = runtime;
+            }
+            task_budget(&config, self.host.capacity())
+        };
+        self.budget.set_total(new_total);
+        self.check_microvm_runtime();
+        self.pool.changed.notify_one();
+        tracing::info!(
+            cpu = new_total.cores(),
+            mem_mb = new_total.mem_mb,
+            "config updated"
+        );
+        Ok(())
+    }
+
+    /// `/stats`; `None` while paused.
+    pub fn stats(&self) -> Option<Stats> {
+        if self.is_paused() {
+            return None;
+        }
+        let usage = self.host.usage();
+        let budget = self.budget.snapshot();
+        let percent = |used: u64, total: u64| {
+            if total == 0 {
+                0.0
+            } else {
+                used as f64 * 100.0 / total as f64
+            }
+        };
+        let counts = self.pool.counts();
+        Some(Stats {
+            host: self.host.capacity(),
+            host_cpu_percent: usage.cpu_percent,
+            host_mem_percent: usage.mem_percent,
+            task_cpu: budget.total.cores(),
+            task_mem_mb: budget.total.mem_mb,
+            task_used_cpu_percent: percent(budget.used.milli_cpu, budget.total.milli_cpu),
+            task_used_mem_percent: percent(budget.used.mem_mb, budget.total.mem_mb),
+            gpu_model: String::new(),
+            task_gpu: 0,
+            task_used_gpu: 0,
+            containers: counts.ready + counts.starting,
+        })
+    }
+
+    /// Stop: refuse new work, cancel cold starts, remove every container this instance
+    /// created (found by label, so nothing escapes), and return.
+    pub async fn shutdown(&self) {
+        self.closing.cancel();
+        let containers = self.pool.take_all();
+        self.retire_all(containers, DRAIN_LIMIT).await;
+        self.work.close();
+        if tokio::time::timeout(Duration::from_secs(30), self.work.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("cold starts did not end within 30s; removing their containers anyway");
+        }
+        match self
+            .engine
+            .list_labelled(crate::engine::LABEL_INSTANCE, &self.instance)
+            .await
+        {
+            Ok(ids) => {
+                for id in ids {
+                    if let Err(e) = self.engine.remove(&id).await {
+                        tracing::error!(container = %id, error = %e, "could not remove task container");
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "could not list task containers to remove"),
+        }
+        tracing::info!("all task containers removed");
+    }
+}

@@ -1,0 +1,149 @@
+//! Cold starts and container removal: reserving the budget (evicting idle containers,
+//! then waiting), creating and starting the container, and taking containers down.
+//!
+//! Each cold start runs as its own task, owns its [`StartTicket`], and ends by putting the
+//! container in the pool or telling the waiting requests why it could not.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{ExecError, Executor};
+use crate::engine::{
+    ContainerSpec, SgxMounts, LABEL_CPU, LABEL_EXECUTOR, LABEL_INSTANCE, LABEL_MEM, LABEL_TASK_KEY,
+};
+use crate::pool::{Container, StartTicket};
+use crate::resources::{Demand, Reservation};
+use crate::task::{Runtime, TaskKey};
+
+fn describe(d: Demand) -> String {
+    format!("{} cores and {} MB", d.cores(), d.mem_mb)
+}
+
+impl Executor {
+    /// Runs one cold start to its end (spawned by the request that claimed the key).
+    pub(super) async fn cold_start(self: Arc<Self>, ticket: StartTicket) {
+        let key = ticket.key().clone();
+        let started = tokio::select! {
+            result = self.start_container(&key) => result,
+            _ = self.closing.cancelled() => Err(ExecError::ShuttingDown),
+        };
+        match started {
+            Ok(container) => {
+                tracing::info!(container = %container.id, key = %key, addr = %container.addr, "task container ready");
+                if let Err(container) = ticket.ready(container) {
+                    self.retire(container, Duration::ZERO).await;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(key = %key, error = %e, "task container could not be started");
+                ticket.fail(&e.to_string());
+            }
+        }
+    }
+
+    async fn start_container(&self, key: &TaskKey) -> Result<Arc<Container>, ExecError> {
+        let config = self.config();
+        self.engine.ensure_image(&key.image).await?;
+        let reservation = self.reserve(key.demand, config.queue_timeout).await?;
+        let spec = self.container_spec(key, &config);
+        let id = self.engine.create(&spec).await?;
+        match self
+            .engine
+            .start_and_wait_ready(&id, &spec, config.start_timeout)
+            .await
+        {
+            Ok(addr) => Ok(Arc::new(Container::new(id, key.clone(), addr, reservation))),
+            Err(e) => {
+                if let Err(remove_error) = self.engine.remove(&id).await {
+                    tracing::error!(container = %id, error = %remove_error, "could not remove failed task container");
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Reserves `demand`: at once if it fits, else after evicting idle containers (least
+    /// recently used first), else after waiting up to `queue_timeout` for releases.
+    async fn reserve(
+        &self,
+        demand: Demand,
+        queue_timeout: Duration,
+    ) -> Result<Reservation, ExecError> {
+        let deadline = tokio::time::Instant::now() + queue_timeout;
+        loop {
+            let released = self.budget.released();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if let Some(reservation) = self.budget.try_reserve(demand) {
+                return Ok(reservation);
+            }
+            if let Some(victim) = self.pool.take_lru_idle() {
+                tracing::info!(container = %victim.id, key = %victim.key, "evicting idle container to make room");
+                self.retire(victim, Duration::ZERO).await;
+                continue;
+            }
+            if !self.budget.can_ever_fit(demand) {
+                let total = self.budget.snapshot().total;
+                return Err(ExecError::ExceedsMaximum(format!(
+                    "the task asks for {}; the task budget is {}",
+                    describe(demand),
+                    describe(total)
+                )));
+            }
+            if tokio::time::timeout_at(deadline, released).await.is_err() {
+                let snapshot = self.budget.snapshot();
+                return Err(ExecError::QueueTimeout {
+                    waited: humantime::format_duration(queue_timeout).to_string(),
+                    wanted: describe(demand),
+                    total: describe(snapshot.total),
+                    reserved: describe(snapshot.used),
+                });
+            }
+        }
+    }
+
+    fn container_spec(&self, key: &TaskKey, config: &crate::config::Config) -> ContainerSpec {
+        let labels = HashMap::from([
+            (LABEL_EXECUTOR.to_string(), config.name.clone()),
+            (LABEL_INSTANCE.to_string(), self.instance.clone()),
+            (LABEL_TASK_KEY.to_string(), key.to_string()),
+            (LABEL_CPU.to_string(), key.demand.cores().to_string()),
+            (LABEL_MEM.to_string(), key.demand.mem_mb.to_string()),
+        ]);
+        ContainerSpec {
+            image: key.image.clone(),
+            nano_cpus: key.demand.milli_cpu as i64 * 1_000_000,
+            memory_bytes: key.demand.mem_mb as i64 * 1024 * 1024,
+            runtime: match key.runtime {
+                Runtime::Container => None,
+                Runtime::MicroVm => config.microvm_runtime.clone(),
+            },
+            labels,
+            network: config.network.clone(),
+            publish_port: config.publish_task_ports,
+            sgx: key.use_sgx.then(|| SgxMounts {
+                device: config.sgx.sgx_device.clone().unwrap_or_default(),
+                aesmd_path: config.sgx.aesmd_path.clone().unwrap_or_default(),
+            }),
+        }
+    }
+
+    /// Removes a container that is out of the pool, after at most `drain` for its
+    /// in-flight requests. Its reservation is released when the last reference goes.
+    pub(super) async fn retire(&self, container: Arc<Container>, drain: Duration) {
+        if !drain.is_zero() && !container.wait_drained(drain).await {
+            tracing::warn!(container = %container.id, "requests still in flight; removing anyway");
+        }
+        if let Err(e) = self.engine.remove(&container.id).await {
+            tracing::error!(container = %container.id, error = %e, "could not remove task container");
+        } else {
+            tracing::debug!(container = %container.id, "task container removed");
+        }
+    }
+
+    /// Removes several containers concurrently.
+    pub(super) async fn retire_all(&self, containers: Vec<Arc<Container>>, drain: Duration) {
+        futures_util::future::join_all(containers.into_iter().map(|c| self.retire(c, drain))).await;
+    }
+}

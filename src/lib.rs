@@ -1,0 +1,15 @@
+//! mecanywhere-executor: runs MECAnywhere tasks in isolated containers on a Docker engine.
+//!
+//! Request path, top to bottom: [`api`] (HTTP, validation) → [`executor`] (admission,
+//! policy) → [`pool`] (warm containers) and [`resources`] (budget) → [`engine`] (Docker)
+//! → [`task_client`] (the call to the task). See ARCHITECTURE.md.
+
+pub mod api;
+pub mod config;
+pub mod engine;
+pub mod executor;
+pub mod host;
+pub mod pool;
+pub mod resources;
+pub mod task;
+pub mod task_client;

@@ -1,0 +1,143 @@
+//! The `mecanywhere-executor` daemon: command line, logging, and the process lifecycle
+//! (start, serve, stop on `/stop` or SIGINT/SIGTERM with every task container removed).
+
+use std::ffi::OsString;
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+use mecanywhere_executor::config::Config;
+use mecanywhere_executor::engine::docker::DockerEngine;
+use mecanywhere_executor::executor::Executor;
+
+/// Runs MECAnywhere tasks in isolated containers on the local Docker engine.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// YAML config file [default: ./mecanywhere_executor.yaml when present]
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address to serve the API on.
+    #[arg(long, default_value = "0.0.0.0:2591")]
+    listen: SocketAddr,
+}
+
+/// Accepts the Go executor's single-dash `-config FILE` / `-config=FILE` too.
+fn normalize_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    args.into_iter()
+        .map(|arg| match arg.to_str() {
+            Some("-config") => OsString::from("--config"),
+            Some(s) if s.starts_with("-config=") => OsString::from(format!("-{s}")),
+            Some("-listen") => OsString::from("--listen"),
+            Some(s) if s.starts_with("-listen=") => OsString::from(format!("-{s}")),
+            _ => arg,
+        })
+        .collect()
+}
+
+async fn shutdown_signal(stop: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot listen for signals");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+        _ = stop.cancelled() => return,
+    }
+    stop.cancel();
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse_from(normalize_args(std::env::args_os()));
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let (config, path) = match Config::load(cli.config.as_deref()) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("mecanywhere-executor: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match &path {
+        Some(p) => tracing::info!(file = %p.display(), "config loaded"),
+        None => tracing::info!("no config file: using defaults"),
+    }
+    let engine = match DockerEngine::connect().await {
+        Ok(engine) => engine,
+        Err(e) => {
+            eprintln!("mecanywhere-executor: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let executor = match Executor::start(config, Arc::new(engine)).await {
+        Ok(executor) => executor,
+        Err(e) => {
+            eprintln!("mecanywhere-executor: cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(cli.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("mecanywhere-executor: cannot listen on {}: {e}", cli.listen);
+            executor.shutdown().await;
+            return ExitCode::from(1);
+        }
+    };
+    tracing::info!(addr = %cli.listen, "listening");
+
+    let stop = CancellationToken::new();
+    tokio::spawn(shutdown_signal(stop.clone()));
+    let app = mecanywhere_executor::api::router(Arc::clone(&executor), stop.clone());
+    let server = axum::serve(listener, app)
+        .with_graceful_shutdown(stop.clone().cancelled_owned())
+        .into_future();
+    let server = tokio::spawn(server);
+
+    stop.cancelled().await;
+    executor.shutdown().await;
+    match tokio::time::timeout(Duration::from_secs(10), server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::error!(error = %e, "server error"),
+        Ok(Err(e)) => tracing::error!(error = %e, "server task failed"),
+        Err(_) => tracing::warn!("open connections did not close within 10s"),
+    }
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_style_flags_are_accepted() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(normalize_args(args.iter().map(OsString::from))).unwrap()
+        };
+        let cli = parse(&["x", "-config", "a.yaml"]);
+        assert_eq!(cli.config, Some(PathBuf::from("a.yaml")));
+        let cli = parse(&["x", "-config=b.yaml", "--listen", "127.0.0.1:1"]);
+        assert_eq!(cli.config, Some(PathBuf::from("b.yaml")));
+        assert_eq!(cli.listen, "127.0.0.1:1".parse().unwrap());
+        assert_eq!(parse(&["x"]).listen, "0.0.0.0:2591".parse().unwrap());
+    }
+}

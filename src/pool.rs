@@ -1,0 +1,523 @@
+//! The warm pool: at most one container per task key, in state `Starting` or `Ready`.
+//!
+//! Owns the map from [`TaskKey`] to container and the in-flight accounting of each
+//! container ([`Lease`]). Every method is synchronous and holds the pool lock only for map
+//! operations: the pool never awaits, never calls the engine, and never blocks one key on
+//! another. Removing a container from the engine is the executor's job: the pool only hands
+//! containers out of the map (`take_*`), after which nobody can lease them any more.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{watch, Notify};
+
+use crate::resources::Reservation;
+use crate::task::TaskKey;
+
+/// A ready task container. Holding its [`Reservation`], it keeps its resources reserved
+/// until the last reference to it is gone (after the engine removed it).
+#[derive(Debug)]
+pub struct Container {
+    pub id: String,
+    pub key: TaskKey,
+    pub addr: SocketAddr,
+    in_flight: AtomicUsize,
+    /// Milliseconds since `epoch` at the last lease's end (or readiness).
+    last_used_ms: AtomicU64,
+    epoch: Instant,
+    /// Woken whenever `in_flight` drops to zero.
+    drained: Notify,
+    _reservation: Reservation,
+}
+
+impl Container {
+    pub fn new(id: String, key: TaskKey, addr: SocketAddr, reservation: Reservation) -> Container {
+        Container {
+            id,
+            key,
+            addr,
+            in_flight: AtomicUsize::new(0),
+            last_used_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            drained: Notify::new(),
+            _reservation: reservation,
+        }
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    fn touch(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last_used_ms.store(ms, Ordering::Release);
+    }
+
+    /// When this container was last used.
+    pub fn last_used(&self) -> Instant {
+        self.epoch + Duration::from_millis(self.last_used_ms.load(Ordering::Acquire))
+    }
+
+    /// Waits until no request is in flight, at most `limit`. True when drained.
+    pub async fn wait_drained(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if self.in_flight() == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, drained).await.is_err() {
+                return self.in_flight() == 0;
+            }
+        }
+    }
+}
+
+/// One request's use of a container. Dropping it ends the use.
+#[derive(Debug)]
+pub struct Lease {
+    container: Arc<Container>,
+}
+
+impl Lease {
+    pub fn container(&self) -> &Arc<Container> {
+        &self.container
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.container.touch();
+        if self.container.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.container.drained.notify_waiters();
+        }
+    }
+}
+
+/// How a cold start ended, as seen by the requests waiting for it.
+#[derive(Debug, Clone)]
+pub enum StartOutcome {
+    Pending,
+    Ready,
+    Failed(Arc<str>),
+}
+
+enum Slot {
+    Starting {
+        ticket: u64,
+        outcome: watch::Receiver<StartOutcome>,
+    },
+    Ready(Arc<Container>),
+}
+
+struct Inner {
+    slots: HashMap<TaskKey, Slot>,
+    next_ticket: u64,
+    /// Bumped by [`Pool::take_all`]: starts claimed before it must not enter the pool.
+    generation: u64,
+}
+
+/// The warm pool.
+pub struct Pool {
+    inner: Mutex<Inner>,
+    /// Woken when a container enters the pool (the reaper may need an earlier deadline).
+    pub(crate) changed: Notify,
+}
+
+/// Result of [`Pool::lease_or_claim`].
+pub enum Lookup {
+    /// A ready container, now leased.
+    Leased(Lease),
+    /// Another request is starting a container for this key: wait, then look again.
+    Wait(watch::Receiver<StartOutcome>),
+    /// Nobody is: the caller must start one and report through the ticket.
+    Claimed(StartTicket),
+}
+
+/// The right and duty to start the container of one key. Dropping it without
+/// [`StartTicket::ready`] frees the key and tells waiters the start failed.
+pub struct StartTicket {
+    pool: Arc<Pool>,
+    key: TaskKey,
+    ticket: u64,
+    generation: u64,
+    outcome: Option<watch::Sender<StartOutcome>>,
+}
+
+impl StartTicket {
+    pub fn key(&self) -> &TaskKey {
+        &self.key
+    }
+
+    /// A receiver of this start's outcome, for the request that claimed it.
+    pub fn subscribe(&self) -> watch::Receiver<StartOutcome> {
+        self.outcome
+            .as_ref()
+            .expect("ticket not used yet")
+            .subscribe()
+    }
+
+    /// Puts the started container in the pool. If the pool was emptied (paused, stopping)
+    /// since the claim, the container is handed back for removal instead.
+    pub fn ready(mut self, container: Arc<Container>) -> Result<(), Arc<Container>> {
+        let tx = self.outcome.take().expect("ticket used once");
+        let mut inner = self.pool.lock();
+        let current = matches!(inner.slots.get(&self.key),
+            Some(Slot::Starting { ticket, .. }) if *ticket == self.ticket);
+        if !current || inner.generation != self.generation {
+            if current {
+                inner.slots.remove(&self.key);
+            }
+            drop(inner);
+            let _ = tx.send(StartOutcome::Failed(
+                "the executor was paused or stopped".into(),
+            ));
+            return Err(container);
+        }
+        container.touch();
+        inner.slots.insert(self.key.clone(), Slot::Ready(container));
+        drop(inner);
+        let _ = tx.send(StartOutcome::Ready);
+        self.pool.changed.notify_one();
+        Ok(())
+    }
+
+    /// Reports a failed start to every waiting request and frees the key.
+    pub fn fail(mut self, reason: &str) {
+        let tx = self.outcome.take().expect("ticket used once");
+        self.release_slot();
+        let _ = tx.send(StartOutcome::Failed(reason.into()));
+    }
+
+    fn release_slot(&self) {
+        let mut inner = self.pool.lock();
+        if matches!(inner.slots.get(&self.key),
+            Some(Slot::Starting { ticket, .. }) if *ticket == self.ticket)
+        {
+            inner.slots.remove(&self.key);
+        }
+    }
+}
+
+impl Drop for StartTicket {
+    fn drop(&mut self) {
+        if let Some(tx) = self.outcome.take() {
+            self.release_slot();
+            let _ = tx.send(StartOutcome::Failed("the task start was cancelled".into()));
+        }
+    }
+}
+
+/// Counts for `/stats` and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PoolCounts {
+    pub starting: usize,
+    pub ready: usize,
+    pub busy: usize,
+}
+
+impl Pool {
+    pub fn new() -> Arc<Pool> {
+        Arc::new(Pool {
+            inner: Mutex::new(Inner {
+                slots: HashMap::new(),
+                next_ticket: 0,
+                generation: 0,
+            }),
+            changed: Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // No critical section below can panic half-way.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The warm path: lease the ready container of `key`, or learn who starts it.
+    pub fn lease_or_claim(self: &Arc<Self>, key: &TaskKey) -> Lookup {
+        let mut inner = self.lock();
+        match inner.slots.get(key) {
+            Some(Slot::Ready(c)) => {
+                c.in_flight.fetch_add(1, Ordering::AcqRel);
+                return Lookup::Leased(Lease {
+                    container: Arc::clone(c),
+                });
+            }
+            Some(Slot::Starting { outcome, .. }) => return Lookup::Wait(outcome.clone()),
+            None => {}
+        }
+        inner.next_ticket += 1;
+        let ticket = inner.next_ticket;
+        let (tx, rx) = watch::channel(StartOutcome::Pending);
+        inner.slots.insert(
+            key.clone(),
+            Slot::Starting {
+                ticket,
+                outcome: rx,
+            },
+        );
+        let generation = inner.generation;
+        Lookup::Claimed(StartTicket {
+            pool: Arc::clone(self),
+            key: key.clone(),
+            ticket,
+            generation,
+            outcome: Some(tx),
+        })
+    }
+
+    /// Takes `container` out of the pool if it is still the one serving its key (a broken
+    /// container). Returns whether it was.
+    pub fn take_if_current(&self, container: &Arc<Container>) -> bool {
+        let mut inner = self.lock();
+        let current = matches!(inner.slots.get(&container.key),
+            Some(Slot::Ready(c)) if Arc::ptr_eq(c, container));
+        if current {
+            inner.slots.remove(&container.key);
+        }
+        current
+    }
+
+    /// Takes the least recently used idle container out of the pool (eviction).
+    pub fn take_lru_idle(&self) -> Option<Arc<Container>> {
+        let mut inner = self.lock();
+        let key = inner
+            .slots
+            .iter()
+            .filter_map(|(k, s)| match s {
+                Slot::Ready(c) if c.in_flight() == 0 => Some((c.last_used(), k)),
+                _ => None,
+            })
+            .min_by_key(|(used, _)| *used)
+            .map(|(_, k)| k.clone())?;
+        match inner.slots.remove(&key) {
+            Some(Slot::Ready(c)) => Some(c),
+            _ => unreachable!("slot chosen above is ready"),
+        }
+    }
+
+    /// Takes out every idle container unused for `idle_timeout`; also returns when the
+    /// next one could expire (busy containers count as used now).
+    pub fn take_expired(
+        &self,
+        now: Instant,
+        idle_timeout: Duration,
+    ) -> (Vec<Arc<Container>>, Option<Instant>) {
+        let mut inner = self.lock();
+        let mut expired_keys = Vec::new();
+        let mut next: Option<Instant> = None;
+        for (key, slot) in &inner.slots {
+            let Slot::Ready(c) = slot else { continue };
+            let expires = if c.in_flight() == 0 {
+                c.last_used() + idle_timeout
+            } else {
+                now + idle_timeout
+            };
+            if expires <= now {
+                expired_keys.push(key.clone());
+            } else {
+                next = Some(next.map_or(expires, |n| n.min(expires)));
+            }
+        }
+        let expired = expired_keys
+            .into_iter()
+            .filter_map(|k| match inner.slots.remove(&k) {
+                Some(Slot::Ready(c)) => Some(c),
+                _ => None,
+            })
+            .collect();
+        (expired, next)
+    }
+
+    /// Takes out every ready container, and makes starts in progress end up removed
+    /// instead of pooled (pause, stop).
+    pub fn take_all(&self) -> Vec<Arc<Container>> {
+        let mut inner = self.lock();
+        inner.generation += 1;
+        let keys: Vec<TaskKey> = inner
+            .slots
+            .iter()
+            .filter(|(_, s)| matches!(s, Slot::Ready(_)))
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.into_iter()
+            .filter_map(|k| match inner.slots.remove(&k) {
+                Some(Slot::Ready(c)) => Some(c),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn counts(&self) -> PoolCounts {
+        let inner = self.lock();
+        let mut counts = PoolCounts::default();
+        for slot in inner.slots.values() {
+            match slot {
+                Slot::Starting { .. } => counts.starting += 1,
+                Slot::Ready(c) => {
+                    counts.ready += 1;
+                    if c.in_flight() > 0 {
+                        counts.busy += 1;
+                    }
+                }
+            }
+        }
+        counts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::{Budget, Demand};
+    use crate::task::Runtime;
+
+    fn key(image: &str) -> TaskKey {
+        TaskKey {
+            image: image.into(),
+            runtime: Runtime::Container,
+            demand: Demand {
+                milli_cpu: 1000,
+                mem_mb: 128,
+            },
+            gpu_count: 0,
+            use_sgx: false,
+        }
+    }
+
+    fn container(budget: &Arc<Budget>, k: &TaskKey) -> Arc<Container> {
+        let r = budget.try_reserve(k.demand).unwrap();
+        Arc::new(Container::new(
+            format!("id-{}", k.image),
+            k.clone(),
+            "127.0.0.1:8080".parse().unwrap(),
+            r,
+        ))
+    }
+
+    fn claim(pool: &Arc<Pool>, k: &TaskKey) -> StartTicket {
+        match pool.lease_or_claim(k) {
+            Lookup::Claimed(t) => t,
+            _ => panic!("expected a claim"),
+        }
+    }
+
+    fn budget() -> Arc<Budget> {
+        Budget::new(Demand {
+            milli_cpu: 8000,
+            mem_mb: 8192,
+        })
+    }
+
+    #[test]
+    fn single_flight_then_lease() {
+        let pool = Pool::new();
+        let b = budget();
+        let k = key("a");
+        let ticket = claim(&pool, &k);
+        let Lookup::Wait(mut rx) = pool.lease_or_claim(&k) else {
+            panic!("second request must wait")
+        };
+        // Another key is independent.
+        assert!(matches!(pool.lease_or_claim(&key("b")), Lookup::Claimed(_)));
+        ticket.ready(container(&b, &k)).unwrap();
+        assert!(matches!(*rx.borrow_and_update(), StartOutcome::Ready));
+        let Lookup::Leased(l1) = pool.lease_or_claim(&k) else {
+            panic!("ready")
+        };
+        let Lookup::Leased(l2) = pool.lease_or_claim(&k) else {
+            panic!("ready")
+        };
+        assert!(Arc::ptr_eq(l1.container(), l2.container()));
+        assert_eq!(l1.container().in_flight(), 2);
+        drop(l1);
+        drop(l2);
+        assert_eq!(pool.counts().ready, 1);
+    }
+
+    #[test]
+    fn dropped_ticket_frees_key_and_fails_waiters() {
+        let pool = Pool::new();
+        let k = key("a");
+        let ticket = claim(&pool, &k);
+        let Lookup::Wait(rx) = pool.lease_or_claim(&k) else {
+            panic!()
+        };
+        drop(ticket);
+        assert!(matches!(*rx.borrow(), StartOutcome::Failed(_)));
+        assert!(matches!(pool.lease_or_claim(&k), Lookup::Claimed(_)));
+    }
+
+    #[test]
+    fn busy_containers_are_never_taken_for_eviction_or_expiry() {
+        let pool = Pool::new();
+        let b = budget();
+        let k = key("a");
+        claim(&pool, &k).ready(container(&b, &k)).unwrap();
+        let Lookup::Leased(lease) = pool.lease_or_claim(&k) else {
+            panic!()
+        };
+        assert!(pool.take_lru_idle().is_none());
+        let later = Instant::now() + Duration::from_secs(3600);
+        let (expired, next) = pool.take_expired(later, Duration::from_secs(1));
+        assert!(expired.is_empty());
+        assert!(next.is_some());
+        drop(lease);
+        let (expired, _) = pool.take_expired(later, Duration::from_secs(1));
+        assert_eq!(expired.len(), 1);
+    }
+
+    #[test]
+    fn lru_idle_is_evicted_first_and_reservation_follows_container() {
+        let pool = Pool::new();
+        let b = budget();
+        for name in ["old", "new"] {
+            let k = key(name);
+            claim(&pool, &k).ready(container(&b, &k)).unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Using "old" makes "new" the least recently used.
+        drop(match pool.lease_or_claim(&key("old")) {
+            Lookup::Leased(l) => l,
+            _ => panic!(),
+        });
+        let victim = pool.take_lru_idle().unwrap();
+        assert_eq!(victim.key.image, "new");
+        assert_eq!(b.snapshot().used.milli_cpu, 2000);
+        drop(victim);
+        assert_eq!(b.snapshot().used.milli_cpu, 1000);
+    }
+
+    #[test]
+    fn start_finishing_after_take_all_is_handed_back() {
+        let pool = Pool::new();
+        let b = budget();
+        let k = key("a");
+        let ticket = claim(&pool, &k);
+        assert!(pool.take_all().is_empty());
+        let back = ticket.ready(container(&b, &k)).unwrap_err();
+        assert_eq!(back.key, k);
+        assert_eq!(pool.counts(), PoolCounts::default());
+        drop(back);
+        assert_eq!(b.snapshot().used.milli_cpu, 0);
+    }
+
+    #[test]
+    fn broken_container_taken_once() {
+        let pool = Pool::new();
+        let b = budget();
+        let k = key("a");
+        claim(&pool, &k).ready(container(&b, &k)).unwrap();
+        let Lookup::Leased(lease) = pool.lease_or_claim(&k) else {
+            panic!()
+        };
+        assert!(pool.take_if_current(lease.container()));
+        assert!(!pool.take_if_current(lease.container()));
+        assert!(matches!(pool.lease_or_claim(&k), Lookup::Claimed(_)));
+    }
+}

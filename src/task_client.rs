@@ -1,0 +1,123 @@
+//! HTTP calls from the executor to task containers.
+//!
+//! Owns one keep-alive connection pool shared by all tasks, the per-request deadline and
+//! the cap on answer size. It knows nothing of Docker or of the pool: a failed call is
+//! reported as a [`CallError`] and the executor decides what to do with the container.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::task::Call;
+
+/// What a task answered.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub body: Bytes,
+}
+
+/// Why a call to a task failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("task did not answer within {}", humantime::format_duration(*.0))]
+    Timeout(Duration),
+    #[error("task answer is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("could not reach the task: {0}")]
+    Transport(String),
+}
+
+/// Shared HTTP client for task calls.
+#[derive(Clone)]
+pub struct TaskClient {
+    client: Client<HttpConnector, Full<Bytes>>,
+    max_answer_bytes: usize,
+}
+
+/// Walks an error's `source()` chain into one line (hyper's top-level messages are terse).
+fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+impl TaskClient {
+    pub fn new(max_answer_bytes: usize) -> TaskClient {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(10)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(1024)
+            .build(connector);
+        TaskClient {
+            client,
+            max_answer_bytes,
+        }
+    }
+
+    /// Calls the task at `addr` and reads its whole answer, within `timeout`.
+    pub async fn call(
+        &self,
+        addr: SocketAddr,
+        call: Call,
+        input: Bytes,
+        timeout: Duration,
+    ) -> Result<Answer, CallError> {
+        let (method, path) = call.method_and_path();
+        let method = if method == "GET" {
+            Method::GET
+        } else {
+            Method::POST
+        };
+        let body = if method == Method::GET {
+            Bytes::new()
+        } else {
+            input
+        };
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}{path}"))
+            .body(Full::new(body))
+            .map_err(|e| CallError::Transport(e.to_string()))?;
+        request
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let exchange = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| CallError::Transport(describe(&e)))?;
+            let status = response.status();
+            let body = Limited::new(response.into_body(), self.max_answer_bytes)
+                .collect()
+                .await
+                .map_err(|e| {
+                    if e.is::<http_body_util::LengthLimitError>() {
+                        CallError::TooLarge(self.max_answer_bytes)
+                    } else {
+                        CallError::Transport(describe(&*e))
+                    }
+                })?
+                .to_bytes();
+            Ok(Answer { status, body })
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| CallError::Timeout(timeout))?
+    }
+}

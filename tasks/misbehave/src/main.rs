@@ -1,0 +1,181 @@
+//! `misbehave-task`: a MECAnywhere test task that misbehaves on purpose.
+//!
+//! The behaviour is chosen by the `MODE` environment variable:
+//!
+//! | MODE            | behaviour                                                        |
+//! |-----------------|------------------------------------------------------------------|
+//! | `crash`         | ready; exits with code 3 on the first request, without answering |
+//! | `never-ready`   | echoes, but never prints `meca-init-done`                        |
+//! | `exit-at-start` | prints `starting`, then `boom: exiting on purpose` on stderr; exit 2 |
+//! | `slow-start`    | sleeps `SLOW_START_SECS` (default 3) before binding, then echoes |
+//! | `hang`          | ready; reads requests but never answers (keeps connections open) |
+//! | `huge`          | ready; `POST /` returns `HUGE_MIB` (default 80) MiB of `a`        |
+//! | `oom`           | ready; on a request allocates and touches 16 MiB chunks forever  |
+//! | `bad-status`    | ready; `POST /` returns 500 `task failed on purpose`             |
+//! | `garbage`       | ready; answers every request with `this is not http\r\n\r\n`, closes |
+//! | `sgx`           | mock SGX task: `GET /ra`, `POST /run`                            |
+//!
+//! Any other (or no) `MODE`: an error on stderr and exit code 64.
+
+#[path = "../../echo/src/http.rs"]
+mod http;
+
+use std::io::{self, Write};
+use std::path::Path;
+use std::time::Duration;
+
+const CHUNK: usize = 1 << 20;
+const OOM_CHUNK: usize = 16 << 20;
+
+fn main() {
+    let mode = std::env::var("MODE").unwrap_or_default();
+    http::exit_on_term_signals();
+    match mode.as_str() {
+        "crash" => ready_and_serve(|_req, _conn| {
+            eprintln!("crash: exiting with code 3 on purpose");
+            std::process::exit(3)
+        }),
+        "never-ready" => {
+            let listener = http::bind();
+            println!("serving, but never reporting ready");
+            let _ = io::stdout().flush();
+            http::serve(listener, echo)
+        }
+        "exit-at-start" => {
+            println!("starting");
+            let _ = io::stdout().flush();
+            eprintln!("boom: exiting on purpose");
+            std::process::exit(2)
+        }
+        "slow-start" => {
+            let secs = env_u64("SLOW_START_SECS", 3);
+            println!("starting slowly ({secs} s)");
+            let _ = io::stdout().flush();
+            std::thread::sleep(Duration::from_secs(secs));
+            ready_and_serve(echo)
+        }
+        "hang" => ready_and_serve(|_req, _conn| {
+            // Never answer; the connection stays open and its next read blocks.
+            Ok(())
+        }),
+        "huge" => {
+            let mib = env_u64("HUGE_MIB", 80);
+            ready_and_serve(move |req, conn| {
+                if !(req.method == "POST" && req.path == "/") {
+                    return not_found(conn);
+                }
+                conn.write_head(200, "application/json", mib * CHUNK as u64)?;
+                let chunk = vec![b'a'; CHUNK];
+                for _ in 0..mib {
+                    conn.body().write_all(&chunk)?;
+                }
+                conn.flush()
+            })
+        }
+        "oom" => ready_and_serve(|_req, _conn| {
+            eprintln!("oom: allocating memory until killed");
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                // A non-zero fill writes (touches) every page.
+                let chunk = vec![0xa5u8; OOM_CHUNK];
+                hoard.push(std::hint::black_box(chunk));
+                eprintln!("oom: {} MiB allocated", hoard.len() * (OOM_CHUNK >> 20));
+            }
+        }),
+        "bad-status" => ready_and_serve(|req, conn| {
+            if req.method == "POST" && req.path == "/" {
+                conn.respond(500, "text/plain", b"task failed on purpose")
+            } else {
+                not_found(conn)
+            }
+        }),
+        "garbage" => {
+            ready_and_serve(|_req, conn| conn.write_raw_and_close(b"this is not http\r\n\r\n"))
+        }
+        "sgx" => ready_and_serve(|req, conn| match (req.method.as_str(), req.path.as_str()) {
+            ("GET", "/ra") => {
+                conn.respond(200, "application/json", br#"{"report":"mock-ra-report"}"#)
+            }
+            ("POST", "/run") => {
+                let mut out = String::with_capacity(req.body.len() + 64);
+                out.push_str("{\"input\":");
+                push_json_string(&mut out, &String::from_utf8_lossy(&req.body));
+                out.push_str(",\"enclave\":");
+                out.push_str(bool_str(Path::new("/dev/sgx/enclave").exists()));
+                out.push_str(",\"aesmd\":");
+                out.push_str(bool_str(Path::new("/var/run/aesmd").exists()));
+                out.push('}');
+                conn.respond(200, "application/json", out.as_bytes())
+            }
+            _ => not_found(conn),
+        }),
+        other => {
+            eprintln!(
+                "misbehave-task: unknown MODE {other:?} (expected one of: crash, never-ready, \
+                 exit-at-start, slow-start, hang, huge, oom, bad-status, garbage, sgx)"
+            );
+            std::process::exit(64)
+        }
+    }
+}
+
+/// Binds, prints the ready line, and serves with `handler`.
+fn ready_and_serve<H>(handler: H) -> !
+where
+    H: Fn(&http::Request, &mut http::Conn) -> io::Result<()> + Send + Sync + 'static,
+{
+    let listener = http::bind();
+    http::print_ready();
+    http::serve(listener, handler)
+}
+
+fn echo(req: &http::Request, conn: &mut http::Conn) -> io::Result<()> {
+    if req.method == "POST" && req.path == "/" {
+        conn.respond(200, "application/json", &req.body)
+    } else {
+        not_found(conn)
+    }
+}
+
+fn not_found(conn: &mut http::Conn) -> io::Result<()> {
+    conn.respond(404, "text/plain", b"not found\n")
+}
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v.trim().parse().unwrap_or_else(|_| {
+            eprintln!("{name}={v:?} is not a number; using {default}");
+            default
+        }),
+        _ => default,
+    }
+}
+
+fn bool_str(b: bool) -> &'static str {
+    if b {
+        "true"
+    } else {
+        "false"
+    }
+}
+
+/// Appends `s` as a JSON string literal.
+fn push_json_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' || c == '\u{2028}' || c == '\u{2029}' => {
+                out.push_str(&format!("\\u{:04x}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
