@@ -1,0 +1,53 @@
+# Shared by scripts/test.sh and scripts/run-example.sh (sourced, not run).
+#
+# ensure_docker: installs Docker from Debian's packages when it is missing and starts
+# dockerd in the background when no daemon answers. Sets STARTED_DOCKERD=1 when it started
+# one, so the caller can stop it again (stop_started_dockerd).
+
+STARTED_DOCKERD=0
+DOCKERD_PID=""
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+ensure_docker() {
+    if ! command -v cargo >/dev/null 2>&1; then
+        echo "cargo not found: install a Rust toolchain first (https://rustup.rs)" >&2
+        exit 1
+    fi
+    if ! command -v dockerd >/dev/null 2>&1 || ! command -v docker >/dev/null 2>&1; then
+        echo "installing Docker (Debian package docker.io) ..." >&2
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io >/dev/null
+    fi
+    if docker info >/dev/null 2>&1; then
+        return 0
+    fi
+    local log="${TMPDIR:-/tmp}/mecanywhere-dockerd.log"
+    echo "starting dockerd (log: $log) ..." >&2
+    as_root dockerd >"$log" 2>&1 &
+    DOCKERD_PID=$!
+    STARTED_DOCKERD=1
+    for _ in $(seq 1 120); do
+        if docker info >/dev/null 2>&1; then
+            return 0
+        fi
+        if ! kill -0 "$DOCKERD_PID" 2>/dev/null; then
+            echo "dockerd exited; its log:" >&2
+            cat "$log" >&2
+            exit 1
+        fi
+        sleep 0.5
+    done
+    echo "dockerd did not answer within 60s; its log:" >&2
+    cat "$log" >&2
+    exit 1
+}
+
+stop_started_dockerd() {
+    if [ "$STARTED_DOCKERD" = 1 ] && [ -n "$DOCKERD_PID" ]; then
+        as_root kill "$DOCKERD_PID" 2>/dev/null || true
+        wait "$DOCKERD_PID" 2>/dev/null || true
+    fi
+}

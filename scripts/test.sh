@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs the whole test suite against a real Docker daemon: installs Docker when missing,
+# starts dockerd when none runs (and stops it again at the end), builds the task images
+# from this repository, checks formatting and lints, runs every test, and fails if any
+# container carrying the executor's label is left behind.
+#
+# Usage: scripts/test.sh      (from any directory)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+# shellcheck source=scripts/lib/docker.sh
+source "$ROOT/scripts/lib/docker.sh"
+
+ensure_docker
+trap stop_started_dockerd EXIT
+
+scripts/build-task-images.sh
+cargo fmt --check
+cargo clippy --locked --all-targets -- -D warnings
+cargo test --locked --all-targets
+
+left="$(docker ps -aq --filter label=org.mecanywhere.executor)"
+if [ -n "$left" ]; then
+    echo "containers left behind by the tests:" >&2
+    docker ps -a --filter label=org.mecanywhere.executor >&2
+    exit 1
+fi
+echo "all tests passed; no task container left"

@@ -1,0 +1,363 @@
+//! Test harness: runs the real `mecanywhere-executor` binary against the real Docker
+//! daemon, talks to it over loopback, and checks Docker's state with the `docker` CLI.
+//!
+//! Every executor started here gets a unique `name`, so its containers carry a unique
+//! `org.mecanywhere.executor` label; dropping the [`Executor`] (also when a test panics)
+//! stops the process and force-removes anything left with that label.
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const ECHO: &str = "meca-echo:latest";
+pub const LABEL: &str = "org.mecanywhere.executor";
+
+/// Runs `docker` with `args`; returns its trimmed stdout, panicking on failure.
+pub fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker CLI runs");
+    assert!(
+        out.status.success(),
+        "docker {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Ids of all containers (any state) labelled as created by the executor named `name`.
+pub fn containers_of(name: &str) -> Vec<String> {
+    let filter = format!("label={LABEL}={name}");
+    docker(&["ps", "-aq", "--filter", &filter])
+        .lines()
+        .map(str::to_string)
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// `docker inspect -f FORMAT ID`.
+pub fn inspect(id: &str, format: &str) -> String {
+    docker(&["inspect", "-f", format, id])
+}
+
+/// Panics with a hint when the test images have not been built.
+pub fn require_images() {
+    let out = Command::new("docker")
+        .args(["image", "inspect", ECHO])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("docker CLI runs");
+    assert!(
+        out.success(),
+        "test image {ECHO} is missing: run scripts/build-task-images.sh (scripts/test.sh does)"
+    );
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn unique_name(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("test-{prefix}-{}-{nanos:x}", std::process::id())
+}
+
+/// A running executor process.
+pub struct Executor {
+    pub name: String,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+    client: Client,
+}
+
+/// Answer of the executor: HTTP status and JSON body.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+    pub raw: String,
+}
+
+impl Reply {
+    pub fn success(&self) -> bool {
+        self.body["success"] == Value::Bool(true)
+    }
+    pub fn msg(&self) -> &str {
+        self.body["msg"].as_str().unwrap_or("")
+    }
+}
+
+impl Executor {
+    /// Starts an executor with `yaml` as its config (a unique `name:` is appended) and
+    /// waits until `/health` answers.
+    pub fn start(prefix: &str, yaml: &str) -> Executor {
+        Self::start_named(&unique_name(prefix), yaml)
+    }
+
+    /// Starts an executor with the given instance `name`.
+    pub fn start_named(name: &str, yaml: &str) -> Executor {
+        require_images();
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("mecanywhere_executor.yaml");
+        let mut f = std::fs::File::create(&config).unwrap();
+        writeln!(f, "{yaml}\nname: {name}").unwrap();
+        let port = free_port();
+        let log = std::fs::File::create(dir.path().join("executor.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_mecanywhere-executor"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "info,mecanywhere_executor=debug")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("executor binary starts");
+        let mut executor = Executor {
+            name: name.to_string(),
+            port,
+            dir,
+            child: Some(child),
+            client: Client::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = executor.try_wait() {
+                panic!(
+                    "executor exited at start ({status}); log:\n{}",
+                    executor.log()
+                );
+            }
+            if executor.try_get("/health").is_some() {
+                return executor;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "executor did not answer /health within 30s; log:\n{}",
+                executor.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("executor.log")).unwrap_or_default()
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("mecanywhere_executor.yaml")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().unwrap())
+    }
+
+    /// Waits up to `limit` for the process to exit.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends `signal` (e.g. "TERM", "KILL") to the process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Forgets the process without stopping it (after SIGKILL, to simulate a crash).
+    pub fn reap_killed(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+    }
+
+    fn try_get(&self, path: &str) -> Option<Reply> {
+        self.client.request("GET", &self.url(path), None).ok()
+    }
+
+    pub fn get(&self, path: &str) -> Reply {
+        self.client
+            .request("GET", &self.url(path), None)
+            .unwrap_or_else(|e| panic!("GET {path}: {e}; log:\n{}", self.log()))
+    }
+
+    pub fn post(&self, path: &str, body: &str) -> Reply {
+        self.client
+            .request("POST", &self.url(path), Some(body.as_bytes().to_vec()))
+            .unwrap_or_else(|e| panic!("POST {path}: {e}; log:\n{}", self.log()))
+    }
+
+    /// `POST /` with a JSON value.
+    pub fn execute(&self, request: &Value) -> Reply {
+        self.post("/", &request.to_string())
+    }
+
+    /// Containers carrying this executor's label.
+    pub fn containers(&self) -> Vec<String> {
+        containers_of(&self.name)
+    }
+
+    /// Waits up to `limit` until this executor's container count equals `n`.
+    pub fn wait_containers(&self, n: usize, limit: Duration) -> Vec<String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let ids = self.containers();
+            if ids.len() == n || Instant::now() >= deadline {
+                return ids;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `/stop`, then waits for a clean exit.
+    pub fn stop(&mut self) -> ExitStatus {
+        let reply = self.post("/stop", "");
+        assert!(reply.success(), "{reply:?}");
+        self.wait_exit(Duration::from_secs(60))
+            .unwrap_or_else(|| panic!("executor did not exit after /stop; log:\n{}", self.log()))
+    }
+}
+
+impl Drop for Executor {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let left = containers_of(&self.name);
+        if !left.is_empty() {
+            let mut args = vec!["rm", "-f"];
+            args.extend(left.iter().map(String::as_str));
+            let _ = Command::new("docker").args(&args).output();
+        }
+    }
+}
+
+/// A minimal blocking HTTP/1.1 client over loopback (one connection per request).
+#[derive(Clone, Default)]
+pub struct Client;
+
+impl Client {
+    pub fn new() -> Client {
+        Client
+    }
+
+    pub fn request(&self, method: &str, url: &str, body: Option<Vec<u8>>) -> Result<Reply, String> {
+        use std::io::{BufRead, BufReader, Read};
+        let rest = url.strip_prefix("http://").ok_or("http only")?;
+        let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let path = if path.is_empty() { "/" } else { path };
+        let mut stream =
+            std::net::TcpStream::connect(host).map_err(|e| format!("connect {host}: {e}"))?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(300)))
+            .unwrap();
+        let body = body.unwrap_or_default();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        stream
+            .write_all(head.as_bytes())
+            .map_err(|e| e.to_string())?;
+        stream.write_all(&body).map_err(|e| e.to_string())?;
+        let mut reader = BufReader::new(stream);
+        let mut status_line = String::new();
+        reader
+            .read_line(&mut status_line)
+            .map_err(|e| e.to_string())?;
+        let status: u16 = status_line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("bad status line {status_line:?}"))?;
+        let mut length: Option<usize> = None;
+        let mut chunked = false;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).map_err(|e| e.to_string())?;
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            let lower = line.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("content-length:") {
+                length = v.trim().parse().ok();
+            }
+            if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
+                chunked = true;
+            }
+        }
+        let mut raw = Vec::new();
+        if chunked {
+            loop {
+                let mut size = String::new();
+                reader.read_line(&mut size).map_err(|e| e.to_string())?;
+                let n = usize::from_str_radix(size.trim().split(';').next().unwrap_or("0"), 16)
+                    .map_err(|e| e.to_string())?;
+                let mut chunk = vec![0; n + 2];
+                reader.read_exact(&mut chunk).map_err(|e| e.to_string())?;
+                if n == 0 {
+                    break;
+                }
+                raw.extend_from_slice(&chunk[..n]);
+            }
+        } else if let Some(n) = length {
+            raw.resize(n, 0);
+            reader.read_exact(&mut raw).map_err(|e| e.to_string())?;
+        } else {
+            reader.read_to_end(&mut raw).map_err(|e| e.to_string())?;
+        }
+        let raw = String::from_utf8(raw).map_err(|e| e.to_string())?;
+        let body = serde_json::from_str(&raw).unwrap_or(Value::Null);
+        Ok(Reply { status, body, raw })
+    }
+}
+
+/// Repository root (for scripts and Dockerfiles).
+pub fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
