@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite against a real Docker daemon: installs Docker when missing,
-# starts dockerd when none runs (and stops it again at the end), builds the task images
+# starts dockerd when none runs (and stops it again at the end), installs Debian's
+# docker-registry for the pull test (served on loopback only), builds the task images
 # from this repository, checks formatting and lints, runs every test, and fails if any
 # container carrying the executor's label is left behind.
 #
@@ -14,6 +15,11 @@ source "$ROOT/scripts/lib/docker.sh"
 
 ensure_docker
 trap stop_started_dockerd EXIT
+# The pull test serves a registry on 127.0.0.1 (Debian's docker-registry).
+if ! command -v docker-registry >/dev/null 2>&1; then
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry >/dev/null
+fi
 
 scripts/build-task-images.sh
 cargo fmt --check
