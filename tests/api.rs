@@ -291,3 +291,15 @@ fn oversized_request_body_gets_413_json() {
     assert_eq!(reply.body["success"], json!(false));
     assert!(ex.containers().is_empty());
 }
+
+#[test]
+fn tasks_can_be_reached_through_a_port_published_on_loopback() {
+    let ex = Executor::start("publish", "publish_task_ports: true\n");
+    let reply = ex.execute(&json!({"id": ECHO, "input": "via 127.0.0.1"}));
+    assert!(reply.success(), "{reply:?}");
+    assert_eq!(reply.msg(), "via 127.0.0.1");
+    let ids = ex.containers();
+    assert_eq!(ids.len(), 1);
+    let port = docker(&["port", &ids[0], "8080/tcp"]);
+    assert!(port.starts_with("127.0.0.1:"), "published on loopback only: {port}");
+}
