@@ -16,6 +16,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::resources::Reservation;
 use crate::task::TaskKey;
+use crate::task_client::TaskClient;
 
 /// A ready task container. Holding its [`Reservation`], it keeps its resources reserved
 /// until the last reference to it is gone (after the engine removed it).
@@ -23,7 +24,8 @@ use crate::task::TaskKey;
 pub struct Container {
     pub id: String,
     pub key: TaskKey,
-    pub addr: SocketAddr,
+    /// Connections to the task; they close when the container is dropped.
+    pub client: TaskClient,
     in_flight: AtomicUsize,
     /// Milliseconds since `epoch` at the last lease's end (or readiness).
     last_used_ms: AtomicU64,
@@ -34,17 +36,26 @@ pub struct Container {
 }
 
 impl Container {
-    pub fn new(id: String, key: TaskKey, addr: SocketAddr, reservation: Reservation) -> Container {
+    pub fn new(
+        id: String,
+        key: TaskKey,
+        client: TaskClient,
+        reservation: Reservation,
+    ) -> Container {
         Container {
             id,
             key,
-            addr,
+            client,
             in_flight: AtomicUsize::new(0),
             last_used_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             drained: Notify::new(),
             _reservation: reservation,
         }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.client.addr()
     }
 
     pub fn in_flight(&self) -> usize {
@@ -395,7 +406,7 @@ mod tests {
         Arc::new(Container::new(
             format!("id-{}", k.image),
             k.clone(),
-            "127.0.0.1:8080".parse().unwrap(),
+            TaskClient::new("127.0.0.1:8080".parse().unwrap(), 1024),
             r,
         ))
     }

@@ -1,8 +1,10 @@
-//! HTTP calls from the executor to task containers.
+//! HTTP calls from the executor to one task container.
 //!
-//! Owns one keep-alive connection pool shared by all tasks, the per-request deadline and
-//! the cap on answer size. It knows nothing of Docker or of the pool: a failed call is
-//! reported as a [`CallError`] and the executor decides what to do with the container.
+//! Owns the keep-alive connections to a container (one [`TaskClient`] per container, so
+//! connections never outlive it: a later container reusing its IP address never receives a
+//! stale connection), the per-request deadline and the cap on answer size. It knows nothing
+//! of Docker or of the pool: a failed call is reported as a [`CallError`] and the executor
+//! decides what to do with the container.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -35,11 +37,20 @@ pub enum CallError {
     Transport(String),
 }
 
-/// Shared HTTP client for task calls.
+/// HTTP client of one task container.
 #[derive(Clone)]
 pub struct TaskClient {
     client: Client<HttpConnector, Full<Bytes>>,
+    addr: SocketAddr,
     max_answer_bytes: usize,
+}
+
+impl std::fmt::Debug for TaskClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskClient")
+            .field("addr", &self.addr)
+            .finish()
+    }
 }
 
 /// Walks an error's `source()` chain into one line (hyper's top-level messages are terse).
@@ -55,7 +66,8 @@ fn describe(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 impl TaskClient {
-    pub fn new(max_answer_bytes: usize) -> TaskClient {
+    /// A client for the task at `addr`. Makes no connection yet.
+    pub fn new(addr: SocketAddr, max_answer_bytes: usize) -> TaskClient {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(10)));
@@ -65,14 +77,19 @@ impl TaskClient {
             .build(connector);
         TaskClient {
             client,
+            addr,
             max_answer_bytes,
         }
     }
 
-    /// Calls the task at `addr` and reads its whole answer, within `timeout`.
+    /// Where the task answers.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Calls the task and reads its whole answer, within `timeout`.
     pub async fn call(
         &self,
-        addr: SocketAddr,
         call: Call,
         input: Bytes,
         timeout: Duration,
@@ -90,7 +107,7 @@ impl TaskClient {
         };
         let mut request = Request::builder()
             .method(method)
-            .uri(format!("http://{addr}{path}"))
+            .uri(format!("http://{}{path}", self.addr))
             .body(Full::new(body))
             .map_err(|e| CallError::Transport(e.to_string()))?;
         request

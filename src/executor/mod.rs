@@ -27,12 +27,14 @@ use crate::host::{Host, HostCapacity};
 use crate::pool::{Lease, Lookup, Pool, StartOutcome};
 use crate::resources::{cores_to_milli, Budget, Demand};
 use crate::task::{Call, Runtime, TaskKey};
-use crate::task_client::{CallError, TaskClient};
+use crate::task_client::CallError;
 
 /// Largest task answer read into memory.
 pub const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
-/// How long pause and stop let in-flight requests finish before removing their container.
-const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+/// How long pause lets in-flight requests finish before removing their container.
+const PAUSE_DRAIN_LIMIT: Duration = Duration::from_secs(30);
+/// The same at shutdown: short, as `docker stop` kills the executor after 10 s.
+const SHUTDOWN_DRAIN_LIMIT: Duration = Duration::from_secs(5);
 
 /// A validated execute request.
 #[derive(Debug, Clone)]
@@ -81,7 +83,6 @@ pub struct Executor {
     pool: Arc<Pool>,
     budget: Arc<Budget>,
     host: Host,
-    client: TaskClient,
     config: RwLock<Config>,
     /// OCI runtimes the engine reported at start or at the last config update.
     runtimes: RwLock<Vec<String>>,
@@ -114,7 +115,6 @@ impl Executor {
             pool: Pool::new(),
             budget: Budget::new(total),
             host,
-            client: TaskClient::new(MAX_ANSWER_BYTES),
             runtimes: RwLock::new(runtimes),
             paused: AtomicBool::new(false),
             closing: CancellationToken::new(),
@@ -231,10 +231,10 @@ impl Executor {
         let config = self.admit(&request.key)?;
         let lease = self.lease(&request.key).await?;
         let call = Call::for_input(request.key.use_sgx, &request.input);
-        let addr = lease.container().addr;
-        match self
+        match lease
+            .container()
             .client
-            .call(addr, call, request.input, config.request_timeout)
+            .call(call, request.input, config.request_timeout)
             .await
         {
             Ok(answer) if answer.status.is_success() => Ok(answer.body),
@@ -280,18 +280,16 @@ impl Executor {
     async fn discard_broken(&self, lease: Lease, error: CallError) -> String {
         let container = Arc::clone(lease.container());
         drop(lease);
-        let exit = self.exit_state_settled(&container.id).await;
-        let message = match (&error, exit) {
-            (CallError::Timeout(_), _) => {
-                format!("{error}; its container was removed and will not be reused")
+        let message = if matches!(error, CallError::Timeout(_)) {
+            format!("{error}; its container was removed and will not be reused")
+        } else {
+            match self.exit_state_settled(&container.id).await {
+                Ok(Some(state)) => format!("task container {state} while handling the request"),
+                Err(crate::engine::EngineError::Api(_)) => {
+                    "task container disappeared while handling the request".to_string()
+                }
+                _ => format!("{error}; its container was removed"),
             }
-            (_, Ok(Some(state))) => {
-                format!("task container {state} while handling the request")
-            }
-            (_, Err(crate::engine::EngineError::Api(_))) => {
-                "task container disappeared while handling the request".to_string()
-            }
-            _ => format!("{error}; its container was removed"),
         };
         tracing::warn!(container = %container.id, key = %container.key, %message, "discarding task container");
         if self.pool.take_if_current(&container) {
@@ -320,7 +318,7 @@ impl Executor {
         self.paused.store(true, Ordering::Release);
         let containers = self.pool.take_all();
         tracing::info!(removing = containers.len(), "paused");
-        self.retire_all(containers, DRAIN_LIMIT).await;
+        self.retire_all(containers, PAUSE_DRAIN_LIMIT).await;
     }
 
     /// `/unpause`: accept tasks again.
@@ -405,7 +403,7 @@ impl Executor {
     pub async fn shutdown(&self) {
         self.closing.cancel();
         let containers = self.pool.take_all();
-        self.retire_all(containers, DRAIN_LIMIT).await;
+        self.retire_all(containers, SHUTDOWN_DRAIN_LIMIT).await;
         self.work.close();
         if tokio::time::timeout(Duration::from_secs(30), self.work.wait())
             .await

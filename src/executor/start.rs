@@ -8,13 +8,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{ExecError, Executor};
+use super::{ExecError, Executor, MAX_ANSWER_BYTES};
 use crate::engine::{
     ContainerSpec, SgxMounts, LABEL_CPU, LABEL_EXECUTOR, LABEL_INSTANCE, LABEL_MEM, LABEL_TASK_KEY,
 };
 use crate::pool::{Container, StartTicket};
 use crate::resources::{Demand, Reservation};
 use crate::task::{Runtime, TaskKey};
+use crate::task_client::TaskClient;
 
 fn describe(d: Demand) -> String {
     format!("{} cores and {} MB", d.cores(), d.mem_mb)
@@ -30,7 +31,7 @@ impl Executor {
         };
         match started {
             Ok(container) => {
-                tracing::info!(container = %container.id, key = %key, addr = %container.addr, "task container ready");
+                tracing::info!(container = %container.id, key = %key, addr = %container.addr(), "task container ready");
                 if let Err(container) = ticket.ready(container) {
                     self.retire(container, Duration::ZERO).await;
                 }
@@ -53,7 +54,15 @@ impl Executor {
             .start_and_wait_ready(&id, &spec, config.start_timeout)
             .await
         {
-            Ok(addr) => Ok(Arc::new(Container::new(id, key.clone(), addr, reservation))),
+            Ok(addr) => {
+                let client = TaskClient::new(addr, MAX_ANSWER_BYTES);
+                Ok(Arc::new(Container::new(
+                    id,
+                    key.clone(),
+                    client,
+                    reservation,
+                )))
+            }
             Err(e) => {
                 if let Err(remove_error) = self.engine.remove(&id).await {
                     tracing::error!(container = %id, error = %remove_error, "could not remove failed task container");
