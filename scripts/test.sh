@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Runs the whole test suite against a real Docker daemon: installs Docker when missing,
-# starts dockerd when none runs (and stops it again at the end), installs Debian's
-# docker-registry for the pull test (served on loopback only), builds the task images
-# from this repository, checks formatting and lints, runs every test, and fails if any
-# container carrying the executor's label is left behind.
+# Runs the whole test suite against a real Docker daemon. On a fresh Debian machine it
+# installs what is missing (docker.io, runsc, docker-registry), starts dockerd when none
+# runs (and stops it again at the end), registers gVisor as Docker runtime `runsc`, builds
+# the task images from this repository, checks formatting and lints, runs every test, and
+# fails if any container carrying the executor's label is left behind.
 #
 # Usage: scripts/test.sh      (from any directory)
 set -euo pipefail
@@ -15,6 +15,8 @@ source "$ROOT/scripts/lib/docker.sh"
 
 ensure_docker
 trap stop_started_dockerd EXIT
+# The micro-VM runtime test runs tasks under gVisor (Debian's runsc), registered as `runsc`.
+ensure_gvisor_runtime
 # The pull test serves a registry on 127.0.0.1 (Debian's docker-registry).
 if ! command -v docker-registry >/dev/null 2>&1; then
     as_root apt-get update -qq

@@ -51,3 +51,33 @@ stop_started_dockerd() {
         wait "$DOCKERD_PID" 2>/dev/null || true
     fi
 }
+
+# ensure_gvisor_runtime: installs gVisor (Debian package runsc) and registers it with Docker
+# as runtime `runsc` (/etc/docker/daemon.json), then makes the running dockerd reload it.
+# `--network=host` lets runsc use the network namespace Docker made for the container.
+ensure_gvisor_runtime() {
+    if ! command -v runsc >/dev/null 2>&1; then
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq runsc >/dev/null
+    fi
+    local conf=/etc/docker/daemon.json
+    if ! grep -q '"runsc"' "$conf" 2>/dev/null; then
+        if [ -s "$conf" ]; then
+            echo "$conf exists without a runsc runtime; add to it:" >&2
+            echo '  "runtimes": {"runsc": {"path": "/usr/bin/runsc", "runtimeArgs": ["--network=host"]}}' >&2
+            exit 1
+        fi
+        as_root mkdir -p /etc/docker
+        echo '{"runtimes": {"runsc": {"path": "/usr/bin/runsc", "runtimeArgs": ["--network=host"]}}}' |
+            as_root tee "$conf" >/dev/null
+    fi
+    if docker info >/dev/null 2>&1 && ! docker info --format '{{json .Runtimes}}' | grep -q runsc; then
+        as_root kill -HUP "$(cat /var/run/docker.pid)"
+        for _ in $(seq 1 40); do
+            docker info --format '{{json .Runtimes}}' | grep -q runsc && return 0
+            sleep 0.25
+        done
+        echo "dockerd did not load the runsc runtime" >&2
+        exit 1
+    fi
+}

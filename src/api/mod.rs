@@ -117,6 +117,7 @@ fn stats_json(s: &Stats) -> serde_json::Value {
         "task_gpu": s.task_gpu,
         "task_used_gpu": s.task_used_gpu,
         "containers": s.containers,
+        "runtimes": s.runtimes,
     })
 }
 

@@ -67,6 +67,8 @@ pub struct Stats {
     pub task_gpu: u32,
     pub task_used_gpu: u32,
     pub containers: usize,
+    /// The `runtime` values requests may use on this host.
+    pub runtimes: Vec<&'static str>,
 }
 
 /// The task budget the config allows on this host: CPU capped at the host's cores,
@@ -157,13 +159,32 @@ impl Executor {
         self.paused.load(Ordering::Acquire)
     }
 
+    /// The Docker runtime serving `runtime: "microVM"`, or why there is none.
+    fn microvm_runtime(&self, config: &Config) -> Result<String, ExecError> {
+        let Some(name) = config.microvm_runtime.as_deref() else {
+            return Err(ExecError::RuntimeUnavailable(
+                "runtime microVM is not available on this host: no microVM_runtime is configured \
+                 (the task is not run under a weaker runtime instead)"
+                    .into(),
+            ));
+        };
+        let known = self.runtimes.read().unwrap_or_else(|e| e.into_inner());
+        if !known.iter().any(|r| r == name) {
+            return Err(ExecError::RuntimeUnavailable(format!(
+                "runtime microVM is not available on this host: the configured runtime {name:?} \
+                 is not registered with Docker (registered: {})",
+                known.join(", ")
+            )));
+        }
+        Ok(name.to_string())
+    }
+
     fn check_microvm_runtime(&self) {
-        if let Some(name) = self.config().microvm_runtime {
-            let known = self.runtimes.read().unwrap_or_else(|e| e.into_inner());
-            if !known.contains(&name) {
-                tracing::warn!(runtime = %name, registered = ?*known,
-                    "microVM_runtime is not registered with Docker: microVM requests will be refused");
-            }
+        let config = self.config();
+        match self.microvm_runtime(&config) {
+            Ok(name) => tracing::info!(runtime = %name, "microVM requests run under this runtime"),
+            Err(e) if config.microvm_runtime.is_some() => tracing::warn!("{e}"),
+            Err(_) => {}
         }
     }
 
@@ -193,21 +214,7 @@ impl Executor {
             )));
         }
         if key.runtime == Runtime::MicroVm {
-            let Some(name) = config.microvm_runtime.as_deref() else {
-                return Err(ExecError::RuntimeUnavailable(
-                    "runtime microVM is not available on this host: no microVM_runtime is configured \
-                     (the task is not run under a weaker runtime instead)"
-                        .into(),
-                ));
-            };
-            let known = self.runtimes.read().unwrap_or_else(|e| e.into_inner());
-            if !known.iter().any(|r| r == name) {
-                return Err(ExecError::RuntimeUnavailable(format!(
-                    "runtime microVM is not available on this host: the configured runtime {name:?} \
-                     is not registered with Docker (registered: {})",
-                    known.join(", ")
-                )));
-            }
+            self.microvm_runtime(&config)?;
         }
         if key.use_sgx {
             if !config.sgx.enable {
@@ -219,6 +226,12 @@ impl Executor {
             if !Path::new(device).exists() {
                 return Err(ExecError::SgxUnavailable(format!(
                     "SGX device {device} does not exist on this host"
+                )));
+            }
+            let aesmd = config.sgx.aesmd_path.as_deref().unwrap_or_default();
+            if !Path::new(aesmd).is_dir() {
+                return Err(ExecError::SgxUnavailable(format!(
+                    "SGX AESM directory {aesmd} does not exist on this host"
                 )));
             }
         }
@@ -395,6 +408,11 @@ impl Executor {
             task_gpu: 0,
             task_used_gpu: 0,
             containers: counts.ready + counts.starting,
+            runtimes: if self.microvm_runtime(&self.config()).is_ok() {
+                vec!["container", "microVM"]
+            } else {
+                vec!["container"]
+            },
         })
     }
 

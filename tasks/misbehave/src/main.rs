@@ -14,6 +14,7 @@
 //! | `bad-status`    | ready; `POST /` returns 500 `task failed on purpose`             |
 //! | `garbage`       | ready; answers every request with `this is not http\r\n\r\n`, closes |
 //! | `sgx`           | mock SGX task: `GET /ra`, `POST /run`                            |
+//! | `kernel`        | ready; `POST /` returns the first line of the kernel log, or why it is unreadable |
 //!
 //! Any other (or no) `MODE`: an error on stderr and exit code 64.
 
@@ -109,10 +110,17 @@ fn main() {
             }
             _ => not_found(conn),
         }),
+        "kernel" => ready_and_serve(|req, conn| {
+            if req.method == "POST" && req.path == "/" {
+                conn.respond(200, "text/plain", first_kernel_log_line().as_bytes())
+            } else {
+                not_found(conn)
+            }
+        }),
         other => {
             eprintln!(
                 "misbehave-task: unknown MODE {other:?} (expected one of: crash, never-ready, \
-                 exit-at-start, slow-start, hang, huge, oom, bad-status, garbage, sgx)"
+                 exit-at-start, slow-start, hang, huge, oom, bad-status, garbage, sgx, kernel)"
             );
             std::process::exit(64)
         }
@@ -135,6 +143,25 @@ fn echo(req: &http::Request, conn: &mut http::Conn) -> io::Result<()> {
     } else {
         not_found(conn)
     }
+}
+
+extern "C" {
+    /// glibc's wrapper of syslog(2).
+    fn klogctl(kind: i32, buf: *mut u8, len: i32) -> i32;
+}
+
+/// The first line of the kernel log (syslog(2) READ_ALL). Under gVisor it is
+/// "Starting gVisor..."; under runc Docker's seccomp profile denies the call.
+fn first_kernel_log_line() -> String {
+    const SYSLOG_ACTION_READ_ALL: i32 = 3;
+    let mut buf = vec![0u8; 64 * 1024];
+    // SAFETY: the buffer is valid for `len` bytes and outlives the call.
+    let n = unsafe { klogctl(SYSLOG_ACTION_READ_ALL, buf.as_mut_ptr(), buf.len() as i32) };
+    if n < 0 {
+        return format!("kernel log unavailable: {}", io::Error::last_os_error());
+    }
+    let text = String::from_utf8_lossy(&buf[..n as usize]).into_owned();
+    text.lines().next().unwrap_or("").to_string()
 }
 
 fn not_found(conn: &mut http::Conn) -> io::Result<()> {
