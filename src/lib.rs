@@ -8,6 +8,7 @@ pub mod api;
 pub mod config;
 pub mod engine;
 pub mod executor;
+pub mod gpu;
 pub mod host;
 pub mod pool;
 pub mod resources;

@@ -9,12 +9,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use mecanywhere_executor::config::Config;
 use mecanywhere_executor::engine::docker::DockerEngine;
-use mecanywhere_executor::executor::Executor;
+use mecanywhere_executor::executor::{Executor, GpuLoader};
+use mecanywhere_executor::gpu::nvml::NvmlInventory;
+use mecanywhere_executor::gpu::{GpuInventory, IDLE_PERCENT};
 
 /// Runs MECAnywhere tasks in isolated containers on the local Docker engine.
 #[derive(Debug, Parser)]
@@ -26,6 +28,57 @@ struct Cli {
     /// Address to serve the API on.
     #[arg(long, default_value = "0.0.0.0:2591")]
     listen: SocketAddr,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the NVIDIA GPUs NVML sees (count, model, UUIDs, utilisation, memory) and exit.
+    Gpus,
+}
+
+/// The `gpus` subcommand.
+fn print_gpus() -> ExitCode {
+    let inventory = match NvmlInventory::load() {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("mecanywhere-executor: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let devices = match inventory.devices() {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("mecanywhere-executor: cannot list GPUs: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    println!("{} GPU(s)", devices.len());
+    for gpu in devices {
+        match inventory.load(&gpu.uuid) {
+            Ok(load) => println!(
+                "[{}] {} {} memory {}/{} MB, utilisation compute {}% memory {}% ({})",
+                gpu.index,
+                gpu.uuid,
+                gpu.model,
+                load.memory_used_mb,
+                gpu.memory_total_mb,
+                load.compute_percent,
+                load.memory_percent,
+                if load.is_idle() {
+                    format!("free for tasks: both <= {IDLE_PERCENT}%")
+                } else {
+                    "busy".to_string()
+                }
+            ),
+            Err(e) => println!(
+                "[{}] {} {}: utilisation unreadable: {e}",
+                gpu.index, gpu.uuid, gpu.model
+            ),
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 /// Accepts the Go executor's single-dash `-config FILE` / `-config=FILE` too.
@@ -61,6 +114,9 @@ async fn shutdown_signal(stop: CancellationToken) {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse_from(normalize_args(std::env::args_os()));
+    if let Some(Command::Gpus) = cli.command {
+        return print_gpus();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -87,7 +143,10 @@ async fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let executor = match Executor::start(config, Arc::new(engine)).await {
+    let gpu_loader: GpuLoader = Box::new(|| {
+        NvmlInventory::load().map(|inventory| Arc::new(inventory) as Arc<dyn GpuInventory>)
+    });
+    let executor = match Executor::start(config, Arc::new(engine), gpu_loader).await {
         Ok(executor) => executor,
         Err(e) => {
             eprintln!("mecanywhere-executor: cannot start: {e}");

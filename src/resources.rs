@@ -1,10 +1,11 @@
-//! The task budget: how much CPU and memory tasks may hold, and who holds what.
+//! The task budget: how much CPU, memory and which GPUs tasks may hold, and who holds what.
 //!
 //! Owns the arithmetic of reservations. A [`Reservation`] is an owned value: dropping it
 //! gives its resources back and wakes requests waiting for room, so every reservation is
 //! released exactly once, on every path. This module never talks to Docker and never
 //! decides *what* to evict; the executor does that.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -33,12 +34,18 @@ pub fn cores_to_milli(cores: f64) -> u64 {
 pub struct BudgetSnapshot {
     pub total: Demand,
     pub used: Demand,
+    /// GPUs usable by tasks, and how many of them are reserved.
+    pub gpus_total: usize,
+    pub gpus_used: usize,
 }
 
 #[derive(Debug)]
 struct Inner {
     total: Demand,
     used: Demand,
+    /// UUIDs of the GPUs tasks may use, in index order.
+    gpus: Vec<String>,
+    gpus_reserved: HashSet<String>,
 }
 
 /// The shared budget. Cheap to clone through `Arc`.
@@ -57,6 +64,8 @@ impl Budget {
                     milli_cpu: 0,
                     mem_mb: 0,
                 },
+                gpus: Vec::new(),
+                gpus_reserved: HashSet::new(),
             }),
             released: Notify::new(),
         })
@@ -67,28 +76,59 @@ impl Budget {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether `demand` could ever fit, with nothing else reserved.
-    pub fn can_ever_fit(&self, demand: Demand) -> bool {
+    /// Whether `demand` and `gpus` GPUs could ever fit, with nothing else reserved.
+    pub fn can_ever_fit(&self, demand: Demand, gpus: u32) -> bool {
         let inner = self.lock();
-        demand.milli_cpu <= inner.total.milli_cpu && demand.mem_mb <= inner.total.mem_mb
+        demand.milli_cpu <= inner.total.milli_cpu
+            && demand.mem_mb <= inner.total.mem_mb
+            && gpus as usize <= inner.gpus.len()
     }
 
-    /// Reserves `demand` if it fits now.
+    /// Reserves `demand` (no GPUs) if it fits now.
     pub fn try_reserve(self: &Arc<Self>, demand: Demand) -> Option<Reservation> {
+        self.try_reserve_with_gpus(demand, 0, |_| true)
+    }
+
+    /// Reserves `demand` and `gpus` whole GPUs that no task holds and that `gpu_idle` calls
+    /// idle (lowest index first), if all of it fits now.
+    pub fn try_reserve_with_gpus(
+        self: &Arc<Self>,
+        demand: Demand,
+        gpus: u32,
+        gpu_idle: impl Fn(&str) -> bool,
+    ) -> Option<Reservation> {
         let mut inner = self.lock();
         let cpu = inner.used.milli_cpu + demand.milli_cpu;
         let mem = inner.used.mem_mb + demand.mem_mb;
         if cpu > inner.total.milli_cpu || mem > inner.total.mem_mb {
             return None;
         }
+        let chosen: Vec<String> = inner
+            .gpus
+            .iter()
+            .filter(|uuid| !inner.gpus_reserved.contains(*uuid) && gpu_idle(uuid))
+            .take(gpus as usize)
+            .cloned()
+            .collect();
+        if chosen.len() < gpus as usize {
+            return None;
+        }
         inner.used = Demand {
             milli_cpu: cpu,
             mem_mb: mem,
         };
+        inner.gpus_reserved.extend(chosen.iter().cloned());
         Some(Reservation {
             budget: Arc::clone(self),
             demand,
+            gpus: chosen,
         })
+    }
+
+    /// Sets the GPUs tasks may use (UUIDs in index order). Current reservations stay valid.
+    pub fn set_gpus(&self, gpus: Vec<String>) {
+        self.lock().gpus = gpus;
+        self.released.notify_waiters();
     }
 
     /// A future that completes at the next release. Create it *before* a failed
@@ -108,6 +148,8 @@ impl Budget {
         BudgetSnapshot {
             total: inner.total,
             used: inner.used,
+            gpus_total: inner.gpus.len(),
+            gpus_used: inner.gpus_reserved.len(),
         }
     }
 }
@@ -117,11 +159,17 @@ impl Budget {
 pub struct Reservation {
     budget: Arc<Budget>,
     demand: Demand,
+    gpus: Vec<String>,
 }
 
 impl Reservation {
     pub fn demand(&self) -> Demand {
         self.demand
+    }
+
+    /// UUIDs of the reserved GPUs.
+    pub fn gpus(&self) -> &[String] {
+        &self.gpus
     }
 }
 
@@ -131,6 +179,9 @@ impl Drop for Reservation {
             let mut inner = self.budget.lock();
             inner.used.milli_cpu -= self.demand.milli_cpu;
             inner.used.mem_mb -= self.demand.mem_mb;
+            for uuid in &self.gpus {
+                inner.gpus_reserved.remove(uuid);
+            }
         }
         self.budget.released.notify_waiters();
     }
@@ -171,9 +222,10 @@ mod tests {
     #[test]
     fn can_ever_fit_compares_with_total() {
         let b = Budget::new(d(2000, 1024));
-        assert!(b.can_ever_fit(d(2000, 1024)));
-        assert!(!b.can_ever_fit(d(2001, 1)));
-        assert!(!b.can_ever_fit(d(1, 1025)));
+        assert!(b.can_ever_fit(d(2000, 1024), 0));
+        assert!(!b.can_ever_fit(d(2001, 1), 0));
+        assert!(!b.can_ever_fit(d(1, 1025), 0));
+        assert!(!b.can_ever_fit(d(1, 1), 1), "no GPUs");
     }
 
     #[tokio::test]
@@ -210,5 +262,53 @@ mod tests {
         assert!(b.try_reserve(d(100, 1)).is_none());
         drop(r);
         assert!(b.try_reserve(d(2000, 2048)).is_some());
+    }
+
+    fn gpu_budget() -> Arc<Budget> {
+        let b = Budget::new(d(8000, 8192));
+        b.set_gpus(vec!["GPU-a".into(), "GPU-b".into(), "GPU-c".into()]);
+        b
+    }
+
+    #[test]
+    fn gpus_are_reserved_whole_by_uuid_lowest_index_first() {
+        let b = gpu_budget();
+        let r1 = b.try_reserve_with_gpus(d(100, 1), 2, |_| true).unwrap();
+        assert_eq!(r1.gpus(), ["GPU-a", "GPU-b"]);
+        let r2 = b.try_reserve_with_gpus(d(100, 1), 1, |_| true).unwrap();
+        assert_eq!(r2.gpus(), ["GPU-c"]);
+        assert!(
+            b.try_reserve_with_gpus(d(100, 1), 1, |_| true).is_none(),
+            "all reserved"
+        );
+        assert_eq!(b.snapshot().gpus_used, 3);
+        drop(r1);
+        assert_eq!(b.snapshot().gpus_used, 1);
+        let r3 = b.try_reserve_with_gpus(d(100, 1), 2, |_| true).unwrap();
+        assert_eq!(r3.gpus(), ["GPU-a", "GPU-b"], "released GPUs are reused");
+    }
+
+    #[test]
+    fn busy_gpus_are_skipped() {
+        let b = gpu_budget();
+        let r = b
+            .try_reserve_with_gpus(d(100, 1), 2, |uuid| uuid != "GPU-a")
+            .unwrap();
+        assert_eq!(r.gpus(), ["GPU-b", "GPU-c"]);
+        assert!(b
+            .try_reserve_with_gpus(d(100, 1), 1, |uuid| uuid != "GPU-a")
+            .is_none());
+    }
+
+    #[test]
+    fn a_failed_gpu_reservation_holds_nothing() {
+        let b = gpu_budget();
+        assert!(b.try_reserve_with_gpus(d(100, 1), 4, |_| true).is_none());
+        assert!(!b.can_ever_fit(d(100, 1), 4));
+        let snap = b.snapshot();
+        assert_eq!((snap.used, snap.gpus_used), (d(0, 0), 0));
+        // CPU that does not fit also reserves no GPU.
+        assert!(b.try_reserve_with_gpus(d(9000, 1), 1, |_| true).is_none());
+        assert_eq!(b.snapshot().gpus_used, 0);
     }
 }

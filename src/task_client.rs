@@ -35,6 +35,22 @@ pub enum CallError {
     TooLarge(usize),
     #[error("could not reach the task: {0}")]
     Transport(String),
+    #[error("task answered something that is not valid HTTP: {0}")]
+    NotHttp(String),
+}
+
+/// Sorts a client error: a malformed answer, or a transport failure.
+fn classify(e: &(dyn std::error::Error + 'static)) -> CallError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_parse)
+        {
+            return CallError::NotHttp(describe(e));
+        }
+        source = s.source();
+    }
+    CallError::Transport(describe(e))
 }
 
 /// HTTP client of one task container.
@@ -118,7 +134,7 @@ impl TaskClient {
                 .client
                 .request(request)
                 .await
-                .map_err(|e| CallError::Transport(describe(&e)))?;
+                .map_err(|e| classify(&e))?;
             let status = response.status();
             let body = Limited::new(response.into_body(), self.max_answer_bytes)
                 .collect()

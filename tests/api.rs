@@ -301,5 +301,8 @@ fn tasks_can_be_reached_through_a_port_published_on_loopback() {
     let ids = ex.containers();
     assert_eq!(ids.len(), 1);
     let port = docker(&["port", &ids[0], "8080/tcp"]);
-    assert!(port.starts_with("127.0.0.1:"), "published on loopback only: {port}");
+    assert!(
+        port.starts_with("127.0.0.1:"),
+        "published on loopback only: {port}"
+    );
 }

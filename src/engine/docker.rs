@@ -11,8 +11,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bollard::container::LogOutput;
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, DeviceMapping, EndpointSettings, HostConfig,
-    NetworkingConfig, PortBinding,
+    ContainerCreateBody, ContainerInspectResponse, DeviceMapping, DeviceRequest, EndpointSettings,
+    HostConfig, NetworkingConfig, PortBinding,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, InspectContainerOptions, ListContainersOptions,
@@ -262,6 +262,16 @@ impl Engine for DockerEngine {
                 cgroup_permissions: Some("rwm".into()),
             }]);
             host_config.binds = Some(vec![format!("{}:/var/run/aesmd", sgx.aesmd_path)]);
+        }
+        if !spec.gpus.is_empty() {
+            // By UUID, not index: indices inside the executor's own container may differ
+            // from the host's.
+            host_config.device_requests = Some(vec![DeviceRequest {
+                driver: Some("nvidia".into()),
+                device_ids: Some(spec.gpus.clone()),
+                capabilities: Some(vec![vec!["gpu".into()]]),
+                ..Default::default()
+            }]);
         }
         let networking_config = spec.network.as_ref().map(|n| NetworkingConfig {
             endpoints_config: Some(HashMap::from([(n.clone(), EndpointSettings::default())])),

@@ -51,6 +51,8 @@ pub struct ContainerSpec {
     /// Publish the task port on 127.0.0.1 and reach the task there.
     pub publish_port: bool,
     pub sgx: Option<SgxMounts>,
+    /// UUIDs of the NVIDIA GPUs the task gets (device request, driver `nvidia`).
+    pub gpus: Vec<String>,
 }
 
 /// How a container ended.

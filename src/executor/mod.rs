@@ -23,6 +23,7 @@ pub use error::ExecError;
 
 use crate::config::Config;
 use crate::engine::Engine;
+use crate::gpu::{GpuError, GpuInventory, GpuMonitor};
 use crate::host::{Host, HostCapacity};
 use crate::pool::{Lease, Lookup, Pool, StartOutcome};
 use crate::resources::{cores_to_milli, Budget, Demand};
@@ -80,8 +81,14 @@ pub fn task_budget(config: &Config, host: HostCapacity) -> Demand {
     }
 }
 
+/// Opens the host's GPU inventory (NVML in production); called when `has_gpu` turns on.
+pub type GpuLoader = Box<dyn Fn() -> Result<Arc<dyn GpuInventory>, GpuError> + Send + Sync>;
+
 pub struct Executor {
     engine: Arc<dyn Engine>,
+    gpu_loader: GpuLoader,
+    /// The GPUs in use while `has_gpu` is on and GPUs were found.
+    gpus: RwLock<Option<Arc<GpuMonitor>>>,
     pool: Arc<Pool>,
     budget: Arc<Budget>,
     host: Host,
@@ -101,6 +108,7 @@ impl Executor {
     pub async fn start(
         config: Config,
         engine: Arc<dyn Engine>,
+        gpu_loader: GpuLoader,
     ) -> Result<Arc<Executor>, ExecError> {
         let host = Host::new();
         let total = task_budget(&config, host.capacity());
@@ -114,6 +122,8 @@ impl Executor {
         let runtimes = engine.runtimes().await?;
         let executor = Arc::new(Executor {
             engine,
+            gpu_loader,
+            gpus: RwLock::new(None),
             pool: Pool::new(),
             budget: Budget::new(total),
             host,
@@ -125,11 +135,7 @@ impl Executor {
             config: RwLock::new(config),
         });
         executor.check_microvm_runtime();
-        if executor.config().has_gpu {
-            tracing::warn!(
-                "has_gpu is set, but this build schedules no GPUs: GPU requests will be refused"
-            );
-        }
+        executor.set_gpus_enabled(executor.config().has_gpu);
         tokio::spawn(Arc::clone(&executor).reap_idle());
         let budget = executor.budget.snapshot().total;
         tracing::info!(
@@ -153,6 +159,34 @@ impl Executor {
     /// The id of this process's instance (label `org.mecanywhere.executor.instance`).
     pub fn instance(&self) -> &str {
         &self.instance
+    }
+
+    /// Turns GPU scheduling on (detecting the GPUs) or off.
+    fn set_gpus_enabled(&self, on: bool) {
+        let monitor = if on {
+            match (self.gpu_loader)().and_then(GpuMonitor::start) {
+                Ok(monitor) => {
+                    tracing::info!(count = monitor.devices().len(), model = %monitor.model(), "GPUs available to tasks");
+                    Some(monitor)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "has_gpu is set but GPUs are off");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let uuids = monitor
+            .as_ref()
+            .map(|m| m.devices().iter().map(|g| g.uuid.clone()).collect())
+            .unwrap_or_default();
+        self.budget.set_gpus(uuids);
+        *self.gpus.write().unwrap_or_else(|e| e.into_inner()) = monitor;
+    }
+
+    pub(crate) fn gpu_monitor(&self) -> Option<Arc<GpuMonitor>> {
+        self.gpus.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn is_paused(&self) -> bool {
@@ -197,7 +231,8 @@ impl Executor {
             return Err(ExecError::Paused);
         }
         let config = self.config();
-        let total = self.budget.snapshot().total;
+        let budget = self.budget.snapshot();
+        let total = budget.total;
         if key.demand.milli_cpu > total.milli_cpu || key.demand.mem_mb > total.mem_mb {
             return Err(ExecError::ExceedsMaximum(format!(
                 "the task asks for {} cores and {} MB; this executor's task budget is {} cores and {} MB",
@@ -207,10 +242,17 @@ impl Executor {
                 total.mem_mb
             )));
         }
-        if key.gpu_count > 0 {
+        if key.gpu_count as usize > budget.gpus_total {
+            let why = if budget.gpus_total > 0 {
+                ""
+            } else if config.has_gpu {
+                " (has_gpu is set, but no usable GPU was found: see the executor's log)"
+            } else {
+                " (has_gpu is off)"
+            };
             return Err(ExecError::NoGpu(format!(
-                "the task asks for {} GPUs; this host offers 0 GPUs to tasks",
-                key.gpu_count
+                "the task asks for {} GPUs; this host offers {} GPUs to tasks{why}",
+                key.gpu_count, budget.gpus_total
             )));
         }
         if key.runtime == Runtime::MicroVm {
@@ -365,12 +407,16 @@ impl Executor {
             if let Some(gpu) = update.has_gpu {
                 config.has_gpu = gpu;
             }
+
             if let Some(runtime) = update.microvm_runtime {
                 config.microvm_runtime = runtime;
             }
             task_budget(&config, self.host.capacity())
         };
         self.budget.set_total(new_total);
+        if let Some(on) = update.has_gpu {
+            self.set_gpus_enabled(on);
+        }
         self.check_microvm_runtime();
         self.pool.changed.notify_one();
         tracing::info!(
@@ -404,9 +450,9 @@ impl Executor {
             task_mem_mb: budget.total.mem_mb,
             task_used_cpu_percent: percent(budget.used.milli_cpu, budget.total.milli_cpu),
             task_used_mem_percent: percent(budget.used.mem_mb, budget.total.mem_mb),
-            gpu_model: String::new(),
-            task_gpu: 0,
-            task_used_gpu: 0,
+            gpu_model: self.gpu_monitor().map(|m| m.model()).unwrap_or_default(),
+            task_gpu: budget.gpus_total as u32,
+            task_used_gpu: budget.gpus_used as u32,
             containers: counts.ready + counts.starting,
             runtimes: if self.microvm_runtime(&self.config()).is_ok() {
                 vec!["container", "microVM"]

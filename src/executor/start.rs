@@ -46,8 +46,10 @@ impl Executor {
     async fn start_container(&self, key: &TaskKey) -> Result<Arc<Container>, ExecError> {
         let config = self.config();
         self.engine.ensure_image(&key.image).await?;
-        let reservation = self.reserve(key.demand, config.queue_timeout).await?;
-        let spec = self.container_spec(key, &config);
+        let reservation = self
+            .reserve(key.demand, key.gpu_count, config.queue_timeout)
+            .await?;
+        let spec = self.container_spec(key, &config, reservation.gpus());
         let id = self.engine.create(&spec).await?;
         match self
             .engine
@@ -67,24 +69,34 @@ impl Executor {
                 if let Err(remove_error) = self.engine.remove(&id).await {
                     tracing::error!(container = %id, error = %remove_error, "could not remove failed task container");
                 }
+                if !spec.gpus.is_empty() && e.to_string().contains("device driver") {
+                    return Err(ExecError::NoGpu(format!(
+                        "Docker could not give the task its GPUs ({e}); is the NVIDIA container \
+                         toolkit installed and registered with Docker?"
+                    )));
+                }
                 Err(e.into())
             }
         }
     }
 
-    /// Reserves `demand`: at once if it fits, else after evicting idle containers (least
-    /// recently used first), else after waiting up to `queue_timeout` for releases.
+    /// Reserves `demand` and `gpus` GPUs: at once if they fit, else after evicting idle
+    /// containers (least recently used first), else after waiting up to `queue_timeout` for
+    /// releases (and, for GPUs, for their utilisation to drop).
     async fn reserve(
         &self,
         demand: Demand,
+        gpus: u32,
         queue_timeout: Duration,
     ) -> Result<Reservation, ExecError> {
         let deadline = tokio::time::Instant::now() + queue_timeout;
+        let monitor = self.gpu_monitor();
+        let gpu_idle = |uuid: &str| monitor.as_ref().is_some_and(|m| m.is_idle(uuid));
         loop {
             let released = self.budget.released();
             tokio::pin!(released);
             released.as_mut().enable();
-            if let Some(reservation) = self.budget.try_reserve(demand) {
+            if let Some(reservation) = self.budget.try_reserve_with_gpus(demand, gpus, gpu_idle) {
                 return Ok(reservation);
             }
             if let Some(victim) = self.pool.take_lru_idle() {
@@ -92,7 +104,7 @@ impl Executor {
                 self.retire(victim, Duration::ZERO).await;
                 continue;
             }
-            if !self.budget.can_ever_fit(demand) {
+            if !self.budget.can_ever_fit(demand, gpus) {
                 let total = self.budget.snapshot().total;
                 return Err(ExecError::ExceedsMaximum(format!(
                     "the task asks for {}; the task budget is {}",
@@ -100,19 +112,42 @@ impl Executor {
                     describe(total)
                 )));
             }
-            if tokio::time::timeout_at(deadline, released).await.is_err() {
-                let snapshot = self.budget.snapshot();
-                return Err(ExecError::QueueTimeout {
-                    waited: humantime::format_duration(queue_timeout).to_string(),
-                    wanted: describe(demand),
-                    total: describe(snapshot.total),
-                    reserved: describe(snapshot.used),
-                });
+            // GPUs also become free when their utilisation drops: look again now and then.
+            let recheck = if gpus > 0 {
+                crate::gpu::SAMPLE_PERIOD
+            } else {
+                queue_timeout
+            };
+            let wake = tokio::time::Instant::now() + recheck;
+            match tokio::time::timeout_at(deadline.min(wake), released).await {
+                Ok(()) => {}
+                Err(_) if tokio::time::Instant::now() < deadline => {}
+                Err(_) => {
+                    let snapshot = self.budget.snapshot();
+                    let with_gpus = |d: Demand, n: usize| {
+                        if gpus > 0 {
+                            format!("{} and {n} GPUs", describe(d))
+                        } else {
+                            describe(d)
+                        }
+                    };
+                    return Err(ExecError::QueueTimeout {
+                        waited: humantime::format_duration(queue_timeout).to_string(),
+                        wanted: with_gpus(demand, gpus as usize),
+                        total: with_gpus(snapshot.total, snapshot.gpus_total),
+                        reserved: with_gpus(snapshot.used, snapshot.gpus_used),
+                    });
+                }
             }
         }
     }
 
-    fn container_spec(&self, key: &TaskKey, config: &crate::config::Config) -> ContainerSpec {
+    fn container_spec(
+        &self,
+        key: &TaskKey,
+        config: &crate::config::Config,
+        gpus: &[String],
+    ) -> ContainerSpec {
         let labels = HashMap::from([
             (LABEL_EXECUTOR.to_string(), config.name.clone()),
             (LABEL_INSTANCE.to_string(), self.instance.clone()),
@@ -135,6 +170,7 @@ impl Executor {
                 device: config.sgx.sgx_device.clone().unwrap_or_default(),
                 aesmd_path: config.sgx.aesmd_path.clone().unwrap_or_default(),
             }),
+            gpus: gpus.to_vec(),
         }
     }
 
