@@ -66,6 +66,16 @@ struct RawConfig {
     network: Option<String>,
     publish_task_ports: Option<bool>,
     name: Option<String>,
+    pull_timeout: Option<String>,
+    max_request_bytes: Option<u64>,
+    max_answer_bytes: Option<u64>,
+    pids_limit: Option<i64>,
+    nofile_limit: Option<i64>,
+    log_max_size: Option<String>,
+    log_max_files: Option<u32>,
+    read_only_rootfs: Option<bool>,
+    internal_network: Option<bool>,
+    auth_token: Option<String>,
 }
 
 /// Validated configuration.
@@ -94,7 +104,46 @@ pub struct Config {
     /// Instance name; every container this executor creates carries it as a label, and only
     /// containers with this label are ever removed by it.
     pub name: String,
+    /// How long pulling one image may take.
+    pub pull_timeout: Duration,
+    /// Largest request body accepted (HTTP 413 beyond).
+    pub max_request_bytes: usize,
+    /// Largest task answer read into memory.
+    pub max_answer_bytes: usize,
+    /// Hardening of every task container.
+    pub hardening: Hardening,
+    /// Tasks join a network with no route out (Docker `--internal`), created if absent.
+    pub internal_network: bool,
+    /// When set, every endpoint but `/health` requires `Authorization: Bearer <token>`.
+    pub auth_token: Option<String>,
 }
+
+/// Limits applied to every task container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hardening {
+    pub pids_limit: i64,
+    pub nofile_limit: i64,
+    /// json-file log rotation: size of one file (Docker syntax, e.g. `10m`) and file count.
+    pub log_max_size: String,
+    pub log_max_files: u32,
+    /// Read-only root filesystem with a tmpfs at `/tmp`.
+    pub read_only_rootfs: bool,
+}
+
+impl Default for Hardening {
+    fn default() -> Self {
+        Hardening {
+            pids_limit: 1024,
+            nofile_limit: 4096,
+            log_max_size: "10m".into(),
+            log_max_files: 2,
+            read_only_rootfs: false,
+        }
+    }
+}
+
+/// Environment variable that sets (and overrides) `auth_token`.
+pub const TOKEN_ENV: &str = "MECANYWHERE_EXECUTOR_TOKEN";
 
 impl Default for Config {
     fn default() -> Self {
@@ -111,6 +160,12 @@ impl Default for Config {
             network: None,
             publish_task_ports: false,
             name: "mecanywhere".to_string(),
+            pull_timeout: Duration::from_secs(600),
+            max_request_bytes: 64 * 1024 * 1024,
+            max_answer_bytes: 64 * 1024 * 1024,
+            hardening: Hardening::default(),
+            internal_network: false,
+            auth_token: None,
         }
     }
 }
@@ -162,6 +217,13 @@ pub fn check_timeout_minutes(minutes: i64) -> Result<Duration, ConfigError> {
     Ok(Duration::from_secs(minutes as u64 * 60))
 }
 
+fn byte_limit(key: &'static str, n: u64) -> Result<usize, ConfigError> {
+    if !(1024..=(1 << 40)).contains(&n) {
+        return Err(invalid(key, format!("{n} bytes: use 1 KiB to 1 TiB")));
+    }
+    Ok(n as usize)
+}
+
 fn non_empty(key: &'static str, value: Option<String>) -> Result<Option<String>, ConfigError> {
     match value {
         Some(v) if v.trim().is_empty() => Err(invalid(key, "must not be empty")),
@@ -183,18 +245,32 @@ impl Config {
         Config::from_raw(raw)
     }
 
-    /// Reads `path` if given, else [`DEFAULT_CONFIG_FILE`] if it exists, else the defaults.
+    /// Reads `path` if given, else [`DEFAULT_CONFIG_FILE`] if it exists, else the defaults;
+    /// then applies [`TOKEN_ENV`] from the environment.
     pub fn load(path: Option<&Path>) -> Result<(Config, Option<PathBuf>), ConfigError> {
         let path = match path {
-            Some(p) => p.to_path_buf(),
-            None if Path::new(DEFAULT_CONFIG_FILE).is_file() => PathBuf::from(DEFAULT_CONFIG_FILE),
-            None => return Ok((Config::default(), None)),
+            Some(p) => Some(p.to_path_buf()),
+            None if Path::new(DEFAULT_CONFIG_FILE).is_file() => {
+                Some(PathBuf::from(DEFAULT_CONFIG_FILE))
+            }
+            None => None,
         };
-        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
-            path: path.clone(),
-            source,
-        })?;
-        Ok((Config::from_yaml(&text, &path)?, Some(path)))
+        let mut config = match &path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                Config::from_yaml(&text, path)?
+            }
+            None => Config::default(),
+        };
+        if let Ok(token) = std::env::var(TOKEN_ENV) {
+            if !token.trim().is_empty() {
+                config.auth_token = Some(token);
+            }
+        }
+        Ok((config, path))
     }
 
     fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
@@ -241,6 +317,54 @@ impl Config {
         }
         c.network = non_empty("network", raw.network)?;
         c.publish_task_ports = raw.publish_task_ports.unwrap_or(false);
+        if let Some(d) = raw.pull_timeout {
+            c.pull_timeout = duration("pull_timeout", &d)?;
+        }
+        if let Some(n) = raw.max_request_bytes {
+            c.max_request_bytes = byte_limit("max_request_bytes", n)?;
+        }
+        if let Some(n) = raw.max_answer_bytes {
+            c.max_answer_bytes = byte_limit("max_answer_bytes", n)?;
+        }
+        if let Some(n) = raw.pids_limit {
+            if n < 16 {
+                return Err(invalid("pids_limit", format!("{n}: must be at least 16")));
+            }
+            c.hardening.pids_limit = n;
+        }
+        if let Some(n) = raw.nofile_limit {
+            if n < 64 {
+                return Err(invalid("nofile_limit", format!("{n}: must be at least 64")));
+            }
+            c.hardening.nofile_limit = n;
+        }
+        if let Some(size) = raw.log_max_size {
+            let ok = size.len() > 1
+                && size[..size.len() - 1].bytes().all(|b| b.is_ascii_digit())
+                && size.ends_with(['k', 'm', 'g']);
+            if !ok {
+                return Err(invalid(
+                    "log_max_size",
+                    format!("{size:?}: use e.g. \"10m\""),
+                ));
+            }
+            c.hardening.log_max_size = size;
+        }
+        if let Some(n) = raw.log_max_files {
+            if n == 0 {
+                return Err(invalid("log_max_files", "must be at least 1"));
+            }
+            c.hardening.log_max_files = n;
+        }
+        c.hardening.read_only_rootfs = raw.read_only_rootfs.unwrap_or(false);
+        c.internal_network = raw.internal_network.unwrap_or(false);
+        c.auth_token = non_empty("auth_token", raw.auth_token)?;
+        if c.internal_network && c.publish_task_ports {
+            return Err(invalid(
+                "internal_network",
+                "cannot be combined with publish_task_ports (an internal network publishes no ports)",
+            ));
+        }
         if let Some(name) = raw.name {
             let ok = !name.is_empty()
                 && name.len() <= 64
@@ -317,6 +441,14 @@ mod tests {
             ("type: podman\n", "type"),
             ("name: \"a b\"\n", "name"),
             ("sgx:\n  enable: true\n", "sgx"),
+            ("pull_timeout: forever\n", "pull_timeout"),
+            ("max_request_bytes: 10\n", "max_request_bytes"),
+            ("max_answer_bytes: 0\n", "max_answer_bytes"),
+            ("pids_limit: 1\n", "pids_limit"),
+            ("nofile_limit: 2\n", "nofile_limit"),
+            ("log_max_size: big\n", "log_max_size"),
+            ("log_max_files: 0\n", "log_max_files"),
+            ("auth_token: \"\"\n", "auth_token"),
         ] {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains(key), "{text:?} gave {e}");

@@ -294,6 +294,41 @@ impl Pool {
         current
     }
 
+    /// Takes the ready container with engine id `id` out of the pool, if it is there.
+    pub fn take_by_id(&self, id: &str) -> Option<Arc<Container>> {
+        let mut inner = self.lock();
+        let key = inner.slots.iter().find_map(|(k, s)| match s {
+            Slot::Ready(c) if c.id == id => Some(k.clone()),
+            _ => None,
+        })?;
+        match inner.slots.remove(&key) {
+            Some(Slot::Ready(c)) => Some(c),
+            _ => unreachable!("slot chosen above is ready"),
+        }
+    }
+
+    /// Takes out every ready container whose id is not in `running` (reconciliation).
+    pub fn take_unless_running(
+        &self,
+        running: &std::collections::HashSet<String>,
+    ) -> Vec<Arc<Container>> {
+        let mut inner = self.lock();
+        let gone: Vec<TaskKey> = inner
+            .slots
+            .iter()
+            .filter_map(|(k, s)| match s {
+                Slot::Ready(c) if !running.contains(&c.id) => Some(k.clone()),
+                _ => None,
+            })
+            .collect();
+        gone.into_iter()
+            .filter_map(|k| match inner.slots.remove(&k) {
+                Some(Slot::Ready(c)) => Some(c),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Takes the least recently used idle container out of the pool (eviction).
     pub fn take_lru_idle(&self) -> Option<Arc<Container>> {
         let mut inner = self.lock();
@@ -516,6 +551,23 @@ mod tests {
         assert_eq!(pool.counts(), PoolCounts::default());
         drop(back);
         assert_eq!(b.snapshot().used.milli_cpu, 0);
+    }
+
+    #[test]
+    fn reconciliation_takes_only_containers_that_stopped() {
+        let pool = Pool::new();
+        let b = budget();
+        for name in ["a", "b"] {
+            let k = key(name);
+            claim(&pool, &k).ready(container(&b, &k)).unwrap();
+        }
+        let running = std::collections::HashSet::from(["id-a".to_string()]);
+        let gone = pool.take_unless_running(&running);
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].id, "id-b");
+        assert!(pool.take_by_id("id-b").is_none());
+        assert_eq!(pool.take_by_id("id-a").unwrap().id, "id-a");
+        assert_eq!(pool.counts(), PoolCounts::default());
     }
 
     #[test]

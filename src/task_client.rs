@@ -29,9 +29,9 @@ pub struct Answer {
 /// Why a call to a task failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
-    #[error("task did not answer within {}", humantime::format_duration(*.0))]
+    #[error("task timed out after {} without answering", humantime::format_duration(*.0))]
     Timeout(Duration),
-    #[error("task answer is larger than {0} bytes")]
+    #[error("task answer is larger than the limit of {0} bytes (max_answer_bytes)")]
     TooLarge(usize),
     #[error("could not reach the task: {0}")]
     Transport(String),

@@ -125,8 +125,8 @@ fn task_that_hangs_times_out_and_its_container_is_not_reused() {
     assert_failed(&reply);
     let msg = reply.msg();
     assert!(
-        msg.contains("did not answer within 2s"),
-        "message should say the task did not answer within 2s: {reply:?}"
+        msg.contains("timed out after 2s"),
+        "message should say the task timed out after 2s: {reply:?}"
     );
     assert!(
         msg.contains("removed"),

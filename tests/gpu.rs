@@ -52,8 +52,11 @@ struct Recording {
 
 #[async_trait]
 impl Engine for Recording {
-    async fn ensure_image(&self, image: &str) -> Result<(), EngineError> {
-        self.docker.ensure_image(image).await
+    async fn image_present(&self, image: &str) -> Result<bool, EngineError> {
+        self.docker.image_present(image).await
+    }
+    async fn pull(&self, image: &str) -> Result<(), EngineError> {
+        self.docker.pull(image).await
     }
     async fn create(&self, spec: &ContainerSpec) -> Result<String, EngineError> {
         self.specs.lock().unwrap().push(spec.clone());
@@ -79,8 +82,28 @@ impl Engine for Recording {
     async fn list_labelled(&self, key: &str, value: &str) -> Result<Vec<String>, EngineError> {
         self.docker.list_labelled(key, value).await
     }
+    async fn running_labelled(&self, key: &str, value: &str) -> Result<Vec<String>, EngineError> {
+        self.docker.running_labelled(key, value).await
+    }
+    fn container_exits(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> futures_util::stream::BoxStream<'static, Result<String, EngineError>> {
+        self.docker.container_exits(key, value)
+    }
     async fn runtimes(&self) -> Result<Vec<String>, EngineError> {
         self.docker.runtimes().await
+    }
+    async fn ensure_internal_network(
+        &self,
+        name: &str,
+        labels: &std::collections::HashMap<String, String>,
+    ) -> Result<bool, EngineError> {
+        self.docker.ensure_internal_network(name, labels).await
+    }
+    async fn remove_network(&self, name: &str) -> Result<(), EngineError> {
+        self.docker.remove_network(name).await
     }
 }
 

@@ -145,7 +145,7 @@ fn a_container_with_a_request_in_flight_is_not_reaped() {
         let reply = busy.join().unwrap();
         assert!(!reply.success());
         assert!(
-            reply.msg().contains("did not answer within 5s"),
+            reply.msg().contains("timed out after 5s"),
             "{}",
             reply.msg()
         );

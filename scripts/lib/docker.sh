@@ -26,7 +26,12 @@ ensure_docker() {
     fi
     local log="${TMPDIR:-/tmp}/mecanywhere-dockerd.log"
     echo "starting dockerd (log: $log) ..." >&2
-    as_root dockerd >"$log" 2>&1 &
+    # Started directly (not through a shell function), so $! is dockerd (or sudo) itself.
+    if [ "$(id -u)" -eq 0 ]; then
+        dockerd >"$log" 2>&1 &
+    else
+        sudo dockerd >"$log" 2>&1 &
+    fi
     DOCKERD_PID=$!
     STARTED_DOCKERD=1
     for _ in $(seq 1 120); do

@@ -4,14 +4,16 @@
 //! `{"success": bool, "msg": string}` answer. It holds no state of its own and makes no
 //! decision the executor should make; read a handler top to bottom to see a request's path.
 
+pub mod image_ref;
 pub mod request;
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -21,9 +23,6 @@ use tokio_util::sync::CancellationToken;
 use crate::executor::{ExecError, Executor, Stats};
 use request::RequestError;
 
-/// Largest request body accepted (the task input travels inside it).
-pub const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
-
 #[derive(Clone)]
 struct AppState {
     executor: Arc<Executor>,
@@ -31,18 +30,44 @@ struct AppState {
     stop: CancellationToken,
 }
 
-/// The router of all endpoints.
+/// The router of all endpoints. With an `auth_token` configured, every endpoint but
+/// `/health` requires `Authorization: Bearer <token>`.
 pub fn router(executor: Arc<Executor>, stop: CancellationToken) -> Router {
-    Router::new()
+    let config = executor.config();
+    let mut protected = Router::new()
         .route("/", post(execute))
         .route("/stats", get(stats))
-        .route("/health", get(health))
         .route("/pause", post(pause))
         .route("/unpause", post(unpause))
         .route("/update-config", post(update_config))
-        .route("/stop", post(stop_executor))
-        .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
+        .route("/stop", post(stop_executor));
+    if let Some(token) = config.auth_token {
+        let token: Arc<[u8]> = token.into_bytes().into();
+        protected = protected.layer(middleware::from_fn(move |request, next| {
+            require_token(Arc::clone(&token), request, next)
+        }));
+    }
+    protected
+        .route("/health", get(health))
+        .layer(DefaultBodyLimit::max(config.max_request_bytes))
         .with_state(AppState { executor, stop })
+}
+
+/// Lets the request through only with the right bearer token (compared in constant time).
+async fn require_token(token: Arc<[u8]>, request: Request, next: Next) -> Response {
+    use subtle::ConstantTimeEq;
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+    match given {
+        Some(given) if bool::from(given.ct_eq(&token)) => next.run(request).await,
+        _ => outcome(
+            StatusCode::UNAUTHORIZED,
+            false,
+            "missing or wrong bearer token (Authorization: Bearer <token>)",
+        ),
+    }
 }
 
 #[derive(Serialize)]

@@ -12,13 +12,16 @@ use async_trait::async_trait;
 use bollard::container::LogOutput;
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, DeviceMapping, DeviceRequest, EndpointSettings,
-    HostConfig, NetworkingConfig, PortBinding,
+    HostConfig, HostConfigLogConfig, NetworkCreateRequest, NetworkingConfig, PortBinding,
+    ResourcesUlimits,
 };
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, InspectContainerOptions, ListContainersOptions,
-    LogsOptions, RemoveContainerOptions, StartContainerOptions,
+    CreateContainerOptions, CreateImageOptions, EventsOptions, InspectContainerOptions,
+    InspectNetworkOptions, ListContainersOptions, LogsOptions, RemoveContainerOptions,
+    StartContainerOptions,
 };
 use bollard::Docker;
+use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 
 use super::{ContainerSpec, Engine, EngineError, ExitState, READY_LINE, TASK_PORT};
@@ -82,7 +85,7 @@ impl DockerEngine {
             .map_err(api_error)
     }
 
-    async fn pull(&self, image: &str) -> Result<(), EngineError> {
+    async fn pull_image(&self, image: &str) -> Result<(), EngineError> {
         let reference = with_default_tag(image);
         tracing::info!(image = %reference, "pulling image");
         let options = CreateImageOptions {
@@ -219,24 +222,39 @@ fn exit_state_of(info: &ContainerInspectResponse) -> Option<ExitState> {
     if state.running.unwrap_or(false) {
         return None;
     }
+    let memory = info
+        .host_config
+        .as_ref()
+        .and_then(|h| h.memory)
+        .unwrap_or(0);
     Some(ExitState {
         code: state.exit_code.unwrap_or(-1),
         oom_killed: state.oom_killed.unwrap_or(false),
+        memory_limit_mb: (memory > 0).then_some(memory as u64 / (1024 * 1024)),
     })
+}
+
+fn label_filter(key: &str, value: &str) -> (String, Vec<String>) {
+    ("label".to_string(), vec![format!("{key}={value}")])
 }
 
 #[async_trait]
 impl Engine for DockerEngine {
-    async fn ensure_image(&self, image: &str) -> Result<(), EngineError> {
+    async fn image_present(&self, image: &str) -> Result<bool, EngineError> {
         match self.docker.inspect_image(image).await {
-            Ok(_) => Ok(()),
-            Err(e) if is_not_found(&e) => self.pull(image).await,
+            Ok(_) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
             Err(e) => Err(api_error(e)),
         }
     }
 
+    async fn pull(&self, image: &str) -> Result<(), EngineError> {
+        self.pull_image(image).await
+    }
+
     async fn create(&self, spec: &ContainerSpec) -> Result<String, EngineError> {
         let port_key = format!("{TASK_PORT}/tcp");
+        let hardening = &spec.hardening;
         let mut host_config = HostConfig {
             nano_cpus: Some(spec.nano_cpus),
             memory: Some(spec.memory_bytes),
@@ -244,8 +262,33 @@ impl Engine for DockerEngine {
             memory_swap: Some(spec.memory_bytes),
             runtime: spec.runtime.clone(),
             network_mode: spec.network.clone(),
+            // Untrusted code: no privilege gain, no capabilities (a task serving on port
+            // 8080 needs none), bounded processes, files and logs.
+            privileged: Some(false),
+            security_opt: Some(vec!["no-new-privileges".into()]),
+            cap_drop: Some(vec!["ALL".into()]),
+            pids_limit: Some(hardening.pids_limit),
+            ulimits: Some(vec![ResourcesUlimits {
+                name: Some("nofile".into()),
+                soft: Some(hardening.nofile_limit),
+                hard: Some(hardening.nofile_limit),
+            }]),
+            log_config: Some(HostConfigLogConfig {
+                typ: Some("json-file".into()),
+                config: Some(HashMap::from([
+                    ("max-size".to_string(), hardening.log_max_size.clone()),
+                    ("max-file".to_string(), hardening.log_max_files.to_string()),
+                ])),
+            }),
             ..Default::default()
         };
+        if hardening.read_only_rootfs {
+            host_config.readonly_rootfs = Some(true);
+            host_config.tmpfs = Some(HashMap::from([(
+                "/tmp".to_string(),
+                "rw,nosuid,nodev,size=64m".to_string(),
+            )]));
+        }
         if spec.publish_port {
             host_config.port_bindings = Some(HashMap::from([(
                 port_key.clone(),
@@ -332,7 +375,15 @@ impl Engine for DockerEngine {
     }
 
     async fn exit_state(&self, id: &str) -> Result<Option<ExitState>, EngineError> {
-        Ok(exit_state_of(&self.inspect(id).await?))
+        match self
+            .docker
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(info) => Ok(exit_state_of(&info)),
+            Err(e) if is_not_found(&e) => Err(EngineError::NoSuchContainer(id.to_string())),
+            Err(e) => Err(api_error(e)),
+        }
     }
 
     async fn remove(&self, id: &str) -> Result<(), EngineError> {
@@ -356,10 +407,7 @@ impl Engine for DockerEngine {
     async fn list_labelled(&self, key: &str, value: &str) -> Result<Vec<String>, EngineError> {
         let options = ListContainersOptions {
             all: true,
-            filters: Some(HashMap::from([(
-                "label".to_string(),
-                vec![format!("{key}={value}")],
-            )])),
+            filters: Some(HashMap::from([label_filter(key, value)])),
             ..Default::default()
         };
         let list = self
@@ -368,6 +416,87 @@ impl Engine for DockerEngine {
             .await
             .map_err(api_error)?;
         Ok(list.into_iter().filter_map(|c| c.id).collect())
+    }
+
+    async fn running_labelled(&self, key: &str, value: &str) -> Result<Vec<String>, EngineError> {
+        let options = ListContainersOptions {
+            all: false,
+            filters: Some(HashMap::from([label_filter(key, value)])),
+            ..Default::default()
+        };
+        let list = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(api_error)?;
+        Ok(list.into_iter().filter_map(|c| c.id).collect())
+    }
+
+    fn container_exits(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> BoxStream<'static, Result<String, EngineError>> {
+        let options = EventsOptions {
+            filters: Some(HashMap::from([
+                ("type".to_string(), vec!["container".to_string()]),
+                (
+                    "event".to_string(),
+                    vec!["die".to_string(), "destroy".to_string()],
+                ),
+                label_filter(key, value),
+            ])),
+            ..Default::default()
+        };
+        self.docker
+            .events(Some(options))
+            .filter_map(|event| async move {
+                match event {
+                    Ok(message) => message.actor.and_then(|a| a.id).map(Ok),
+                    Err(e) => Some(Err(api_error(e))),
+                }
+            })
+            .boxed()
+    }
+
+    async fn ensure_internal_network(
+        &self,
+        name: &str,
+        labels: &HashMap<String, String>,
+    ) -> Result<bool, EngineError> {
+        match self
+            .docker
+            .inspect_network(name, None::<InspectNetworkOptions>)
+            .await
+        {
+            Ok(network) if network.internal == Some(true) => Ok(false),
+            Ok(_) => Err(EngineError::Api(format!(
+                "network {name} exists but is not internal: tasks on it could reach outside"
+            ))),
+            Err(e) if is_not_found(&e) => {
+                let request = NetworkCreateRequest {
+                    name: name.to_string(),
+                    driver: Some("bridge".into()),
+                    internal: Some(true),
+                    labels: Some(labels.clone()),
+                    ..Default::default()
+                };
+                self.docker
+                    .create_network(request)
+                    .await
+                    .map_err(api_error)?;
+                Ok(true)
+            }
+            Err(e) => Err(api_error(e)),
+        }
+    }
+
+    async fn remove_network(&self, name: &str) -> Result<(), EngineError> {
+        match self.docker.remove_network(name).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(api_error(e)),
+        }
     }
 
     async fn runtimes(&self) -> Result<Vec<String>, EngineError> {

@@ -13,6 +13,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::stream::BoxStream;
+
+pub use crate::config::Hardening;
 
 /// Label on every container this executor creates: the executor's configured `name`.
 pub const LABEL_EXECUTOR: &str = "org.mecanywhere.executor";
@@ -53,6 +56,7 @@ pub struct ContainerSpec {
     pub sgx: Option<SgxMounts>,
     /// UUIDs of the NVIDIA GPUs the task gets (device request, driver `nvidia`).
     pub gpus: Vec<String>,
+    pub hardening: Hardening,
 }
 
 /// How a container ended.
@@ -60,16 +64,18 @@ pub struct ContainerSpec {
 pub struct ExitState {
     pub code: i64,
     pub oom_killed: bool,
+    /// The container's memory limit, when it had one.
+    pub memory_limit_mb: Option<u64>,
 }
 
 impl std::fmt::Display for ExitState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.oom_killed {
-            write!(
-                f,
-                "was killed for exceeding its memory limit (exit code {})",
-                self.code
-            )
+            f.write_str("ran out of memory")?;
+            if let Some(limit) = self.memory_limit_mb {
+                write!(f, " (limit {limit} MB)")?;
+            }
+            write!(f, " and was killed (exit code {})", self.code)
         } else {
             write!(f, "exited with code {}", self.code)
         }
@@ -87,8 +93,13 @@ pub enum EngineError {
     ExitedBeforeReady { state: ExitState, output: String },
     #[error("task did not print {READY_LINE} within {}", humantime::format_duration(*.0))]
     ReadyTimeout(Duration),
+    #[error("pulling image {image} timed out after {}", humantime::format_duration(*.after))]
+    PullTimeout { image: String, after: Duration },
     #[error("container engine refused: {0}")]
     Api(String),
+    /// The container does not exist (any more).
+    #[error("container {0} does not exist")]
+    NoSuchContainer(String),
 }
 
 fn tail_suffix(output: &str) -> String {
@@ -103,8 +114,10 @@ fn tail_suffix(output: &str) -> String {
 /// leaves at worst a labelled container behind, which [`Engine::list_labelled`] finds.
 #[async_trait]
 pub trait Engine: Send + Sync + 'static {
-    /// Makes sure `image` is present locally, pulling it if it is not.
-    async fn ensure_image(&self, image: &str) -> Result<(), EngineError>;
+    /// Whether `image` is present locally.
+    async fn image_present(&self, image: &str) -> Result<bool, EngineError>;
+    /// Pulls `image` from its registry.
+    async fn pull(&self, image: &str) -> Result<(), EngineError>;
     /// Creates (does not start) a container; returns its id.
     async fn create(&self, spec: &ContainerSpec) -> Result<String, EngineError>;
     /// Starts the container and follows its output until the ready line, its exit, or
@@ -121,6 +134,23 @@ pub trait Engine: Send + Sync + 'static {
     async fn remove(&self, id: &str) -> Result<(), EngineError>;
     /// Ids of all containers (running or not) whose label `key` equals `value`.
     async fn list_labelled(&self, key: &str, value: &str) -> Result<Vec<String>, EngineError>;
+    /// Ids of the running containers whose label `key` equals `value`.
+    async fn running_labelled(&self, key: &str, value: &str) -> Result<Vec<String>, EngineError>;
+    /// A stream of the ids of containers labelled `key=value` as they stop or are removed
+    /// (by anyone). It ends or fails when the engine connection breaks.
+    fn container_exits(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> BoxStream<'static, Result<String, EngineError>>;
     /// Names of the OCI runtimes the engine has registered.
     async fn runtimes(&self) -> Result<Vec<String>, EngineError>;
+    /// Makes sure network `name` exists and is internal (no route out); creates it with
+    /// `labels` when absent. Returns whether it was created.
+    async fn ensure_internal_network(
+        &self,
+        name: &str,
+        labels: &HashMap<String, String>,
+    ) -> Result<bool, EngineError>;
+    async fn remove_network(&self, name: &str) -> Result<(), EngineError>;
 }

@@ -6,23 +6,27 @@
 //! its own task so that no key ever waits for another. HTTP lives in `api`, Docker in
 //! `engine`; this module sees neither wire format.
 
+mod broken;
 mod error;
 mod reaper;
 mod start;
+mod watcher;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::{BoxFuture, Shared};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use error::ExecError;
 
 use crate::config::Config;
-use crate::engine::Engine;
+use crate::engine::{Engine, EngineError, LABEL_EXECUTOR};
 use crate::gpu::{GpuError, GpuInventory, GpuMonitor};
 use crate::host::{Host, HostCapacity};
 use crate::pool::{Lease, Lookup, Pool, StartOutcome};
@@ -30,8 +34,6 @@ use crate::resources::{cores_to_milli, Budget, Demand};
 use crate::task::{Call, Runtime, TaskKey};
 use crate::task_client::CallError;
 
-/// Largest task answer read into memory.
-pub const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
 /// How long pause lets in-flight requests finish before removing their container.
 const PAUSE_DRAIN_LIMIT: Duration = Duration::from_secs(30);
 /// The same at shutdown: short, as `docker stop` kills the executor after 10 s.
@@ -81,6 +83,9 @@ pub fn task_budget(config: &Config, host: HostCapacity) -> Demand {
     }
 }
 
+/// A pull in progress, awaited by every start that needs its image.
+type SharedPull = Shared<BoxFuture<'static, Result<(), EngineError>>>;
+
 /// Opens the host's GPU inventory (NVML in production); called when `has_gpu` turns on.
 pub type GpuLoader = Box<dyn Fn() -> Result<Arc<dyn GpuInventory>, GpuError> + Send + Sync>;
 
@@ -100,17 +105,34 @@ pub struct Executor {
     /// Cold starts and removals in progress; shutdown waits for them.
     work: TaskTracker,
     instance: String,
+    /// Pulls in progress, by image: starts that need the same image share one.
+    pulls: std::sync::Mutex<HashMap<String, SharedPull>>,
+    /// The internal task network this instance created (removed at shutdown).
+    created_network: Option<String>,
 }
 
 impl Executor {
     /// Removes what an earlier instance with the same name left, learns the engine's
     /// runtimes, and starts the idle reaper.
     pub async fn start(
-        config: Config,
+        mut config: Config,
         engine: Arc<dyn Engine>,
         gpu_loader: GpuLoader,
     ) -> Result<Arc<Executor>, ExecError> {
         let host = Host::new();
+        let mut created_network = None;
+        if config.internal_network {
+            let name = config
+                .network
+                .clone()
+                .unwrap_or_else(|| format!("mecanywhere-tasks-{}", config.name));
+            let labels = HashMap::from([(LABEL_EXECUTOR.to_string(), config.name.clone())]);
+            if engine.ensure_internal_network(&name, &labels).await? {
+                tracing::info!(network = %name, "created internal task network (no route out)");
+                created_network = Some(name.clone());
+            }
+            config.network = Some(name);
+        }
         let total = task_budget(&config, host.capacity());
         let orphans = engine
             .list_labelled(crate::engine::LABEL_EXECUTOR, &config.name)
@@ -133,10 +155,13 @@ impl Executor {
             work: TaskTracker::new(),
             instance: uuid::Uuid::new_v4().to_string(),
             config: RwLock::new(config),
+            pulls: std::sync::Mutex::new(HashMap::new()),
+            created_network,
         });
         executor.check_microvm_runtime();
         executor.set_gpus_enabled(executor.config().has_gpu);
         tokio::spawn(Arc::clone(&executor).reap_idle());
+        tokio::spawn(Arc::clone(&executor).watch_containers());
         let budget = executor.budget.snapshot().total;
         tracing::info!(
             instance = %executor.instance,
@@ -298,10 +323,7 @@ impl Executor {
                 body: String::from_utf8_lossy(&answer.body[..answer.body.len().min(4096)])
                     .into_owned(),
             }),
-            Err(CallError::TooLarge(limit)) => Err(ExecError::BadAnswer(format!(
-                "task answer is larger than the {} MiB limit",
-                limit / (1024 * 1024)
-            ))),
+            Err(e @ CallError::TooLarge(_)) => Err(ExecError::BadAnswer(e.to_string())),
             Err(e) => Err(ExecError::TaskBroken(self.discard_broken(lease, e).await)),
         }
     }
@@ -328,44 +350,6 @@ impl Executor {
                 _ => continue,
             }
         }
-    }
-
-    /// A call to the container failed at the transport level: find out why, take the
-    /// container out of service and remove it. Returns the message for the caller.
-    async fn discard_broken(&self, lease: Lease, error: CallError) -> String {
-        let container = Arc::clone(lease.container());
-        drop(lease);
-        let message = if matches!(error, CallError::Timeout(_)) {
-            format!("{error}; its container was removed and will not be reused")
-        } else {
-            match self.exit_state_settled(&container.id).await {
-                Ok(Some(state)) => format!("task container {state} while handling the request"),
-                Err(crate::engine::EngineError::Api(_)) => {
-                    "task container disappeared while handling the request".to_string()
-                }
-                _ => format!("{error}; its container was removed"),
-            }
-        };
-        tracing::warn!(container = %container.id, key = %container.key, %message, "discarding task container");
-        if self.pool.take_if_current(&container) {
-            self.retire(container, Duration::ZERO).await;
-        }
-        message
-    }
-
-    /// The container's exit state, allowing Docker a moment to notice an exit that just
-    /// broke a connection (its state lags the process by a few milliseconds).
-    async fn exit_state_settled(
-        &self,
-        id: &str,
-    ) -> Result<Option<crate::engine::ExitState>, crate::engine::EngineError> {
-        for _ in 0..10 {
-            match self.engine.exit_state(id).await {
-                Ok(None) => tokio::time::sleep(Duration::from_millis(50)).await,
-                other => return other,
-            }
-        }
-        self.engine.exit_state(id).await
     }
 
     /// `/pause`: refuse new tasks and remove every warm container.
@@ -488,6 +472,11 @@ impl Executor {
                 }
             }
             Err(e) => tracing::error!(error = %e, "could not list task containers to remove"),
+        }
+        if let Some(network) = &self.created_network {
+            if let Err(e) = self.engine.remove_network(network).await {
+                tracing::error!(%network, error = %e, "could not remove the task network");
+            }
         }
         tracing::info!("all task containers removed");
     }

@@ -8,9 +8,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{ExecError, Executor, MAX_ANSWER_BYTES};
+use futures_util::FutureExt;
+
+use super::{ExecError, Executor};
 use crate::engine::{
-    ContainerSpec, SgxMounts, LABEL_CPU, LABEL_EXECUTOR, LABEL_INSTANCE, LABEL_MEM, LABEL_TASK_KEY,
+    ContainerSpec, EngineError, SgxMounts, LABEL_CPU, LABEL_EXECUTOR, LABEL_INSTANCE, LABEL_MEM,
+    LABEL_TASK_KEY,
 };
 use crate::pool::{Container, StartTicket};
 use crate::resources::{Demand, Reservation};
@@ -45,7 +48,7 @@ impl Executor {
 
     async fn start_container(&self, key: &TaskKey) -> Result<Arc<Container>, ExecError> {
         let config = self.config();
-        self.engine.ensure_image(&key.image).await?;
+        self.ensure_image(&key.image, config.pull_timeout).await?;
         let reservation = self
             .reserve(key.demand, key.gpu_count, config.queue_timeout)
             .await?;
@@ -57,7 +60,7 @@ impl Executor {
             .await
         {
             Ok(addr) => {
-                let client = TaskClient::new(addr, MAX_ANSWER_BYTES);
+                let client = TaskClient::new(addr, config.max_answer_bytes);
                 Ok(Arc::new(Container::new(
                     id,
                     key.clone(),
@@ -78,6 +81,41 @@ impl Executor {
                 Err(e.into())
             }
         }
+    }
+
+    /// Makes sure the image is present, pulling it if not. Concurrent starts needing the same
+    /// image share one pull; a pull longer than `pull_timeout` fails.
+    async fn ensure_image(&self, image: &str, pull_timeout: Duration) -> Result<(), EngineError> {
+        if self.engine.image_present(image).await? {
+            return Ok(());
+        }
+        let pull = {
+            let mut pulls = self.pulls.lock().unwrap_or_else(|e| e.into_inner());
+            pulls
+                .entry(image.to_string())
+                .or_insert_with(|| {
+                    let engine = Arc::clone(&self.engine);
+                    let image = image.to_string();
+                    async move {
+                        match tokio::time::timeout(pull_timeout, engine.pull(&image)).await {
+                            Ok(result) => result,
+                            Err(_) => Err(EngineError::PullTimeout {
+                                image,
+                                after: pull_timeout,
+                            }),
+                        }
+                    }
+                    .boxed()
+                    .shared()
+                })
+                .clone()
+        };
+        let result = pull.clone().await;
+        let mut pulls = self.pulls.lock().unwrap_or_else(|e| e.into_inner());
+        if pulls.get(image).is_some_and(|p| p.ptr_eq(&pull)) {
+            pulls.remove(image);
+        }
+        result
     }
 
     /// Reserves `demand` and `gpus` GPUs: at once if they fit, else after evicting idle
@@ -171,6 +209,7 @@ impl Executor {
                 aesmd_path: config.sgx.aesmd_path.clone().unwrap_or_default(),
             }),
             gpus: gpus.to_vec(),
+            hardening: config.hardening.clone(),
         }
     }
 

@@ -112,6 +112,15 @@ impl Executor {
 
     /// Starts an executor with the given instance `name`.
     pub fn start_named(name: &str, yaml: &str) -> Executor {
+        Self::start_full(name, yaml, &[])
+    }
+
+    /// Starts an executor with extra environment variables (e.g. `DOCKER_HOST`).
+    pub fn start_with_env(prefix: &str, yaml: &str, env: &[(&str, &str)]) -> Executor {
+        Self::start_full(&unique_name(prefix), yaml, env)
+    }
+
+    fn start_full(name: &str, yaml: &str, env: &[(&str, &str)]) -> Executor {
         require_images();
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("mecanywhere_executor.yaml");
@@ -125,6 +134,7 @@ impl Executor {
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .env("RUST_LOG", "info,mecanywhere_executor=debug")
+            .envs(env.iter().copied())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -224,6 +234,24 @@ impl Executor {
             .unwrap_or_else(|e| panic!("POST {path}: {e}; log:\n{}", self.log()))
     }
 
+    /// A request with extra headers (e.g. `Authorization`).
+    pub fn request_with_headers(
+        &self,
+        method: &str,
+        path: &str,
+        body: &str,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        self.client
+            .request_with_headers(
+                method,
+                &self.url(path),
+                Some(body.as_bytes().to_vec()),
+                headers,
+            )
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}; log:\n{}", self.log()))
+    }
+
     /// `POST /` with a JSON value.
     pub fn execute(&self, request: &Value) -> Reply {
         self.post("/", &request.to_string())
@@ -285,6 +313,17 @@ impl Client {
     }
 
     pub fn request(&self, method: &str, url: &str, body: Option<Vec<u8>>) -> Result<Reply, String> {
+        self.request_with_headers(method, url, body, &[])
+    }
+
+    /// Like [`Client::request`], with extra request headers.
+    pub fn request_with_headers(
+        &self,
+        method: &str,
+        url: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> Result<Reply, String> {
         use std::io::{BufRead, BufReader, Read};
         let rest = url.strip_prefix("http://").ok_or("http only")?;
         let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
@@ -295,9 +334,13 @@ impl Client {
             .set_read_timeout(Some(Duration::from_secs(300)))
             .unwrap();
         let body = body.unwrap_or_default();
+        let extra: String = headers
+            .iter()
+            .map(|(name, value)| format!("{name}: {value}\r\n"))
+            .collect();
         let head = format!(
             "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n",
+             Content-Length: {}\r\nConnection: close\r\n{extra}\r\n",
             body.len()
         );
         stream

@@ -14,6 +14,7 @@
 //! | `bad-status`    | ready; `POST /` returns 500 `task failed on purpose`             |
 //! | `garbage`       | ready; answers every request with `this is not http\r\n\r\n`, closes |
 //! | `sgx`           | mock SGX task: `GET /ra`, `POST /run`                            |
+//! | `routes`        | ready; `POST /` answers `default route` or `no default route` (from /proc/net/route) |
 //! | `kernel`        | ready; `POST /` returns the first line of the kernel log, or why it is unreadable |
 //!
 //! Any other (or no) `MODE`: an error on stderr and exit code 64.
@@ -110,6 +111,24 @@ fn main() {
             }
             _ => not_found(conn),
         }),
+        "routes" => ready_and_serve(|req, conn| {
+            if req.method == "POST" && req.path == "/" {
+                let table = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+                // Destination 00000000 = the default route.
+                let default = table
+                    .lines()
+                    .skip(1)
+                    .any(|line| line.split_whitespace().nth(1) == Some("00000000"));
+                let answer: &[u8] = if default {
+                    b"default route"
+                } else {
+                    b"no default route"
+                };
+                conn.respond(200, "text/plain", answer)
+            } else {
+                not_found(conn)
+            }
+        }),
         "kernel" => ready_and_serve(|req, conn| {
             if req.method == "POST" && req.path == "/" {
                 conn.respond(200, "text/plain", first_kernel_log_line().as_bytes())
@@ -120,7 +139,7 @@ fn main() {
         other => {
             eprintln!(
                 "misbehave-task: unknown MODE {other:?} (expected one of: crash, never-ready, \
-                 exit-at-start, slow-start, hang, huge, oom, bad-status, garbage, sgx, kernel)"
+                 exit-at-start, slow-start, hang, huge, oom, bad-status, garbage, sgx, routes, kernel)"
             );
             std::process::exit(64)
         }

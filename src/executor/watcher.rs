@@ -1,0 +1,74 @@
+//! Keeps the pool true to what really runs: follows the engine's stream of container exits
+//! (a task killed or removed from outside, `docker rm -f`), and after every (re)connection to
+//! the engine reconciles the pool with the containers that are running. A dropped container
+//! leaves the pool at once, its budget is released, and the next request starts a fresh one.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+
+use super::Executor;
+use crate::engine::LABEL_INSTANCE;
+
+/// Wait between attempts to reconnect to an unreachable engine.
+const RECONNECT_DELAY: Duration = Duration::from_secs(1);
+
+impl Executor {
+    pub(super) async fn watch_containers(self: Arc<Self>) {
+        let mut connected = true;
+        loop {
+            let mut exits = self.engine.container_exits(LABEL_INSTANCE, &self.instance);
+            // Whatever happened while the stream was down, reconcile now.
+            match self
+                .engine
+                .running_labelled(LABEL_INSTANCE, &self.instance)
+                .await
+            {
+                Ok(running) => {
+                    if !connected {
+                        tracing::info!("container engine reachable again");
+                        connected = true;
+                    }
+                    let running: HashSet<String> = running.into_iter().collect();
+                    for container in self.pool.take_unless_running(&running) {
+                        tracing::warn!(container = %container.id, key = %container.key, "task container is gone; dropping it from the pool");
+                        self.retire(container, Duration::ZERO).await;
+                    }
+                    loop {
+                        tokio::select! {
+                            _ = self.closing.cancelled() => return,
+                            event = exits.next() => match event {
+                                Some(Ok(id)) => self.forget(&id).await,
+                                Some(Err(e)) => {
+                                    tracing::warn!(error = %e, "lost the engine's event stream");
+                                    break;
+                                }
+                                None => break,
+                            },
+                        }
+                    }
+                }
+                Err(e) => {
+                    if connected {
+                        tracing::warn!(error = %e, "container engine unreachable; retrying");
+                        connected = false;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = self.closing.cancelled() => return,
+                _ = tokio::time::sleep(RECONNECT_DELAY) => {}
+            }
+        }
+    }
+
+    /// A container stopped or was removed: if it is in the pool, drop it from there.
+    async fn forget(&self, id: &str) {
+        if let Some(container) = self.pool.take_by_id(id) {
+            tracing::warn!(container = %id, key = %container.key, "task container stopped outside the executor; dropping it from the pool");
+            self.retire(container, Duration::ZERO).await;
+        }
+    }
+}
