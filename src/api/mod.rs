@@ -56,17 +56,27 @@ pub fn router(executor: Arc<Executor>, stop: CancellationToken) -> Router {
 /// Lets the request through only with the right bearer token (compared in constant time).
 async fn require_token(token: Arc<[u8]>, request: Request, next: Next) -> Response {
     use subtle::ConstantTimeEq;
+    // The scheme is case-insensitive (RFC 7235); the token is compared exactly.
     let given = request
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        .map(|v| v.as_bytes())
+        .filter(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer "))
+        .map(|v| &v[7..]);
     match given {
         Some(given) if bool::from(given.ct_eq(&token)) => next.run(request).await,
-        _ => outcome(
-            StatusCode::UNAUTHORIZED,
-            false,
-            "missing or wrong bearer token (Authorization: Bearer <token>)",
-        ),
+        _ => {
+            let mut response = outcome(
+                StatusCode::UNAUTHORIZED,
+                false,
+                "missing or wrong bearer token (Authorization: Bearer <token>)",
+            );
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            response
+        }
     }
 }
 

@@ -371,6 +371,9 @@ impl Engine for DockerEngine {
                 "the container's output ended before it printed the ready line".into(),
             ));
         }
+        if let Some(state) = exit_state_of(&info) {
+            return Err(EngineError::ExitedAfterReady(state));
+        }
         Self::task_address(&info, spec)
     }
 
@@ -469,7 +472,11 @@ impl Engine for DockerEngine {
             .inspect_network(name, None::<InspectNetworkOptions>)
             .await
         {
-            Ok(network) if network.internal == Some(true) => Ok(false),
+            Ok(network) if network.internal == Some(true) => {
+                // Ours when it carries our labels (left by an earlier instance of ours).
+                let theirs = network.labels.unwrap_or_default();
+                Ok(labels.iter().all(|(k, v)| theirs.get(k) == Some(v)))
+            }
             Ok(_) => Err(EngineError::Api(format!(
                 "network {name} exists but is not internal: tasks on it could reach outside"
             ))),

@@ -91,6 +91,8 @@ pub enum EngineError {
     ImageUnavailable { image: String, detail: String },
     #[error("task container {state} before it printed {READY_LINE}{}", tail_suffix(.output))]
     ExitedBeforeReady { state: ExitState, output: String },
+    #[error("task container {0} right after it printed {READY_LINE}")]
+    ExitedAfterReady(ExitState),
     #[error("task did not print {READY_LINE} within {}", humantime::format_duration(*.0))]
     ReadyTimeout(Duration),
     #[error("pulling image {image} timed out after {}", humantime::format_duration(*.after))]
@@ -146,7 +148,8 @@ pub trait Engine: Send + Sync + 'static {
     /// Names of the OCI runtimes the engine has registered.
     async fn runtimes(&self) -> Result<Vec<String>, EngineError>;
     /// Makes sure network `name` exists and is internal (no route out); creates it with
-    /// `labels` when absent. Returns whether it was created.
+    /// `labels` when absent. Returns whether it is ours to remove: created now, or carrying
+    /// `labels` (left by an earlier instance).
     async fn ensure_internal_network(
         &self,
         name: &str,

@@ -21,7 +21,7 @@ impl Executor {
             match self.exit_state_settled(&container.id).await {
                 Ok(Some(state)) => format!("task container {state} while handling the request"),
                 Err(EngineError::NoSuchContainer(_)) => {
-                    "task container disappeared (removed outside the executor) while handling \
+                    "task container was stopped or removed outside the executor while handling \
                      the request"
                         .to_string()
                 }

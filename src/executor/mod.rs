@@ -69,6 +69,7 @@ pub struct Stats {
     pub gpu_model: String,
     pub task_gpu: u32,
     pub task_used_gpu: u32,
+    /// Task containers starting, warm, or being removed.
     pub containers: usize,
     /// The `runtime` values requests may use on this host.
     pub runtimes: Vec<&'static str>,
@@ -107,8 +108,10 @@ pub struct Executor {
     instance: String,
     /// Pulls in progress, by image: starts that need the same image share one.
     pulls: std::sync::Mutex<HashMap<String, SharedPull>>,
-    /// The internal task network this instance created (removed at shutdown).
+    /// The internal task network this executor owns (removed at shutdown).
     created_network: Option<String>,
+    /// Containers out of the pool whose removal is in progress.
+    retiring: std::sync::atomic::AtomicUsize,
 }
 
 impl Executor {
@@ -128,7 +131,7 @@ impl Executor {
                 .unwrap_or_else(|| format!("mecanywhere-tasks-{}", config.name));
             let labels = HashMap::from([(LABEL_EXECUTOR.to_string(), config.name.clone())]);
             if engine.ensure_internal_network(&name, &labels).await? {
-                tracing::info!(network = %name, "created internal task network (no route out)");
+                tracing::info!(network = %name, "internal task network ready (no route out)");
                 created_network = Some(name.clone());
             }
             config.network = Some(name);
@@ -157,6 +160,7 @@ impl Executor {
             config: RwLock::new(config),
             pulls: std::sync::Mutex::new(HashMap::new()),
             created_network,
+            retiring: std::sync::atomic::AtomicUsize::new(0),
         });
         executor.check_microvm_runtime();
         executor.set_gpus_enabled(executor.config().has_gpu);
@@ -437,7 +441,7 @@ impl Executor {
             gpu_model: self.gpu_monitor().map(|m| m.model()).unwrap_or_default(),
             task_gpu: budget.gpus_total as u32,
             task_used_gpu: budget.gpus_used as u32,
-            containers: counts.ready + counts.starting,
+            containers: counts.ready + counts.starting + self.retiring.load(Ordering::Acquire),
             runtimes: if self.microvm_runtime(&self.config()).is_ok() {
                 vec!["container", "microVM"]
             } else {

@@ -20,6 +20,19 @@ use crate::resources::{Demand, Reservation};
 use crate::task::{Runtime, TaskKey};
 use crate::task_client::TaskClient;
 
+/// Runs `f` when dropped (also when the future holding it is cancelled).
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}
+
 fn describe(d: Demand) -> String {
     format!("{} cores and {} MB", d.cores(), d.mem_mb)
 }
@@ -216,6 +229,13 @@ impl Executor {
     /// Removes a container that is out of the pool, after at most `drain` for its
     /// in-flight requests. Its reservation is released when the last reference goes.
     pub(super) async fn retire(&self, container: Arc<Container>, drain: Duration) {
+        // Counted in /stats until it is gone: its resources stay reserved until then.
+        self.retiring
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let _counted = scopeguard(|| {
+            self.retiring
+                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        });
         if !drain.is_zero() && !container.wait_drained(drain).await {
             tracing::warn!(container = %container.id, "requests still in flight; removing anyway");
         }
