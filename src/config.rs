@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::resources::{cores_to_milli, Demand};
+use crate::task::{Runtime, TaskKey};
+
 /// File read when no `--config` is given, if it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "mecanywhere_executor.yaml";
 
@@ -76,6 +79,42 @@ struct RawConfig {
     read_only_rootfs: Option<bool>,
     internal_network: Option<bool>,
     auth_token: Option<String>,
+    prewarm: Option<Vec<RawPrewarm>>,
+}
+
+/// One `prewarm:` entry as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrewarm {
+    image: String,
+    #[serde(default = "one")]
+    cpu: f64,
+    #[serde(default = "default_mem")]
+    mem: i64,
+    #[serde(default)]
+    runtime: Option<String>,
+    #[serde(default)]
+    use_sgx: bool,
+    #[serde(default = "one_u32")]
+    count: u32,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+fn one_u32() -> u32 {
+    1
+}
+
+fn default_mem() -> i64 {
+    128
+}
+
+/// A task key kept started and ready ahead of demand.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prewarm {
+    pub key: TaskKey,
 }
 
 /// Validated configuration.
@@ -116,6 +155,8 @@ pub struct Config {
     pub internal_network: bool,
     /// When set, every endpoint but `/health` requires `Authorization: Bearer <token>`.
     pub auth_token: Option<String>,
+    /// Task keys kept ready ahead of demand.
+    pub prewarm: Vec<Prewarm>,
 }
 
 /// Limits applied to every task container.
@@ -166,6 +207,7 @@ impl Default for Config {
             hardening: Hardening::default(),
             internal_network: false,
             auth_token: None,
+            prewarm: Vec::new(),
         }
     }
 }
@@ -215,6 +257,42 @@ pub fn check_timeout_minutes(minutes: i64) -> Result<Duration, ConfigError> {
         ));
     }
     Ok(Duration::from_secs(minutes as u64 * 60))
+}
+
+fn prewarm_key(entry: RawPrewarm) -> Result<TaskKey, String> {
+    crate::image_ref::validate(&entry.image)
+        .map_err(|why| format!("image {:?}: {why}", entry.image))?;
+    if !entry.cpu.is_finite() || cores_to_milli(entry.cpu) == 0 || entry.cpu < 0.0 {
+        return Err(format!("cpu {} must be above 0", entry.cpu));
+    }
+    if entry.mem <= 0 {
+        return Err(format!("mem {} must be above 0", entry.mem));
+    }
+    if entry.count != 1 {
+        return Err(format!(
+            "count {}: one container is kept per task key (it serves concurrent requests)",
+            entry.count
+        ));
+    }
+    let runtime = match entry.runtime.as_deref() {
+        None | Some("container") => Runtime::Container,
+        Some("microVM") => Runtime::MicroVm,
+        Some(other) => {
+            return Err(format!(
+                "runtime {other:?}: use \"container\" or \"microVM\""
+            ))
+        }
+    };
+    Ok(TaskKey {
+        image: entry.image,
+        runtime,
+        demand: Demand {
+            milli_cpu: cores_to_milli(entry.cpu),
+            mem_mb: entry.mem as u64,
+        },
+        gpu_count: 0,
+        use_sgx: entry.use_sgx,
+    })
 }
 
 fn byte_limit(key: &'static str, n: u64) -> Result<usize, ConfigError> {
@@ -359,6 +437,17 @@ impl Config {
         c.hardening.read_only_rootfs = raw.read_only_rootfs.unwrap_or(false);
         c.internal_network = raw.internal_network.unwrap_or(false);
         c.auth_token = non_empty("auth_token", raw.auth_token)?;
+        for (i, entry) in raw.prewarm.unwrap_or_default().into_iter().enumerate() {
+            let key = prewarm_key(entry)
+                .map_err(|m| invalid("prewarm", format!("entry {}: {m}", i + 1)))?;
+            if c.prewarm.iter().any(|p| p.key == key) {
+                return Err(invalid(
+                    "prewarm",
+                    format!("entry {}: the same task key is listed twice", i + 1),
+                ));
+            }
+            c.prewarm.push(Prewarm { key });
+        }
         if c.internal_network && c.publish_task_ports {
             return Err(invalid(
                 "internal_network",
@@ -427,6 +516,38 @@ mod tests {
     fn unknown_key_is_named() {
         let e = parse("cpus: 2\n").unwrap_err().to_string();
         assert!(e.contains("cpus"), "{e}");
+    }
+
+    #[test]
+    fn prewarm_entries_become_task_keys() {
+        let c = parse("prewarm:\n  - image: meca-echo:latest\n    cpu: 0.5\n    mem: 64\n  - image: other:v1\n").unwrap();
+        assert_eq!(c.prewarm.len(), 2);
+        assert_eq!(
+            c.prewarm[0].key.demand,
+            Demand {
+                milli_cpu: 500,
+                mem_mb: 64
+            }
+        );
+        assert_eq!(
+            c.prewarm[1].key.demand,
+            Demand {
+                milli_cpu: 1000,
+                mem_mb: 128
+            },
+            "request defaults"
+        );
+        for bad in [
+            "prewarm:\n  - image: \"a b\"\n",
+            "prewarm:\n  - image: a\n    cpu: 0\n",
+            "prewarm:\n  - image: a\n    count: 2\n",
+            "prewarm:\n  - image: a\n    runtime: vm\n",
+            "prewarm:\n  - image: a\n  - image: a\n",
+            "prewarm:\n  - image: a\n    cpus: 1\n",
+        ] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains("prewarm"), "{bad:?} gave {e}");
+        }
     }
 
     #[test]

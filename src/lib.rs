@@ -7,9 +7,12 @@
 pub mod api;
 pub mod config;
 pub mod engine;
+pub mod error_text;
 pub mod executor;
 pub mod gpu;
 pub mod host;
+pub mod image_ref;
+pub mod metrics;
 pub mod pool;
 pub mod resources;
 pub mod task;

@@ -32,6 +32,8 @@ pub struct Container {
     epoch: Instant,
     /// Woken whenever `in_flight` drops to zero.
     drained: Notify,
+    /// Kept ready ahead of demand: never reaped when idle, evicted first under pressure.
+    pub prewarmed: bool,
     _reservation: Reservation,
 }
 
@@ -41,6 +43,7 @@ impl Container {
         key: TaskKey,
         client: TaskClient,
         reservation: Reservation,
+        prewarmed: bool,
     ) -> Container {
         Container {
             id,
@@ -50,6 +53,7 @@ impl Container {
             last_used_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             drained: Notify::new(),
+            prewarmed,
             _reservation: reservation,
         }
     }
@@ -116,6 +120,8 @@ pub enum StartOutcome {
     Pending,
     Ready,
     Failed(Arc<str>),
+    /// Given up without a verdict (a prewarm attempt): waiters look again themselves.
+    Abandoned,
 }
 
 enum Slot {
@@ -203,6 +209,13 @@ impl StartTicket {
         let tx = self.outcome.take().expect("ticket used once");
         self.release_slot();
         let _ = tx.send(StartOutcome::Failed(reason.into()));
+    }
+
+    /// Frees the key without a verdict: waiting requests start a container themselves.
+    pub fn abandon(mut self) {
+        let tx = self.outcome.take().expect("ticket used once");
+        self.release_slot();
+        let _ = tx.send(StartOutcome::Abandoned);
     }
 
     fn release_slot(&self) {
@@ -329,17 +342,30 @@ impl Pool {
             .collect()
     }
 
-    /// Takes the least recently used idle container out of the pool (eviction).
+    /// Starts a claim on `key` only when the pool has nothing for it (prewarming).
+    pub fn claim_if_absent(self: &Arc<Self>, key: &TaskKey) -> Option<StartTicket> {
+        if self.lock().slots.contains_key(key) {
+            return None;
+        }
+        match self.lease_or_claim(key) {
+            Lookup::Claimed(ticket) => Some(ticket),
+            // Someone took the key in between: their container serves.
+            Lookup::Leased(_) | Lookup::Wait(_) => None,
+        }
+    }
+
+    /// Takes an idle container out of the pool (eviction): prewarmed ones first, then the
+    /// least recently used.
     pub fn take_lru_idle(&self) -> Option<Arc<Container>> {
         let mut inner = self.lock();
         let key = inner
             .slots
             .iter()
             .filter_map(|(k, s)| match s {
-                Slot::Ready(c) if c.in_flight() == 0 => Some((c.last_used(), k)),
+                Slot::Ready(c) if c.in_flight() == 0 => Some(((!c.prewarmed, c.last_used()), k)),
                 _ => None,
             })
-            .min_by_key(|(used, _)| *used)
+            .min_by_key(|(order, _)| *order)
             .map(|(_, k)| k.clone())?;
         match inner.slots.remove(&key) {
             Some(Slot::Ready(c)) => Some(c),
@@ -359,6 +385,9 @@ impl Pool {
         let mut next: Option<Instant> = None;
         for (key, slot) in &inner.slots {
             let Slot::Ready(c) = slot else { continue };
+            if c.prewarmed {
+                continue;
+            }
             let expires = if c.in_flight() == 0 {
                 c.last_used() + idle_timeout
             } else {
@@ -443,6 +472,7 @@ mod tests {
             k.clone(),
             TaskClient::new("127.0.0.1:8080".parse().unwrap(), 1024),
             r,
+            k.image.starts_with("pre"),
         ))
     }
 
@@ -537,6 +567,30 @@ mod tests {
         assert_eq!(b.snapshot().used.milli_cpu, 2000);
         drop(victim);
         assert_eq!(b.snapshot().used.milli_cpu, 1000);
+    }
+
+    #[test]
+    fn prewarmed_containers_are_evicted_first_and_never_expire() {
+        let pool = Pool::new();
+        let b = budget();
+        for name in ["pre-a", "plain"] {
+            let k = key(name);
+            claim(&pool, &k).ready(container(&b, &k)).unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // "plain" is the least recently used, yet the prewarmed one goes first...
+        drop(match pool.lease_or_claim(&key("pre-a")) {
+            Lookup::Leased(l) => l,
+            _ => panic!(),
+        });
+        let later = Instant::now() + Duration::from_secs(3600);
+        // ...and idle expiry never takes it.
+        let (expired, _) = pool.take_expired(later, Duration::from_secs(1));
+        assert_eq!(expired.len(), 1);
+        assert_eq!(expired[0].key.image, "plain");
+        assert!(pool.claim_if_absent(&key("pre-a")).is_none(), "present");
+        assert_eq!(pool.take_lru_idle().unwrap().key.image, "pre-a");
+        assert!(pool.claim_if_absent(&key("pre-a")).is_some(), "absent now");
     }
 
     #[test]

@@ -46,11 +46,11 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> CallError {
         if s.downcast_ref::<hyper::Error>()
             .is_some_and(hyper::Error::is_parse)
         {
-            return CallError::NotHttp(describe(e));
+            return CallError::NotHttp(crate::error_text::chain(e));
         }
         source = s.source();
     }
-    CallError::Transport(describe(e))
+    CallError::Transport(crate::error_text::chain(e))
 }
 
 /// HTTP client of one task container.
@@ -67,18 +67,6 @@ impl std::fmt::Debug for TaskClient {
             .field("addr", &self.addr)
             .finish()
     }
-}
-
-/// Walks an error's `source()` chain into one line (hyper's top-level messages are terse).
-fn describe(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 impl TaskClient {
@@ -143,7 +131,7 @@ impl TaskClient {
                     if e.is::<http_body_util::LengthLimitError>() {
                         CallError::TooLarge(self.max_answer_bytes)
                     } else {
-                        CallError::Transport(describe(&*e))
+                        CallError::Transport(crate::error_text::chain(&*e))
                     }
                 })?
                 .to_bytes();

@@ -2,9 +2,9 @@
 //! request bodies, image references and the YAML config. A fixed number of generated cases
 //! per property (set below), so the run time is bounded.
 
-use mecanywhere_executor::api::image_ref;
 use mecanywhere_executor::api::request::{parse_execute, parse_update, RequestError};
 use mecanywhere_executor::config::Config;
+use mecanywhere_executor::image_ref;
 use proptest::prelude::*;
 use std::path::Path;
 

@@ -4,8 +4,11 @@
 
 mod common;
 
-use std::net::TcpListener;
+use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -109,4 +112,132 @@ fn an_absent_image_is_pulled_then_run() {
     assert!(!reply.success());
     assert!(reply.msg().contains(&missing), "{}", reply.msg());
     assert_eq!(ex.containers().len(), 1, "only the pulled task's container");
+}
+
+#[test]
+fn concurrent_starts_of_an_absent_image_share_one_pull() {
+    require_images();
+    let registry = Registry::start();
+    let reference = format!("127.0.0.1:{}/meca/echo-shared:v1", registry.port);
+    let _tags = Tags(vec![reference.clone()]);
+    docker(&["tag", ECHO, &reference]);
+    docker(&["push", &reference]);
+    docker(&["rmi", &reference]);
+    assert!(!image_present(&reference), "the tag is gone locally");
+
+    // Budget 2 cores and 1024 MB: all four keys (1 core, 224 MB together) fit at once.
+    let ex = Executor::start("pull-shared", "cpu: 2\nmem: 1024");
+    let mems = [32, 48, 64, 80];
+    let barrier = Barrier::new(mems.len());
+    let replies: Vec<(i64, Reply)> = std::thread::scope(|s| {
+        let handles: Vec<_> = mems
+            .iter()
+            .map(|&mem| {
+                let (ex, barrier, reference) = (&ex, &barrier, &reference);
+                s.spawn(move || {
+                    barrier.wait();
+                    let reply = ex.execute(&json!({
+                        "id": reference,
+                        "resource": {"cpu": 0.25, "mem": mem},
+                        "input": format!("mem {mem}"),
+                    }));
+                    (mem, reply)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let log = ex.log();
+    for (mem, reply) in &replies {
+        assert!(reply.success(), "mem {mem}: {reply:?}; log:\n{log}");
+        assert_eq!(reply.msg(), format!("mem {mem}"));
+    }
+    assert!(image_present(&reference), "the executor pulled the image");
+    let pulls = log
+        .lines()
+        .filter(|l| l.contains("pulling image") && l.contains(&reference))
+        .count();
+    assert_eq!(
+        pulls, 1,
+        "four concurrent starts of one absent image should share one pull; log:\n{log}"
+    );
+    assert_eq!(ex.containers().len(), 4, "one container per key");
+}
+
+/// A "registry" on 127.0.0.1 that accepts connections and never answers. Its thread ends,
+/// and the connections it holds are closed, on drop.
+struct SilentRegistry {
+    port: u16,
+    accepted: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl SilentRegistry {
+    fn start() -> SilentRegistry {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (accepted, stop) = (accepted.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut held: Vec<TcpStream> = Vec::new();
+                while !stop.load(Ordering::SeqCst) {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            accepted.fetch_add(1, Ordering::SeqCst);
+                            held.push(stream);
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                    }
+                }
+            })
+        };
+        SilentRegistry {
+            port,
+            accepted,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for SilentRegistry {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[test]
+fn a_pull_that_hangs_fails_after_pull_timeout() {
+    require_images();
+    let registry = SilentRegistry::start();
+    let image = format!("127.0.0.1:{}/meca/slow:v1", registry.port);
+    let ex = Executor::start("pull-timeout", "pull_timeout: 2s");
+    let started = Instant::now();
+    let reply = ex.execute(&json!({"id": image, "input": "x"}));
+    let took = started.elapsed();
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(!reply.success(), "{reply:?}");
+    let msg = reply.msg();
+    assert!(
+        msg.contains("timed out after 2s") && msg.contains(&image),
+        "message should say pulling {image} timed out after 2s: {reply:?}; log:\n{}",
+        ex.log()
+    );
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(20),
+        "the pull timeout of 2s was not applied (answered after {took:?})"
+    );
+    assert!(
+        registry.accepted.load(Ordering::SeqCst) > 0,
+        "Docker never contacted the registry: the timeout was not what ended the pull"
+    );
+    assert!(!image_present(&image));
+    assert!(ex.containers().is_empty(), "{:?}", ex.containers());
 }

@@ -4,7 +4,6 @@
 //! `{"success": bool, "msg": string}` answer. It holds no state of its own and makes no
 //! decision the executor should make; read a handler top to bottom to see a request's path.
 
-pub mod image_ref;
 pub mod request;
 
 use std::sync::Arc;
@@ -37,11 +36,12 @@ pub fn router(executor: Arc<Executor>, stop: CancellationToken) -> Router {
     let mut protected = Router::new()
         .route("/", post(execute))
         .route("/stats", get(stats))
+        .route("/metrics", get(metrics))
         .route("/pause", post(pause))
         .route("/unpause", post(unpause))
         .route("/update-config", post(update_config))
         .route("/stop", post(stop_executor));
-    if let Some(token) = config.auth_token {
+    if let Some(token) = config.auth_token.clone() {
         let token: Arc<[u8]> = token.into_bytes().into();
         protected = protected.layer(middleware::from_fn(move |request, next| {
             require_token(Arc::clone(&token), request, next)
@@ -106,10 +106,18 @@ async fn execute(State(app): State<AppState>, body: Result<Bytes, BytesRejection
     };
     let request = match request::parse_execute(&body) {
         Ok(r) => r,
-        Err(e @ RequestError::Malformed(_)) => {
-            return outcome(StatusCode::BAD_REQUEST, false, &e.to_string())
+        Err(e) => {
+            let (status, label) = match e {
+                RequestError::Malformed(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+                _ => (StatusCode::OK, "invalid_request"),
+            };
+            app.executor
+                .metrics()
+                .requests
+                .get_or_create(&crate::metrics::OutcomeLabel { outcome: label })
+                .inc();
+            return outcome(status, false, &e.to_string());
         }
-        Err(e) => return failure(&e.to_string()),
     };
     tracing::debug!(key = %request.key, "execute");
     match app.executor.execute(request).await {
@@ -161,6 +169,17 @@ async fn stats(State(app): State<AppState>) -> Response {
         Some(s) => axum::Json(stats_json(&s)).into_response(),
         None => failure("failed to retrieve resource stats"),
     }
+}
+
+async fn metrics(State(app): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        app.executor.metrics_text(),
+    )
+        .into_response()
 }
 
 async fn health() -> Response {

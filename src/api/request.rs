@@ -64,7 +64,7 @@ pub fn parse_execute(body: &[u8]) -> Result<TaskRequest, RequestError> {
             ))
         }
     };
-    if let Err(why) = super::image_ref::validate(&image) {
+    if let Err(why) = crate::image_ref::validate(&image) {
         return Err(RequestError::InvalidImage(image, why));
     }
     let resource = wire.resource.unwrap_or(WireResource {

@@ -42,6 +42,8 @@ fn api_error(e: bollard::errors::Error) -> EngineError {
         E::IOError { err } => EngineError::Unreachable(err.to_string()),
         E::HyperResponseError { err } => EngineError::Unreachable(err.to_string()),
         E::RequestTimeoutError => EngineError::Unreachable("request timed out".into()),
+        // Connecting to the daemon's socket failed (daemon down, socket missing).
+        E::HyperLegacyError { err } => EngineError::Unreachable(crate::error_text::chain(&err)),
         other => EngineError::Api(other.to_string()),
     }
 }

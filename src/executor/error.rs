@@ -42,3 +42,22 @@ pub enum ExecError {
     #[error("{0}")]
     BadAnswer(String),
 }
+
+impl ExecError {
+    /// The outcome label of this error in the request metrics.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            ExecError::Paused | ExecError::ShuttingDown => "rejected",
+            ExecError::InvalidResource(_)
+            | ExecError::ExceedsMaximum(_)
+            | ExecError::NoGpu(_)
+            | ExecError::RuntimeUnavailable(_)
+            | ExecError::SgxUnavailable(_) => "refused",
+            ExecError::QueueTimeout { .. } => "queue_timeout",
+            ExecError::Engine(_) | ExecError::StartFailed(_) => "start_failed",
+            ExecError::TaskBroken(_) => "task_broken",
+            ExecError::TaskStatus { .. } => "task_error",
+            ExecError::BadAnswer(_) => "bad_answer",
+        }
+    }
+}

@@ -8,6 +8,7 @@
 
 mod broken;
 mod error;
+mod prewarm;
 mod reaper;
 mod start;
 mod watcher;
@@ -98,7 +99,7 @@ pub struct Executor {
     pool: Arc<Pool>,
     budget: Arc<Budget>,
     host: Host,
-    config: RwLock<Config>,
+    config: RwLock<Arc<Config>>,
     /// OCI runtimes the engine reported at start or at the last config update.
     runtimes: RwLock<Vec<String>>,
     paused: AtomicBool,
@@ -112,6 +113,13 @@ pub struct Executor {
     created_network: Option<String>,
     /// Containers out of the pool whose removal is in progress.
     retiring: std::sync::atomic::AtomicUsize,
+    metrics: crate::metrics::Metrics,
+    /// Starts now waiting for budget room; prewarming yields to them.
+    waiting_for_room: std::sync::atomic::AtomicUsize,
+    /// Wakes the prewarm keeper (a start stopped waiting, unpause).
+    prewarm_wake: tokio::sync::Notify,
+    /// When each prewarm key last failed to start for a reason other than room.
+    prewarm_failures: std::sync::Mutex<HashMap<TaskKey, std::time::Instant>>,
 }
 
 impl Executor {
@@ -157,15 +165,22 @@ impl Executor {
             closing: CancellationToken::new(),
             work: TaskTracker::new(),
             instance: uuid::Uuid::new_v4().to_string(),
-            config: RwLock::new(config),
+            config: RwLock::new(Arc::new(config)),
+            metrics: crate::metrics::Metrics::new(),
             pulls: std::sync::Mutex::new(HashMap::new()),
             created_network,
             retiring: std::sync::atomic::AtomicUsize::new(0),
+            waiting_for_room: std::sync::atomic::AtomicUsize::new(0),
+            prewarm_wake: tokio::sync::Notify::new(),
+            prewarm_failures: std::sync::Mutex::new(HashMap::new()),
         });
         executor.check_microvm_runtime();
         executor.set_gpus_enabled(executor.config().has_gpu);
         tokio::spawn(Arc::clone(&executor).reap_idle());
         tokio::spawn(Arc::clone(&executor).watch_containers());
+        if !executor.config().prewarm.is_empty() {
+            tokio::spawn(Arc::clone(&executor).keep_prewarmed());
+        }
         let budget = executor.budget.snapshot().total;
         tracing::info!(
             instance = %executor.instance,
@@ -177,12 +192,9 @@ impl Executor {
         Ok(executor)
     }
 
-    /// A copy of the current configuration.
-    pub fn config(&self) -> Config {
-        self.config
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    /// The current configuration (a shared snapshot: cheap on the request path).
+    pub fn config(&self) -> Arc<Config> {
+        Arc::clone(&self.config.read().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// The id of this process's instance (label `org.mecanywhere.executor.instance`).
@@ -252,7 +264,7 @@ impl Executor {
     }
 
     /// Checks what depends on this host and its configuration; returns the config to use.
-    fn admit(&self, key: &TaskKey) -> Result<Config, ExecError> {
+    fn admit(&self, key: &TaskKey) -> Result<Arc<Config>, ExecError> {
         if self.closing.is_cancelled() {
             return Err(ExecError::ShuttingDown);
         }
@@ -312,10 +324,40 @@ impl Executor {
     /// Runs one request: admission, a warm container (or a cold start), the task call.
     /// On success returns the task's answer body.
     pub async fn execute(self: &Arc<Self>, request: TaskRequest) -> Result<Bytes, ExecError> {
-        let config = self.admit(&request.key)?;
-        let lease = self.lease(&request.key).await?;
+        let started = std::time::Instant::now();
+        let (result, path) = self.run(request).await;
+        let outcome = match &result {
+            Ok(_) => "success",
+            Err(e) => e.outcome(),
+        };
+        match path {
+            Some(path) => self.metrics.request(outcome, path, started.elapsed()),
+            None => {
+                self.metrics
+                    .requests
+                    .get_or_create(&crate::metrics::OutcomeLabel { outcome })
+                    .inc();
+            }
+        }
+        result
+    }
+
+    /// [`execute`](Self::execute) without the bookkeeping; also says whether the request
+    /// found a ready container (`warm`), waited for a start (`cold`), or got neither.
+    async fn run(
+        self: &Arc<Self>,
+        request: TaskRequest,
+    ) -> (Result<Bytes, ExecError>, Option<&'static str>) {
+        let config = match self.admit(&request.key) {
+            Ok(config) => config,
+            Err(e) => return (Err(e), None),
+        };
+        let (lease, path) = match self.lease(&request.key).await {
+            Ok((lease, cold)) => (lease, if cold { "cold" } else { "warm" }),
+            Err(e) => return (Err(e), Some("cold")),
+        };
         let call = Call::for_input(request.key.use_sgx, &request.input);
-        match lease
+        let result = match lease
             .container()
             .client
             .call(call, request.input, config.request_timeout)
@@ -329,14 +371,17 @@ impl Executor {
             }),
             Err(e @ CallError::TooLarge(_)) => Err(ExecError::BadAnswer(e.to_string())),
             Err(e) => Err(ExecError::TaskBroken(self.discard_broken(lease, e).await)),
-        }
+        };
+        (result, Some(path))
     }
 
     /// A lease on a ready container for `key`, starting one if needed (single flight).
-    async fn lease(self: &Arc<Self>, key: &TaskKey) -> Result<Lease, ExecError> {
+    /// The flag says whether the request had to wait for a start.
+    async fn lease(self: &Arc<Self>, key: &TaskKey) -> Result<(Lease, bool), ExecError> {
+        let mut cold = false;
         loop {
             let mut outcome = match self.pool.lease_or_claim(key) {
-                Lookup::Leased(lease) => return Ok(lease),
+                Lookup::Leased(lease) => return Ok((lease, cold)),
                 Lookup::Wait(outcome) => outcome,
                 Lookup::Claimed(ticket) => {
                     let outcome = ticket.subscribe();
@@ -344,6 +389,7 @@ impl Executor {
                     outcome
                 }
             };
+            cold = true;
             let result = outcome
                 .wait_for(|o| !matches!(o, StartOutcome::Pending))
                 .await
@@ -354,6 +400,49 @@ impl Executor {
                 _ => continue,
             }
         }
+    }
+
+    /// The `/metrics` text, with the container and budget gauges read now.
+    pub fn metrics_text(&self) -> String {
+        use crate::metrics::{KindLabel, StateLabel};
+        let counts = self.pool.counts();
+        let m = &self.metrics;
+        for (state, n) in [
+            ("starting", counts.starting),
+            ("idle", counts.ready - counts.busy),
+            ("busy", counts.busy),
+            ("removing", self.retiring.load(Ordering::Acquire)),
+        ] {
+            m.containers
+                .get_or_create(&StateLabel { state })
+                .set(n as i64);
+        }
+        let budget = self.budget.snapshot();
+        for (kind, cpu, mem, gpus) in [
+            (
+                "total",
+                budget.total.cores(),
+                budget.total.mem_mb,
+                budget.gpus_total,
+            ),
+            (
+                "reserved",
+                budget.used.cores(),
+                budget.used.mem_mb,
+                budget.gpus_used,
+            ),
+        ] {
+            let kind = KindLabel { kind };
+            m.budget_cpu_cores.get_or_create(&kind).set(cpu);
+            m.budget_memory_mb.get_or_create(&kind).set(mem as i64);
+            m.budget_gpus.get_or_create(&kind).set(gpus as i64);
+        }
+        m.encode()
+    }
+
+    /// Counters the API layer records itself (requests refused before the executor).
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
     }
 
     /// `/pause`: refuse new tasks and remove every warm container.
@@ -367,6 +456,7 @@ impl Executor {
     /// `/unpause`: accept tasks again.
     pub fn unpause(&self) {
         self.paused.store(false, Ordering::Release);
+        self.prewarm_wake.notify_one();
         tracing::info!("unpaused");
     }
 
@@ -382,7 +472,8 @@ impl Executor {
             *self.runtimes.write().unwrap_or_else(|e| e.into_inner()) = runtimes;
         }
         let new_total = {
-            let mut config = self.config.write().unwrap_or_else(|e| e.into_inner());
+            let mut shared = self.config.write().unwrap_or_else(|e| e.into_inner());
+            let mut config = Config::clone(&shared);
             if let Some(t) = update.idle_timeout {
                 config.idle_timeout = t;
             }
@@ -395,11 +486,12 @@ impl Executor {
             if let Some(gpu) = update.has_gpu {
                 config.has_gpu = gpu;
             }
-
             if let Some(runtime) = update.microvm_runtime {
                 config.microvm_runtime = runtime;
             }
-            task_budget(&config, self.host.capacity())
+            let total = task_budget(&config, self.host.capacity());
+            *shared = Arc::new(config);
+            total
         };
         self.budget.set_total(new_total);
         if let Some(on) = update.has_gpu {

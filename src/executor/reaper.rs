@@ -15,6 +15,7 @@ impl Executor {
             let idle_timeout = self.config().idle_timeout;
             let (expired, next) = self.pool.take_expired(Instant::now(), idle_timeout);
             for container in expired {
+                self.metrics.reaped.inc();
                 tracing::info!(container = %container.id, key = %container.key, "removing idle container");
                 let executor = Arc::clone(&self);
                 self.work

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 
@@ -42,7 +42,7 @@ impl Executor {
     pub(super) async fn cold_start(self: Arc<Self>, ticket: StartTicket) {
         let key = ticket.key().clone();
         let started = tokio::select! {
-            result = self.start_container(&key) => result,
+            result = self.start_container(&key, true) => result,
             _ = self.closing.cancelled() => Err(ExecError::ShuttingDown),
         };
         match started {
@@ -59,26 +59,56 @@ impl Executor {
         }
     }
 
-    async fn start_container(&self, key: &TaskKey) -> Result<Arc<Container>, ExecError> {
+    /// Starts a container for `key`. With `wait`, makes room by evicting idle containers and
+    /// waits for the budget; without (prewarming), takes only room that is free now.
+    pub(super) async fn start_container(
+        &self,
+        key: &TaskKey,
+        wait: bool,
+    ) -> Result<Arc<Container>, ExecError> {
         let config = self.config();
-        self.ensure_image(&key.image, config.pull_timeout).await?;
-        let reservation = self
-            .reserve(key.demand, key.gpu_count, config.queue_timeout)
-            .await?;
+        let mut phase = Instant::now();
+        let mut lap = |name: &'static str| {
+            let now = Instant::now();
+            self.metrics.phase(name, now - phase);
+            phase = now;
+        };
+        let reservation = if wait {
+            self.ensure_image(&key.image, config.pull_timeout).await?;
+            lap("image");
+            let reservation = self
+                .reserve(key.demand, key.gpu_count, config.queue_timeout)
+                .await?;
+            lap("reserve");
+            reservation
+        } else {
+            // Prewarming: only free room, checked before anything costs a Docker call.
+            let reservation = self
+                .budget
+                .try_reserve(key.demand)
+                .ok_or_else(|| ExecError::ExceedsMaximum("no free room to prewarm".into()))?;
+            self.ensure_image(&key.image, config.pull_timeout).await?;
+            lap("image");
+            reservation
+        };
         let spec = self.container_spec(key, &config, reservation.gpus());
         let id = self.engine.create(&spec).await?;
-        match self
+        lap("create");
+        let started = self
             .engine
             .start_and_wait_ready(&id, &spec, config.start_timeout)
-            .await
-        {
+            .await;
+        lap("start");
+        match started {
             Ok(addr) => {
                 let client = TaskClient::new(addr, config.max_answer_bytes);
+                let prewarmed = config.prewarm.iter().any(|p| &p.key == key);
                 Ok(Arc::new(Container::new(
                     id,
                     key.clone(),
                     client,
                     reservation,
+                    prewarmed,
                 )))
             }
             Err(e) => {
@@ -109,14 +139,28 @@ impl Executor {
                 .or_insert_with(|| {
                     let engine = Arc::clone(&self.engine);
                     let image = image.to_string();
+                    let pulls = self.metrics.pulls.clone();
+                    let pull_seconds = self.metrics.pull_seconds.clone();
                     async move {
-                        match tokio::time::timeout(pull_timeout, engine.pull(&image)).await {
-                            Ok(result) => result,
-                            Err(_) => Err(EngineError::PullTimeout {
-                                image,
-                                after: pull_timeout,
-                            }),
+                        let started = Instant::now();
+                        // Another pull of this image may have finished since the check above.
+                        if engine.image_present(&image).await.unwrap_or(false) {
+                            return Ok(());
                         }
+                        let result =
+                            match tokio::time::timeout(pull_timeout, engine.pull(&image)).await {
+                                Ok(result) => result,
+                                Err(_) => Err(EngineError::PullTimeout {
+                                    image,
+                                    after: pull_timeout,
+                                }),
+                            };
+                        pull_seconds.observe(started.elapsed().as_secs_f64());
+                        let outcome = if result.is_ok() { "success" } else { "failure" };
+                        pulls
+                            .get_or_create(&crate::metrics::OutcomeLabel { outcome })
+                            .inc();
+                        result
                     }
                     .boxed()
                     .shared()
@@ -141,6 +185,18 @@ impl Executor {
         queue_timeout: Duration,
     ) -> Result<Reservation, ExecError> {
         let deadline = tokio::time::Instant::now() + queue_timeout;
+        let entered = Instant::now();
+        // While a start waits for room, prewarming stays out of its way.
+        self.waiting_for_room
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let _done = scopeguard(|| {
+            self.waiting_for_room
+                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            self.metrics
+                .queue_wait_seconds
+                .observe(entered.elapsed().as_secs_f64());
+            self.prewarm_wake.notify_one();
+        });
         let monitor = self.gpu_monitor();
         let gpu_idle = |uuid: &str| monitor.as_ref().is_some_and(|m| m.is_idle(uuid));
         loop {
@@ -151,6 +207,7 @@ impl Executor {
                 return Ok(reservation);
             }
             if let Some(victim) = self.pool.take_lru_idle() {
+                self.metrics.evictions.inc();
                 tracing::info!(container = %victim.id, key = %victim.key, "evicting idle container to make room");
                 self.retire(victim, Duration::ZERO).await;
                 continue;

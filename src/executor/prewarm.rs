@@ -1,0 +1,96 @@
+//! Prewarming: keeps the configured task keys started and ready ahead of demand.
+//!
+//! A prewarmed container is counted against the budget like any other, is never reaped for
+//! idleness, and is the first to be evicted under pressure. The keeper takes only room that
+//! is free (it never evicts and never waits), yields while requests wait for room, and wakes
+//! on budget releases, not on a timer.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{ExecError, Executor};
+use crate::pool::StartTicket;
+
+/// After a prewarm start fails for a reason other than room, wait this long before retrying.
+const FAILURE_BACKOFF: Duration = Duration::from_secs(30);
+
+impl Executor {
+    pub(super) async fn keep_prewarmed(self: Arc<Self>) {
+        loop {
+            let released = self.budget.released();
+            let woken = self.prewarm_wake.notified();
+            tokio::pin!(released, woken);
+            released.as_mut().enable();
+            woken.as_mut().enable();
+            if !self.is_paused() && self.waiting_for_room.load(Ordering::Acquire) == 0 {
+                self.prewarm_missing();
+            }
+            let backoff = tokio::time::sleep(FAILURE_BACKOFF);
+            tokio::select! {
+                _ = self.closing.cancelled() => return,
+                _ = released => {}
+                _ = woken => {}
+                // Only matters after a failure: retry its key then.
+                _ = backoff, if self.has_prewarm_failures() => {}
+            }
+        }
+    }
+
+    fn has_prewarm_failures(&self) -> bool {
+        !self
+            .prewarm_failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    }
+
+    /// Claims every prewarm key the pool lacks and starts it in the background.
+    fn prewarm_missing(self: &Arc<Self>) {
+        let config = self.config();
+        for entry in &config.prewarm {
+            let failed_recently = self
+                .prewarm_failures
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&entry.key)
+                .is_some_and(|at| at.elapsed() < FAILURE_BACKOFF);
+            if failed_recently {
+                continue;
+            }
+            if let Some(ticket) = self.pool.claim_if_absent(&entry.key) {
+                self.work.spawn(Arc::clone(self).prewarm_start(ticket));
+            }
+        }
+    }
+
+    async fn prewarm_start(self: Arc<Self>, ticket: StartTicket) {
+        let key = ticket.key().clone();
+        let started = tokio::select! {
+            result = self.start_container(&key, false) => result,
+            _ = self.closing.cancelled() => Err(ExecError::ShuttingDown),
+        };
+        let failures = || {
+            self.prewarm_failures
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+        };
+        match started {
+            Ok(container) => {
+                failures().remove(&key);
+                tracing::info!(container = %container.id, key = %key, "prewarmed task container ready");
+                if let Err(container) = ticket.ready(container) {
+                    self.retire(container, Duration::ZERO).await;
+                }
+            }
+            // No free room right now: the next release wakes the keeper again. A request
+            // that came for the key meanwhile starts its own container (abandon, not fail).
+            Err(ExecError::ExceedsMaximum(_)) => ticket.abandon(),
+            Err(e) => {
+                tracing::warn!(key = %key, error = %e, "prewarming failed; retrying in 30s");
+                failures().insert(key, Instant::now());
+                ticket.abandon();
+            }
+        }
+    }
+}

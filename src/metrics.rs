@@ -1,0 +1,205 @@
+//! Prometheus metrics (`GET /metrics`): request outcomes, latency split warm / cold, cold
+//! start phases, pulls, evictions, queue waits; containers and budget are read at scrape time.
+//!
+//! Owns the registry and the text encoding. Recording is a few atomic operations, cheap
+//! enough for the warm path; nothing here does I/O or takes a lock across an await.
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PathLabel {
+    pub path: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabel {
+    pub phase: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs .. ~100 s
+    Histogram::new(exponential_buckets(0.00005, 2.0, 22))
+}
+
+/// Every metric of the executor.
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<OutcomeLabel, Counter>,
+    pub latency: Family<PathLabel, Histogram, fn() -> Histogram>,
+    pub cold_start_phase: Family<PhaseLabel, Histogram, fn() -> Histogram>,
+    pub pulls: Family<OutcomeLabel, Counter>,
+    pub pull_seconds: Histogram,
+    pub evictions: Counter,
+    pub reaped: Counter,
+    pub queue_wait_seconds: Histogram,
+    pub containers: Family<StateLabel, Gauge>,
+    pub budget_cpu_cores: Family<KindLabel, Gauge<f64, AtomicU64>>,
+    pub budget_memory_mb: Family<KindLabel, Gauge>,
+    pub budget_gpus: Family<KindLabel, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("meca");
+        let requests = Family::<OutcomeLabel, Counter>::default();
+        registry.register("requests", "Execute requests by outcome", requests.clone());
+        let latency = Family::<PathLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram,
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Execute request latency; path=warm (a ready container) or cold (waited for a start)",
+            latency.clone(),
+        );
+        let cold_start_phase =
+            Family::<PhaseLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        registry.register(
+            "cold_start_phase_seconds",
+            "Cold start phases: image (check and pull), reserve (budget), create, start (start and ready line), address",
+            cold_start_phase.clone(),
+        );
+        let pulls = Family::<OutcomeLabel, Counter>::default();
+        registry.register("pulls", "Image pulls by outcome", pulls.clone());
+        let pull_seconds = latency_histogram();
+        registry.register(
+            "pull_duration_seconds",
+            "Image pull duration",
+            pull_seconds.clone(),
+        );
+        let evictions = Counter::default();
+        registry.register(
+            "evictions",
+            "Idle containers removed to make room",
+            evictions.clone(),
+        );
+        let reaped = Counter::default();
+        registry.register(
+            "idle_reaped",
+            "Containers removed after the idle timeout",
+            reaped.clone(),
+        );
+        let queue_wait_seconds = latency_histogram();
+        registry.register(
+            "queue_wait_seconds",
+            "Time cold starts waited for the budget to have room",
+            queue_wait_seconds.clone(),
+        );
+        let containers = Family::<StateLabel, Gauge>::default();
+        registry.register("containers", "Task containers by state", containers.clone());
+        let budget_cpu_cores = Family::<KindLabel, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "budget_cpu_cores",
+            "Task CPU budget: total and reserved",
+            budget_cpu_cores.clone(),
+        );
+        let budget_memory_mb = Family::<KindLabel, Gauge>::default();
+        registry.register(
+            "budget_memory_mb",
+            "Task memory budget: total and reserved",
+            budget_memory_mb.clone(),
+        );
+        let budget_gpus = Family::<KindLabel, Gauge>::default();
+        registry.register(
+            "budget_gpus",
+            "GPUs usable by tasks: total and reserved",
+            budget_gpus.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            latency,
+            cold_start_phase,
+            pulls,
+            pull_seconds,
+            evictions,
+            reaped,
+            queue_wait_seconds,
+            containers,
+            budget_cpu_cores,
+            budget_memory_mb,
+            budget_gpus,
+        }
+    }
+
+    pub fn request(&self, outcome: &'static str, path: &'static str, elapsed: Duration) {
+        self.requests.get_or_create(&OutcomeLabel { outcome }).inc();
+        self.latency
+            .get_or_create(&PathLabel { path })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn phase(&self, phase: &'static str, elapsed: Duration) {
+        self.cold_start_phase
+            .get_or_create(&PhaseLabel { phase })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_and_histograms_show_in_the_text_format() {
+        let m = Metrics::new();
+        m.request("success", "warm", Duration::from_micros(300));
+        m.request("success", "warm", Duration::from_micros(300));
+        m.evictions.inc();
+        m.budget_cpu_cores
+            .get_or_create(&KindLabel { kind: "total" })
+            .set(1.5);
+        let text = m.encode();
+        assert!(
+            text.contains("meca_requests_total{outcome=\"success\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("meca_request_duration_seconds_count{path=\"warm\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("meca_evictions_total 1"), "{text}");
+        assert!(
+            text.contains("meca_budget_cpu_cores{kind=\"total\"} 1.5"),
+            "{text}"
+        );
+    }
+}
