@@ -11,20 +11,6 @@ use serde_json::json;
 
 const MISSING_IMAGE: &str = "127.0.0.1:9/nothing:v1";
 
-/// A failure as the contract answers it: HTTP 200 with `success: false` and a message.
-fn assert_failed(reply: &Reply) {
-    assert_eq!(reply.status, 200, "{reply:?}");
-    assert_eq!(
-        reply.body["success"],
-        json!(false),
-        "expected a failure: {reply:?}"
-    );
-    assert!(
-        !reply.msg().is_empty(),
-        "failure without a message: {reply:?}"
-    );
-}
-
 /// Waits until the executor has no container left, and says which were left if any.
 fn assert_no_container(ex: &Executor, limit: Duration) {
     let left = ex.wait_containers(0, limit);

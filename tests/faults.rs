@@ -18,20 +18,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{json, Value};
 
-/// A failure as the contract answers it: HTTP 200 with `success: false` and a message.
-fn assert_failed(reply: &Reply) {
-    assert_eq!(reply.status, 200, "{reply:?}");
-    assert_eq!(
-        reply.body["success"],
-        json!(false),
-        "expected a failure: {reply:?}"
-    );
-    assert!(
-        !reply.msg().is_empty(),
-        "failure without a message: {reply:?}"
-    );
-}
-
 /// An echo request with the given resources; checks the answer.
 fn echo(ex: &Executor, resource: Value, input: &str) {
     let reply = ex.execute(&json!({"id": ECHO, "resource": resource, "input": input}));

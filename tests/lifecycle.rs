@@ -6,29 +6,12 @@
 
 mod common;
 
-use std::io::Read;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::json;
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!("test-{prefix}-{}-{nanos:x}", std::process::id())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Runs an echo request with the given resources and checks the answer.
 fn echo(ex: &Executor, cpu: f64, mem: i64, input: &str) {
@@ -99,7 +82,7 @@ fn sigint_removes_containers_and_exits_cleanly() {
 
 #[test]
 fn orphans_are_removed_by_the_next_instance_of_the_same_name_only() {
-    let name = unique("orphan");
+    let name = unique_name("orphan");
     // Kept until the end: if the test fails, its Drop removes the orphan.
     let mut crashed = Executor::start_named(&name, "");
     echo(&crashed, 1.0, 128, "before the crash");
@@ -144,66 +127,6 @@ fn orphans_are_removed_by_the_next_instance_of_the_same_name_only() {
     drop(crashed);
 }
 
-/// A process of the executor binary started by a test; killed (and waited for) on drop.
-struct Proc {
-    child: Option<Child>,
-}
-
-impl Proc {
-    fn spawn(args: &[&str], stderr: Stdio) -> Proc {
-        let child = Command::new(env!("CARGO_BIN_EXE_mecanywhere-executor"))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("executor binary starts");
-        Proc { child: Some(child) }
-    }
-
-    fn child(&mut self) -> &mut Child {
-        self.child.as_mut().expect("not waited for yet")
-    }
-
-    /// Waits up to `limit` for the process to exit.
-    fn wait(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child().try_wait().unwrap() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn stderr(&mut self) -> String {
-        let mut text = String::new();
-        if let Some(mut pipe) = self.child().stderr.take() {
-            let _ = pipe.read_to_string(&mut text);
-        }
-        text
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            if child.try_wait().ok().flatten().is_none() {
-                let _ = Command::new("kill").arg(child.id().to_string()).status();
-                let deadline = Instant::now() + Duration::from_secs(30);
-                while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                let _ = child.kill();
-            }
-            let _ = child.wait();
-        }
-    }
-}
-
 fn write_config(dir: &Path, yaml: &str) -> String {
     let path = dir.join("mecanywhere_executor.yaml");
     std::fs::write(&path, yaml).unwrap();
@@ -217,7 +140,7 @@ fn get(port: u16, path: &str) -> Result<Reply, String> {
 #[test]
 fn go_style_config_flag_is_applied() {
     let dir = tempfile::tempdir().unwrap();
-    let name = unique("go-flag");
+    let name = unique_name("go-flag");
     let config = write_config(dir.path(), &format!("cpu: 1\nname: {name}\n"));
     let config_eq = format!("-config={config}");
     let cases: [&[&str]; 2] = [&["-config", &config, "--listen"], &[&config_eq, "-listen"]];
@@ -226,18 +149,19 @@ fn go_style_config_flag_is_applied() {
         let listen = format!("127.0.0.1:{port}");
         let mut args = flags.to_vec();
         args.push(&listen);
-        let log = dir.path().join("executor.log");
-        let mut proc = Proc::spawn(&args, Stdio::from(std::fs::File::create(&log).unwrap()));
-        let log = || std::fs::read_to_string(&log).unwrap_or_default();
+        let mut proc = Proc::spawn(&args);
         let deadline = Instant::now() + Duration::from_secs(30);
         while get(port, "/health").is_err() {
-            if let Some(status) = proc.child().try_wait().unwrap() {
-                panic!("{args:?}: executor exited at start ({status}):\n{}", log());
+            if let Some(status) = proc.try_wait() {
+                panic!(
+                    "{args:?}: executor exited at start ({status}):\n{}",
+                    proc.output()
+                );
             }
             assert!(
                 Instant::now() < deadline,
                 "{args:?}: no /health within 30s:\n{}",
-                log()
+                proc.output()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -256,7 +180,7 @@ fn go_style_config_flag_is_applied() {
             status.and_then(|s| s.code()),
             Some(0),
             "{args:?}:\n{}",
-            log()
+            proc.output()
         );
     }
 }
@@ -268,14 +192,14 @@ fn refused_config(yaml: &str) -> String {
     // A unique name, so that a binary that wrongly accepts the config touches nothing.
     let config = write_config(
         dir.path(),
-        &format!("{yaml}\nname: {}\n", unique("bad-config")),
+        &format!("{yaml}\nname: {}\n", unique_name("bad-config")),
     );
     let listen = format!("127.0.0.1:{}", free_port());
-    let mut proc = Proc::spawn(&["--config", &config, "--listen", &listen], Stdio::piped());
+    let mut proc = Proc::spawn(&["--config", &config, "--listen", &listen]);
     let status = proc
         .wait(Duration::from_secs(10))
         .unwrap_or_else(|| panic!("config {yaml:?} was accepted: the executor kept running"));
-    let stderr = proc.stderr();
+    let stderr = proc.output();
     assert!(
         !status.success() && status.code().is_some(),
         "config {yaml:?}: exit status {status}; stderr:\n{stderr}"
@@ -342,9 +266,9 @@ fn executor_runs_as_a_container_on_a_user_network() {
 
     let network = format!("meca-test-net-{}", std::process::id());
     let deployment = Deployment {
-        container: unique("executor-container"),
+        container: unique_name("executor-container"),
         network: network.clone(),
-        executor_name: unique("in-container"),
+        executor_name: unique_name("in-container"),
     };
     docker(&["network", "create", &network]);
 

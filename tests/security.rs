@@ -6,32 +6,13 @@
 
 mod common;
 
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
 
 const ROUTES: &str = "meca-test-routes:latest";
-
-fn unique(prefix: &str) -> String {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("test-{prefix}-{}-{nanos:x}-{n}", std::process::id())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// `docker inspect` of a container's HostConfig, as JSON.
 fn host_config(id: &str) -> Value {
@@ -247,7 +228,7 @@ fn assert_no_way_out(ex: &Executor, network: &str) {
 
 #[test]
 fn internal_network_is_created_has_no_route_out_and_is_removed_at_stop() {
-    let name = unique("internal");
+    let name = unique_name("internal");
     let network = format!("mecanywhere-tasks-{name}");
     // Declared first: dropped after the executor, whose containers use the network.
     let _guard = NetworkGuard(network.clone());
@@ -296,7 +277,7 @@ fn internal_network_is_created_has_no_route_out_and_is_removed_at_stop() {
 
 #[test]
 fn an_existing_internal_network_is_used_and_left_in_place() {
-    let network = unique("own-internal-net");
+    let network = unique_name("own-internal-net");
     let _guard = NetworkGuard::create(&network, true);
     let mut ex = Executor::start(
         "use-internal",
@@ -318,7 +299,7 @@ fn an_existing_internal_network_is_used_and_left_in_place() {
 
 #[test]
 fn internal_network_left_by_a_crashed_instance_is_removed_by_the_next_one() {
-    let name = unique("net-orphan");
+    let name = unique_name("net-orphan");
     let network = format!("mecanywhere-tasks-{name}");
     let _guard = NetworkGuard(network.clone());
     let mut crashed = Executor::start_named(&name, "internal_network: true\n");
@@ -337,64 +318,33 @@ fn internal_network_left_by_a_crashed_instance_is_removed_by_the_next_one() {
     );
 }
 
-/// A process of the executor binary started directly (not through the harness, which
-/// panics when the executor exits at start). Stopped and waited for on drop.
-struct Proc {
-    child: Option<Child>,
+/// The executor binary started directly with `yaml` (plus a unique `name:`) as its config,
+/// for starts it must refuse. Its containers and default network are removed on drop.
+struct Refusal {
+    proc: Proc,
     name: String,
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
 }
 
-impl Proc {
-    /// Starts the binary with `yaml` (plus a unique `name:`) as its config.
-    fn spawn(prefix: &str, yaml: &str) -> Proc {
+impl Refusal {
+    fn spawn(prefix: &str, yaml: &str) -> Refusal {
         let dir = tempfile::tempdir().unwrap();
-        let name = unique(prefix);
+        let name = unique_name(prefix);
         let config = dir.path().join("mecanywhere_executor.yaml");
         std::fs::write(&config, format!("{yaml}\nname: {name}\n")).unwrap();
-        let log = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_mecanywhere-executor"))
-            .arg("--config")
-            .arg(&config)
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{}", free_port()))
-            .env_remove("MECANYWHERE_EXECUTOR_TOKEN")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("executor binary starts");
-        Proc {
-            child: Some(child),
+        let listen = format!("127.0.0.1:{}", free_port());
+        let proc = Proc::spawn(&["--config", config.to_str().unwrap(), "--listen", &listen]);
+        Refusal {
+            proc,
             name,
-            dir,
-        }
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
-    }
-
-    /// Waits up to `limit` for the process to exit.
-    fn wait(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            let child = self.child.as_mut().expect("running");
-            if let Some(status) = child.try_wait().unwrap() {
-                self.child = None;
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+            _dir: dir,
         }
     }
 
     /// The executor must exit with `code` within `limit`; returns its stderr.
     fn expect_refusal(&mut self, code: i32, limit: Duration) -> String {
-        let status = self.wait(limit);
-        let stderr = self.stderr();
+        let status = self.proc.wait(limit);
+        let stderr = self.proc.output();
         let status = status.unwrap_or_else(|| {
             panic!("the executor kept running (it should refuse to start); stderr:\n{stderr}")
         });
@@ -404,23 +354,9 @@ impl Proc {
     }
 }
 
-impl Drop for Proc {
+impl Drop for Refusal {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").arg(child.id().to_string()).status();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let left = containers_of(&self.name);
-        if !left.is_empty() {
-            let mut args = vec!["rm", "-f"];
-            args.extend(left.iter().map(String::as_str));
-            let _ = Command::new("docker").args(&args).output();
-        }
+        remove_containers_of(&self.name);
         // In case a broken executor created its default internal network.
         let _ = NetworkGuard(format!("mecanywhere-tasks-{}", self.name));
     }
@@ -428,9 +364,9 @@ impl Drop for Proc {
 
 #[test]
 fn internal_network_refuses_an_existing_network_that_is_not_internal() {
-    let network = unique("open-net");
+    let network = unique_name("open-net");
     let _guard = NetworkGuard::create(&network, false);
-    let mut proc = Proc::spawn(
+    let mut proc = Refusal::spawn(
         "refuse-open",
         &format!("internal_network: true\nnetwork: {network}\n"),
     );
@@ -447,7 +383,7 @@ fn internal_network_refuses_an_existing_network_that_is_not_internal() {
 
 #[test]
 fn internal_network_with_published_ports_is_a_config_error() {
-    let mut proc = Proc::spawn(
+    let mut proc = Refusal::spawn(
         "refuse-publish",
         "internal_network: true\npublish_task_ports: true\n",
     );

@@ -61,7 +61,8 @@ pub fn require_images() {
     );
 }
 
-fn free_port() -> u16 {
+/// A port free on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -69,12 +70,117 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn unique_name(prefix: &str) -> String {
+/// A name no other test (or test run) uses: for executor names, networks, containers.
+pub fn unique_name(prefix: &str) -> String {
+    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .subsec_nanos();
-    format!("test-{prefix}-{}-{nanos:x}", std::process::id())
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("test-{prefix}-{}-{nanos:x}-{n}", std::process::id())
+}
+
+/// A failure as the contract answers it: HTTP 200 with `success: false` and a message.
+pub fn assert_failed(reply: &Reply) {
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(
+        reply.body["success"],
+        serde_json::json!(false),
+        "expected a failure: {reply:?}"
+    );
+    assert!(
+        !reply.msg().is_empty(),
+        "failure without a message: {reply:?}"
+    );
+}
+
+/// Force-removes every container labelled as created by the executor named `name`.
+pub fn remove_containers_of(name: &str) {
+    let left = containers_of(name);
+    if !left.is_empty() {
+        let mut args = vec!["rm", "-f"];
+        args.extend(left.iter().map(String::as_str));
+        let _ = Command::new("docker").args(&args).output();
+    }
+}
+
+/// Waits up to `limit` for `child` to exit.
+pub fn wait_for_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Stops `child` as an operator would (SIGTERM, up to 30 s), then kills it, and reaps it.
+pub fn terminate(child: &mut Child) {
+    if child.try_wait().ok().flatten().is_none() {
+        let _ = Command::new("kill").arg(child.id().to_string()).status();
+        if wait_for_exit(child, Duration::from_secs(30)).is_none() {
+            let _ = child.kill();
+        }
+    }
+    let _ = child.wait();
+}
+
+/// The executor binary started directly with `args` (to test its command line, or starts it
+/// must refuse, where [`Executor::start`] would panic). Its output goes to a file; dropping it
+/// stops and reaps the process.
+pub struct Proc {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl Proc {
+    pub fn spawn(args: &[&str]) -> Proc {
+        let dir = tempfile::tempdir().unwrap();
+        let log = std::fs::File::create(dir.path().join("output.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_mecanywhere-executor"))
+            .args(args)
+            .env_remove("MECANYWHERE_EXECUTOR_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("executor binary starts");
+        Proc {
+            child: Some(child),
+            dir,
+        }
+    }
+
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().unwrap())
+    }
+
+    /// Waits up to `limit` for the process to exit.
+    pub fn wait(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let status = wait_for_exit(self.child.as_mut().expect("running"), limit);
+        if status.is_some() {
+            self.child = None;
+        }
+        status
+    }
+
+    /// What the process wrote (the executor logs to stderr).
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("output.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child);
+        }
+    }
 }
 
 /// A running executor process.
@@ -188,17 +294,11 @@ impl Executor {
 
     /// Waits up to `limit` for the process to exit.
     pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.try_wait() {
-                self.child = None;
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let status = wait_for_exit(self.child.as_mut()?, limit);
+        if status.is_some() {
+            self.child = None;
         }
+        status
     }
 
     /// Sends `signal` (e.g. "TERM", "KILL") to the process.
@@ -286,20 +386,9 @@ impl Executor {
 impl Drop for Executor {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").arg(child.id().to_string()).status();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            terminate(&mut child);
         }
-        let left = containers_of(&self.name);
-        if !left.is_empty() {
-            let mut args = vec!["rm", "-f"];
-            args.extend(left.iter().map(String::as_str));
-            let _ = Command::new("docker").args(&args).output();
-        }
+        remove_containers_of(&self.name);
     }
 }
 
