@@ -166,6 +166,12 @@ async fn main() -> ExitCode {
     let stop = CancellationToken::new();
     tokio::spawn(shutdown_signal(stop.clone()));
     let app = mecanywhere_executor::api::router(Arc::clone(&executor), stop.clone());
+    // Small request/answer exchanges: never hold a segment back (Nagle).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let server = axum::serve(listener, app)
         .with_graceful_shutdown(stop.clone().cancelled_owned())
         .into_future();

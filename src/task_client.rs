@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
-use hyper::{Method, Request, StatusCode};
+use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -58,7 +58,17 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> CallError {
 pub struct TaskClient {
     client: Client<HttpConnector, Full<Bytes>>,
     addr: SocketAddr,
+    /// The task's URIs, by [`Call`], parsed once (cloning a `Uri` shares its bytes).
+    uris: [Uri; 3],
     max_answer_bytes: usize,
+}
+
+fn call_index(call: Call) -> usize {
+    match call {
+        Call::Run => 0,
+        Call::SgxAttest => 1,
+        Call::SgxRun => 2,
+    }
 }
 
 impl std::fmt::Debug for TaskClient {
@@ -79,9 +89,16 @@ impl TaskClient {
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(1024)
             .build(connector);
+        let uri = |call: Call| -> Uri {
+            let path = call.method_and_path().1;
+            format!("http://{addr}{path}")
+                .parse()
+                .expect("a socket address and a fixed path make a valid URI")
+        };
         TaskClient {
             client,
             addr,
+            uris: [uri(Call::Run), uri(Call::SgxAttest), uri(Call::SgxRun)],
             max_answer_bytes,
         }
     }
@@ -98,8 +115,7 @@ impl TaskClient {
         input: Bytes,
         timeout: Duration,
     ) -> Result<Answer, CallError> {
-        let (method, path) = call.method_and_path();
-        let method = if method == "GET" {
+        let method = if call.method_and_path().0 == "GET" {
             Method::GET
         } else {
             Method::POST
@@ -111,7 +127,7 @@ impl TaskClient {
         };
         let mut request = Request::builder()
             .method(method)
-            .uri(format!("http://{}{path}", self.addr))
+            .uri(self.uris[call_index(call)].clone())
             .body(Full::new(body))
             .map_err(|e| CallError::Transport(e.to_string()))?;
         request

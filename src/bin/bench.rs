@@ -62,6 +62,11 @@ const THROUGHPUT_WARM_UP: Duration = Duration::from_millis(300);
 const COLD_TARGET_MS: f64 = 15.0;
 const PARALLEL_TARGET_RATIO: f64 = 2.0;
 const IDLE_CPU_TARGET_PERCENT: f64 = 0.1;
+const P50_OVERHEAD_TARGET_US: f64 = 200.0;
+const P99_OVERHEAD_TARGET_US: f64 = 1000.0;
+const THROUGHPUT_TARGET_RATIO: f64 = 0.4;
+const RSS_IDLE_TARGET_MB: f64 = 20.0;
+const RSS_LOAD_TARGET_MB: f64 = 64.0;
 
 struct Args {
     seconds: u64,
@@ -1425,6 +1430,10 @@ async fn run(args: Args) -> Result<(), String> {
     .parse()
     .map_err(err("task container address"))?;
     let task_addr = SocketAddr::new(ip, 8080);
+    // The task's own process (host PID), to compare its CPU per request with the executor's.
+    let task_pid: u32 = docker_cli(&["inspect", "-f", "{{.State.Pid}}", id])
+        .parse()
+        .map_err(err("task container pid"))?;
     let mut direct = Conn::open(task_addr).await?;
     scratch.clear();
     timed_calls(
@@ -1527,6 +1536,7 @@ async fn run(args: Args) -> Result<(), String> {
         let mut exec_count = Counted::default();
         let mut direct_count = Counted::default();
         let mut exec_cpu_ns = 0;
+        let mut task_cpu_ns = 0;
         for slice in 0..=args.seconds {
             // Slice 0 only warms both paths up (connections to the task, buffers).
             let (warm, counted) = if slice == 0 {
@@ -1535,9 +1545,11 @@ async fn run(args: Args) -> Result<(), String> {
                 (Duration::ZERO, Duration::from_secs(1))
             };
             let cpu0 = cpu_ns_schedstat(exec_pid);
+            let task0 = cpu_ns_schedstat(task_pid);
             let (conns, c) =
                 throughput_slice(exec_conns, &bodies.exec, &answer, warm, counted).await?;
             exec_cpu_ns += cpu_ns_schedstat(exec_pid).saturating_sub(cpu0);
+            task_cpu_ns += cpu_ns_schedstat(task_pid).saturating_sub(task0);
             exec_conns = conns;
             let (conns, d) = throughput_slice(direct_conns, &input, &input, warm, counted).await?;
             direct_conns = conns;
@@ -1559,6 +1571,7 @@ async fn run(args: Args) -> Result<(), String> {
         let exec_failed = exec_count.failed;
         let direct_failed = direct_count.failed;
         let exec_cpu_us = exec_cpu_ns as f64 / 1000.0 / exec_count.all.max(1) as f64;
+        let task_cpu_us = task_cpu_ns as f64 / 1000.0 / exec_count.all.max(1) as f64;
         let ratio = exec_rps / direct_rps;
         println!(
             "bench: {clients:>2} clients: executor {exec_rps:.0} req/s \
@@ -1573,6 +1586,7 @@ async fn run(args: Args) -> Result<(), String> {
                 "ratio": ratio,
                 "executor_failed": exec_failed,
                 "executor_cpu_us_per_request": exec_cpu_us,
+                "task_cpu_us_per_request": task_cpu_us,
                 "direct_failed": direct_failed,
             }),
         );
@@ -1583,6 +1597,7 @@ async fn run(args: Args) -> Result<(), String> {
             ratio,
             exec_failed + direct_failed,
             exec_cpu_us,
+            task_cpu_us,
         ));
     }
     let rss_peak_kb = proc_status_kb(exec_pid, "VmHWM:");
@@ -1639,6 +1654,10 @@ async fn run(args: Args) -> Result<(), String> {
     let left_tags = leftovers().tags.len();
 
     // --- the table -----------------------------------------------------------------------------
+    let p50_overhead = lat_exec.p50_us - lat_direct.p50_us;
+    let p99_overhead = lat_exec.p99_us - lat_direct.p99_us;
+    let p50_met = p50_overhead <= P50_OVERHEAD_TARGET_US;
+    let p99_met = p99_overhead <= P99_OVERHEAD_TARGET_US;
     rows.push(row(
         "1",
         format!(
@@ -1646,22 +1665,35 @@ async fn run(args: Args) -> Result<(), String> {
         ),
         us(lat_exec.p50_us),
         format!("{} direct", us(lat_direct.p50_us)),
-        format!("{:+.0} µs", lat_exec.p50_us - lat_direct.p50_us),
-        "",
+        format!("{p50_overhead:+.0} µs"),
+        format!("≤ +{P50_OVERHEAD_TARGET_US:.0} µs: {}", verdict(p50_met)),
     ));
     rows.push(row(
         "",
         "warm latency p99",
         us(lat_exec.p99_us),
         format!("{} direct", us(lat_direct.p99_us)),
-        format!("{:+.0} µs", lat_exec.p99_us - lat_direct.p99_us),
-        "",
+        format!("{p99_overhead:+.0} µs"),
+        format!("≤ +{P99_OVERHEAD_TARGET_US:.0} µs: {}", verdict(p99_met)),
     ));
-    for (i, (clients, e, d, ratio, failed, cpu)) in throughput_rows.iter().enumerate() {
+    let mut throughput_targets = Vec::new();
+    for (i, (clients, e, d, ratio, failed, cpu, task_cpu)) in throughput_rows.iter().enumerate() {
+        let target = if *clients >= 8 {
+            let met = *ratio >= THROUGHPUT_TARGET_RATIO;
+            throughput_targets.push(json!({
+                "name": format!("throughput_{clients}_clients"),
+                "target": format!("executor >= {THROUGHPUT_TARGET_RATIO} x direct"),
+                "value_ratio": ratio,
+                "met": met,
+            }));
+            format!("≥ {THROUGHPUT_TARGET_RATIO}×: {}", verdict(met))
+        } else {
+            String::new()
+        };
         rows.push(row(
             if i == 0 { "2" } else { "" },
             format!(
-                "throughput, {clients} client{} ({} s; executor CPU {cpu:.0} µs/req){}",
+                "throughput, {clients} client{} ({} s; CPU µs/req executor {cpu:.0}, task {task_cpu:.0}){}",
                 if *clients == 1 { "" } else { "s" },
                 args.seconds,
                 if *failed > 0 {
@@ -1673,7 +1705,7 @@ async fn run(args: Args) -> Result<(), String> {
             format!("{e:.0} req/s"),
             format!("{d:.0} req/s direct"),
             format!("{ratio:.2}×"),
-            "",
+            target,
         ));
     }
     rows.push(row(
@@ -1765,6 +1797,8 @@ async fn run(args: Args) -> Result<(), String> {
         "",
         "",
     ));
+    let rss_met = rss_idle_kb as f64 / 1024.0 <= RSS_IDLE_TARGET_MB
+        && rss_peak_kb as f64 / 1024.0 <= RSS_LOAD_TARGET_MB;
     rows.push(row(
         "5",
         "executor RSS idle / peak (VmHWM after 64 clients)",
@@ -1775,7 +1809,10 @@ async fn run(args: Args) -> Result<(), String> {
         ),
         "",
         "",
-        "",
+        format!(
+            "≤ {RSS_IDLE_TARGET_MB:.0} / {RSS_LOAD_TARGET_MB:.0} MB: {}",
+            verdict(rss_met)
+        ),
     ));
     let idle_met = idle_cpu_percent <= IDLE_CPU_TARGET_PERCENT;
     rows.push(row(
@@ -1928,6 +1965,10 @@ async fn run(args: Args) -> Result<(), String> {
             "tags_left": left_tags,
         }),
     );
+    targets.push(json!({"name": "warm_p50_overhead", "target": format!("<= {P50_OVERHEAD_TARGET_US} us"), "value_us": p50_overhead, "met": p50_met}));
+    targets.push(json!({"name": "warm_p99_overhead", "target": format!("<= {P99_OVERHEAD_TARGET_US} us"), "value_us": p99_overhead, "met": p99_met}));
+    targets.extend(throughput_targets);
+    targets.push(json!({"name": "rss", "target": format!("idle <= {RSS_IDLE_TARGET_MB} MB, under load <= {RSS_LOAD_TARGET_MB} MB"), "idle_kb": rss_idle_kb, "peak_kb": rss_peak_kb, "met": rss_met}));
     targets.push(json!({"name": "cold_start_vs_engine", "target": format!("executor median <= engine median + {COLD_TARGET_MS} ms"), "value_ms": cold_diff, "met": cold_met}));
     targets.push(json!({"name": "parallel_cold_starts", "target": format!("{PARALLEL} at once <= {PARALLEL_TARGET_RATIO} x single median"), "value_ratio": parallel_ratio, "met": parallel_met}));
     targets.push(json!({"name": "idle_cpu", "target": format!("<= {IDLE_CPU_TARGET_PERCENT}% of a core"), "value_percent": idle_cpu_percent, "met": idle_met}));
