@@ -15,12 +15,13 @@ mod watcher;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, Shared};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -30,6 +31,7 @@ use crate::config::Config;
 use crate::engine::{Engine, EngineError, LABEL_EXECUTOR};
 use crate::gpu::{GpuError, GpuInventory, GpuMonitor};
 use crate::host::{Host, HostCapacity};
+use crate::metrics::Metrics;
 use crate::pool::{Lease, Lookup, Pool, StartOutcome};
 use crate::resources::{cores_to_milli, Budget, Demand};
 use crate::task::{Call, Runtime, TaskKey};
@@ -108,23 +110,24 @@ pub struct Executor {
     work: TaskTracker,
     instance: String,
     /// Pulls in progress, by image: starts that need the same image share one.
-    pulls: std::sync::Mutex<HashMap<String, SharedPull>>,
+    pulls: Mutex<HashMap<String, SharedPull>>,
     /// The internal task network this executor owns (removed at shutdown).
     created_network: Option<String>,
     /// Containers out of the pool whose removal is in progress.
-    retiring: std::sync::atomic::AtomicUsize,
-    metrics: crate::metrics::Metrics,
+    retiring: AtomicUsize,
+    metrics: Metrics,
     /// Starts now waiting for budget room; prewarming yields to them.
-    waiting_for_room: std::sync::atomic::AtomicUsize,
+    waiting_for_room: AtomicUsize,
     /// Wakes the prewarm keeper (a start stopped waiting, unpause).
-    prewarm_wake: tokio::sync::Notify,
+    prewarm_wake: Notify,
     /// When each prewarm key last failed to start for a reason other than room.
-    prewarm_failures: std::sync::Mutex<HashMap<TaskKey, std::time::Instant>>,
+    prewarm_failures: Mutex<HashMap<TaskKey, Instant>>,
 }
 
 impl Executor {
-    /// Removes what an earlier instance with the same name left, learns the engine's
-    /// runtimes, and starts the idle reaper.
+    /// Prepares the internal task network if configured, removes what an earlier instance
+    /// with the same name left, learns the engine's runtimes and GPUs, and starts the
+    /// background tasks (idle reaper, container watcher, prewarm keeper).
     pub async fn start(
         mut config: Config,
         engine: Arc<dyn Engine>,
@@ -145,9 +148,7 @@ impl Executor {
             config.network = Some(name);
         }
         let total = task_budget(&config, host.capacity());
-        let orphans = engine
-            .list_labelled(crate::engine::LABEL_EXECUTOR, &config.name)
-            .await?;
+        let orphans = engine.list_labelled(LABEL_EXECUTOR, &config.name).await?;
         for id in &orphans {
             tracing::info!(container = %id, "removing container left by an earlier executor instance");
             engine.remove(id).await?;
@@ -166,13 +167,13 @@ impl Executor {
             work: TaskTracker::new(),
             instance: uuid::Uuid::new_v4().to_string(),
             config: RwLock::new(Arc::new(config)),
-            metrics: crate::metrics::Metrics::new(),
-            pulls: std::sync::Mutex::new(HashMap::new()),
+            metrics: Metrics::new(),
+            pulls: Mutex::new(HashMap::new()),
             created_network,
-            retiring: std::sync::atomic::AtomicUsize::new(0),
-            waiting_for_room: std::sync::atomic::AtomicUsize::new(0),
-            prewarm_wake: tokio::sync::Notify::new(),
-            prewarm_failures: std::sync::Mutex::new(HashMap::new()),
+            retiring: AtomicUsize::new(0),
+            waiting_for_room: AtomicUsize::new(0),
+            prewarm_wake: Notify::new(),
+            prewarm_failures: Mutex::new(HashMap::new()),
         });
         executor.check_microvm_runtime();
         executor.set_gpus_enabled(executor.config().has_gpu);
@@ -324,7 +325,7 @@ impl Executor {
     /// Runs one request: admission, a warm container (or a cold start), the task call.
     /// On success returns the task's answer body.
     pub async fn execute(self: &Arc<Self>, request: TaskRequest) -> Result<Bytes, ExecError> {
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let (result, path) = self.run(request).await;
         let outcome = match &result {
             Ok(_) => "success",
@@ -441,7 +442,7 @@ impl Executor {
     }
 
     /// Counters the API layer records itself (requests refused before the executor).
-    pub fn metrics(&self) -> &crate::metrics::Metrics {
+    pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }
 
