@@ -160,12 +160,20 @@ fn prewarmed_containers_are_evicted_first_and_come_back_when_room_frees() {
     // A and B are reaped after 3 s idle; then the prewarmed key comes back by itself.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let ids = ex.containers();
-        let memories: Vec<String> = ids
-            .iter()
-            .map(|id| inspect(id, "{{.HostConfig.Memory}}"))
-            .collect();
-        if memories == [(64u64 << 20).to_string()] {
+        // One `docker ps` call: containers may go away between a listing and an inspect.
+        let filter = format!("label={LABEL}={}", ex.name);
+        let memories: Vec<String> = docker(&[
+            "ps",
+            "-a",
+            "--filter",
+            &filter,
+            "--format",
+            "{{.Label \"org.mecanywhere.mem-mb\"}}",
+        ])
+        .lines()
+        .map(str::to_string)
+        .collect();
+        if memories == ["64"] {
             break;
         }
         assert!(
