@@ -11,16 +11,6 @@ use serde_json::json;
 
 const MISSING_IMAGE: &str = "127.0.0.1:9/nothing:v1";
 
-/// Waits until the executor has no container left, and says which were left if any.
-fn assert_no_container(ex: &Executor, limit: Duration) {
-    let left = ex.wait_containers(0, limit);
-    assert!(
-        left.is_empty(),
-        "containers left behind: {left:?}; log:\n{}",
-        ex.log()
-    );
-}
-
 /// The executor still runs an ordinary task.
 fn assert_echo_works(ex: &Executor) {
     let reply = ex.execute(&json!({"id": ECHO, "input": "still alive"}));

@@ -59,15 +59,6 @@ fn wait_stats_empty(ex: &Executor, limit: Duration) -> Value {
     }
 }
 
-fn assert_no_container(ex: &Executor, limit: Duration) {
-    let left = ex.wait_containers(0, limit);
-    assert!(
-        left.is_empty(),
-        "containers left behind: {left:?}; log:\n{}",
-        ex.log()
-    );
-}
-
 #[test]
 fn task_out_of_memory_is_reported_with_its_limit_and_removed() {
     let ex = Executor::start("oom", "");

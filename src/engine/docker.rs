@@ -80,6 +80,26 @@ impl DockerEngine {
         Ok(DockerEngine { docker })
     }
 
+    /// Ids of the containers labelled `key=value`: all of them, or only the running ones.
+    async fn labelled(
+        &self,
+        key: &str,
+        value: &str,
+        all: bool,
+    ) -> Result<Vec<String>, EngineError> {
+        let options = ListContainersOptions {
+            all,
+            filters: Some(HashMap::from([label_filter(key, value)])),
+            ..Default::default()
+        };
+        let list = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(api_error)?;
+        Ok(list.into_iter().filter_map(|c| c.id).collect())
+    }
+
     async fn inspect(&self, id: &str) -> Result<ContainerInspectResponse, EngineError> {
         self.docker
             .inspect_container(id, None::<InspectContainerOptions>)
@@ -410,31 +430,11 @@ impl Engine for DockerEngine {
     }
 
     async fn list_labelled(&self, key: &str, value: &str) -> Result<Vec<String>, EngineError> {
-        let options = ListContainersOptions {
-            all: true,
-            filters: Some(HashMap::from([label_filter(key, value)])),
-            ..Default::default()
-        };
-        let list = self
-            .docker
-            .list_containers(Some(options))
-            .await
-            .map_err(api_error)?;
-        Ok(list.into_iter().filter_map(|c| c.id).collect())
+        self.labelled(key, value, true).await
     }
 
     async fn running_labelled(&self, key: &str, value: &str) -> Result<Vec<String>, EngineError> {
-        let options = ListContainersOptions {
-            all: false,
-            filters: Some(HashMap::from([label_filter(key, value)])),
-            ..Default::default()
-        };
-        let list = self
-            .docker
-            .list_containers(Some(options))
-            .await
-            .map_err(api_error)?;
-        Ok(list.into_iter().filter_map(|c| c.id).collect())
+        self.labelled(key, value, false).await
     }
 
     fn container_exits(

@@ -95,6 +95,16 @@ pub fn assert_failed(reply: &Reply) {
     );
 }
 
+/// Waits until `ex` has no container left; fails naming those left.
+pub fn assert_no_container(ex: &Executor, limit: Duration) {
+    let left = ex.wait_containers(0, limit);
+    assert!(
+        left.is_empty(),
+        "containers left behind: {left:?}; log:\n{}",
+        ex.log()
+    );
+}
+
 /// Force-removes every container labelled as created by the executor named `name`.
 pub fn remove_containers_of(name: &str) {
     let left = containers_of(name);
