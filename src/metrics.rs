@@ -89,7 +89,7 @@ impl Metrics {
             );
         registry.register(
             "cold_start_phase_seconds",
-            "Cold start phases: image (check and pull), reserve (budget), create, start (start and ready line), address",
+            "Cold start phases: image (check and pull), reserve (budget), create, start (start, ready line, address)",
             cold_start_phase.clone(),
         );
         let pulls = Family::<OutcomeLabel, Counter>::default();

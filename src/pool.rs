@@ -30,8 +30,8 @@ pub struct Container {
     /// Milliseconds since `epoch` at the last lease's end (or readiness).
     last_used_ms: AtomicU64,
     epoch: Instant,
-    /// Woken whenever `in_flight` drops to zero.
-    drained: Notify,
+    /// The pool's signal that a container became idle (shared by all its containers).
+    idle: Arc<Notify>,
     /// Kept ready ahead of demand: never reaped when idle, evicted first under pressure.
     pub prewarmed: bool,
     _reservation: Reservation,
@@ -44,6 +44,7 @@ impl Container {
         client: TaskClient,
         reservation: Reservation,
         prewarmed: bool,
+        idle: Arc<Notify>,
     ) -> Container {
         Container {
             id,
@@ -52,7 +53,7 @@ impl Container {
             in_flight: AtomicUsize::new(0),
             last_used_ms: AtomicU64::new(0),
             epoch: Instant::now(),
-            drained: Notify::new(),
+            idle,
             prewarmed,
             _reservation: reservation,
         }
@@ -80,7 +81,7 @@ impl Container {
     pub async fn wait_drained(&self, limit: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            let drained = self.drained.notified();
+            let drained = self.idle.notified();
             tokio::pin!(drained);
             drained.as_mut().enable();
             if self.in_flight() == 0 {
@@ -109,7 +110,8 @@ impl Drop for Lease {
     fn drop(&mut self) {
         self.container.touch();
         if self.container.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.container.drained.notify_waiters();
+            // Wakes cold starts waiting for room (it can be evicted now) and drains.
+            self.container.idle.notify_waiters();
         }
     }
 }
@@ -144,6 +146,8 @@ pub struct Pool {
     inner: Mutex<Inner>,
     /// Woken when a container enters the pool (the reaper may need an earlier deadline).
     pub(crate) changed: Notify,
+    /// Woken when a container becomes idle: its last request ended, or it became ready.
+    idle: Arc<Notify>,
 }
 
 /// Result of [`Pool::lease_or_claim`].
@@ -201,6 +205,7 @@ impl StartTicket {
         drop(inner);
         let _ = tx.send(StartOutcome::Ready);
         self.pool.changed.notify_one();
+        self.pool.idle.notify_waiters();
         Ok(())
     }
 
@@ -254,7 +259,49 @@ impl Pool {
                 generation: 0,
             }),
             changed: Notify::new(),
+            idle: Arc::new(Notify::new()),
         })
+    }
+
+    /// The signal to hand to containers of this pool ([`Container::new`]).
+    pub fn idle_signal(&self) -> Arc<Notify> {
+        Arc::clone(&self.idle)
+    }
+
+    /// A future that completes when a container next becomes idle. Enable it before
+    /// looking at the pool, so no wake-up is missed.
+    pub fn became_idle(&self) -> tokio::sync::futures::Notified<'_> {
+        self.idle.notified()
+    }
+
+    /// The resources held by idle ready containers (what eviction could free).
+    pub fn idle_demand(&self) -> crate::resources::Demand {
+        let inner = self.lock();
+        let mut total = crate::resources::Demand {
+            milli_cpu: 0,
+            mem_mb: 0,
+        };
+        for slot in inner.slots.values() {
+            if let Slot::Ready(c) = slot {
+                if c.in_flight() == 0 {
+                    total.milli_cpu += c.key.demand.milli_cpu;
+                    total.mem_mb += c.key.demand.mem_mb;
+                }
+            }
+        }
+        total
+    }
+
+    /// Ids of the ready containers now.
+    pub fn ready_ids(&self) -> std::collections::HashSet<String> {
+        self.lock()
+            .slots
+            .values()
+            .filter_map(|s| match s {
+                Slot::Ready(c) => Some(c.id.clone()),
+                _ => None,
+            })
+            .collect()
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -275,6 +322,11 @@ impl Pool {
             Some(Slot::Starting { outcome, .. }) => return Lookup::Wait(outcome.clone()),
             None => {}
         }
+        Lookup::Claimed(self.claim(&mut inner, key))
+    }
+
+    /// Puts a `Starting` slot for `key` (which has none) and returns its ticket.
+    fn claim(self: &Arc<Self>, inner: &mut Inner, key: &TaskKey) -> StartTicket {
         inner.next_ticket += 1;
         let ticket = inner.next_ticket;
         let (tx, rx) = watch::channel(StartOutcome::Pending);
@@ -285,56 +337,29 @@ impl Pool {
                 outcome: rx,
             },
         );
-        let generation = inner.generation;
-        Lookup::Claimed(StartTicket {
+        StartTicket {
             pool: Arc::clone(self),
             key: key.clone(),
             ticket,
-            generation,
+            generation: inner.generation,
             outcome: Some(tx),
-        })
-    }
-
-    /// Takes `container` out of the pool if it is still the one serving its key (a broken
-    /// container). Returns whether it was.
-    pub fn take_if_current(&self, container: &Arc<Container>) -> bool {
-        let mut inner = self.lock();
-        let current = matches!(inner.slots.get(&container.key),
-            Some(Slot::Ready(c)) if Arc::ptr_eq(c, container));
-        if current {
-            inner.slots.remove(&container.key);
-        }
-        current
-    }
-
-    /// Takes the ready container with engine id `id` out of the pool, if it is there.
-    pub fn take_by_id(&self, id: &str) -> Option<Arc<Container>> {
-        let mut inner = self.lock();
-        let key = inner.slots.iter().find_map(|(k, s)| match s {
-            Slot::Ready(c) if c.id == id => Some(k.clone()),
-            _ => None,
-        })?;
-        match inner.slots.remove(&key) {
-            Some(Slot::Ready(c)) => Some(c),
-            _ => unreachable!("slot chosen above is ready"),
         }
     }
 
-    /// Takes out every ready container whose id is not in `running` (reconciliation).
-    pub fn take_unless_running(
-        &self,
-        running: &std::collections::HashSet<String>,
+    /// Takes out of the map every ready container that `take` selects.
+    fn take_ready_where(
+        inner: &mut Inner,
+        take: impl Fn(&Arc<Container>) -> bool,
     ) -> Vec<Arc<Container>> {
-        let mut inner = self.lock();
-        let gone: Vec<TaskKey> = inner
+        let keys: Vec<TaskKey> = inner
             .slots
             .iter()
             .filter_map(|(k, s)| match s {
-                Slot::Ready(c) if !running.contains(&c.id) => Some(k.clone()),
+                Slot::Ready(c) if take(c) => Some(k.clone()),
                 _ => None,
             })
             .collect();
-        gone.into_iter()
+        keys.into_iter()
             .filter_map(|k| match inner.slots.remove(&k) {
                 Some(Slot::Ready(c)) => Some(c),
                 _ => None,
@@ -342,16 +367,37 @@ impl Pool {
             .collect()
     }
 
+    /// Takes `container` out of the pool if it is still the one serving its key (a broken
+    /// container). Returns whether it was.
+    pub fn take_if_current(&self, container: &Arc<Container>) -> bool {
+        !Self::take_ready_where(&mut self.lock(), |c| Arc::ptr_eq(c, container)).is_empty()
+    }
+
+    /// Takes the ready container with engine id `id` out of the pool, if it is there.
+    pub fn take_by_id(&self, id: &str) -> Option<Arc<Container>> {
+        Self::take_ready_where(&mut self.lock(), |c| c.id == id).pop()
+    }
+
+    /// Reconciliation: takes out the containers of `candidates` (ready before the engine
+    /// was asked) that are not among the `running` ones. A container that became ready
+    /// after the engine's answer is not a candidate, so it is never taken by mistake.
+    pub fn take_unless_running(
+        &self,
+        candidates: &std::collections::HashSet<String>,
+        running: &std::collections::HashSet<String>,
+    ) -> Vec<Arc<Container>> {
+        Self::take_ready_where(&mut self.lock(), |c| {
+            candidates.contains(&c.id) && !running.contains(&c.id)
+        })
+    }
+
     /// Starts a claim on `key` only when the pool has nothing for it (prewarming).
     pub fn claim_if_absent(self: &Arc<Self>, key: &TaskKey) -> Option<StartTicket> {
-        if self.lock().slots.contains_key(key) {
+        let mut inner = self.lock();
+        if inner.slots.contains_key(key) {
             return None;
         }
-        match self.lease_or_claim(key) {
-            Lookup::Claimed(ticket) => Some(ticket),
-            // Someone took the key in between: their container serves.
-            Lookup::Leased(_) | Lookup::Wait(_) => None,
-        }
+        Some(self.claim(&mut inner, key))
     }
 
     /// Takes an idle container out of the pool (eviction): prewarmed ones first, then the
@@ -414,18 +460,11 @@ impl Pool {
     pub fn take_all(&self) -> Vec<Arc<Container>> {
         let mut inner = self.lock();
         inner.generation += 1;
-        let keys: Vec<TaskKey> = inner
+        // Starts in progress lose their slot: requests after this start afresh.
+        inner
             .slots
-            .iter()
-            .filter(|(_, s)| matches!(s, Slot::Ready(_)))
-            .map(|(k, _)| k.clone())
-            .collect();
-        keys.into_iter()
-            .filter_map(|k| match inner.slots.remove(&k) {
-                Some(Slot::Ready(c)) => Some(c),
-                _ => None,
-            })
-            .collect()
+            .retain(|_, s| !matches!(s, Slot::Starting { .. }));
+        Self::take_ready_where(&mut inner, |_| true)
     }
 
     pub fn counts(&self) -> PoolCounts {
@@ -473,6 +512,7 @@ mod tests {
             TaskClient::new("127.0.0.1:8080".parse().unwrap(), 1024),
             r,
             k.image.starts_with("pre"),
+            Arc::new(Notify::new()),
         ))
     }
 
@@ -616,7 +656,8 @@ mod tests {
             claim(&pool, &k).ready(container(&b, &k)).unwrap();
         }
         let running = std::collections::HashSet::from(["id-a".to_string()]);
-        let gone = pool.take_unless_running(&running);
+        let candidates = pool.ready_ids();
+        let gone = pool.take_unless_running(&candidates, &running);
         assert_eq!(gone.len(), 1);
         assert_eq!(gone[0].id, "id-b");
         assert!(pool.take_by_id("id-b").is_none());

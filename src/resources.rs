@@ -84,6 +84,13 @@ impl Budget {
             && gpus as usize <= inner.gpus.len()
     }
 
+    /// Whether `demand` (no GPUs) fits in the room free now.
+    pub fn fits_now(&self, demand: Demand) -> bool {
+        let inner = self.lock();
+        inner.used.milli_cpu + demand.milli_cpu <= inner.total.milli_cpu
+            && inner.used.mem_mb + demand.mem_mb <= inner.total.mem_mb
+    }
+
     /// Reserves `demand` (no GPUs) if it fits now.
     pub fn try_reserve(self: &Arc<Self>, demand: Demand) -> Option<Reservation> {
         self.try_reserve_with_gpus(demand, 0, |_| true)

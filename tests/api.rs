@@ -80,10 +80,12 @@ fn input_comes_back_byte_for_byte() {
         &reply.raw[..200.min(reply.raw.len())]
     );
     assert_eq!(reply.msg(), input);
-    // Empty input is passed as an empty body.
-    let reply = ex.execute(&json!({"id": ECHO}));
-    assert!(reply.success(), "{reply:?}");
-    assert_eq!(reply.msg(), "");
+    // Absent or null input is passed as an empty body.
+    for request in [json!({"id": ECHO}), json!({"id": ECHO, "input": null})] {
+        let reply = ex.execute(&request);
+        assert!(reply.success(), "{request}: {reply:?}");
+        assert_eq!(reply.msg(), "");
+    }
 }
 
 #[test]
@@ -234,9 +236,12 @@ fn pause_update_config_unpause() {
     assert!(ex.execute(&json!({"id": ECHO, "input": "x"})).success());
     assert_eq!(ex.containers().len(), 1);
 
-    let reply = ex.post("/update-config", "{\"cpu\": 1, \"mem\": 512}");
-    assert!(!reply.success(), "refused while running: {reply:?}");
-    assert!(reply.msg().contains("running"), "{}", reply.msg());
+    for body in ["{\"cpu\": 1, \"mem\": 512}", "{\"cpus\": 1}"] {
+        let reply = ex.post("/update-config", body);
+        assert_eq!(reply.status, 200, "{body}: {reply:?}");
+        assert!(!reply.success(), "refused while running: {reply:?}");
+        assert!(reply.msg().contains("running"), "{}", reply.msg());
+    }
 
     let reply = ex.post("/pause", "");
     assert!(reply.success(), "{reply:?}");

@@ -218,3 +218,31 @@ fn a_waiting_request_gets_the_room_when_a_task_finishes() {
     });
     assert_eq!(ex.containers().len(), 1);
 }
+
+#[test]
+fn a_waiting_request_evicts_a_container_as_soon_as_it_goes_idle() {
+    // Budget 1 core; A's request keeps its container busy for 2 s, and idle containers are
+    // kept for 10 minutes. B must not wait for the reaper: A becomes evictable when its
+    // request ends.
+    let ex = Executor::start(
+        "idle-wake",
+        "cpu: 1\nmem: 1024\nqueue_timeout: 20s\nidle_timeout: 10m\n",
+    );
+    std::thread::scope(|s| {
+        let a =
+            s.spawn(|| ex.execute(&json!({"id": "meca-test-slow-answer:latest", "input": "A"})));
+        std::thread::sleep(Duration::from_millis(1000));
+        let started = Instant::now();
+        let b = ex.execute(&json!({"id": ECHO, "input": "B"}));
+        let waited = started.elapsed();
+        assert!(b.success(), "{b:?}");
+        assert!(
+            waited < Duration::from_secs(15),
+            "B got the room when A went idle, not at its queue timeout: {waited:?}"
+        );
+        let a = a.join().unwrap();
+        assert!(a.success(), "{a:?}");
+        assert_eq!(a.msg(), "A");
+    });
+    assert_eq!(ex.containers().len(), 1, "A was evicted for B");
+}

@@ -204,6 +204,10 @@ async fn update_config(
         Ok(body) => body,
         Err(rejection) => return body_rejected(rejection),
     };
+    // The contract's answer while running, whatever the body says.
+    if !app.executor.is_paused() {
+        return failure(&ExecError::Running.to_string());
+    }
     let update = match request::parse_update(&body) {
         Ok(u) => u,
         Err(e) => return outcome(StatusCode::BAD_REQUEST, false, &e.to_string()),

@@ -46,8 +46,9 @@ struct WireRequest {
     id: Option<String>,
     resource: Option<WireResource>,
     runtime: Option<String>,
+    /// Absent and `null` both mean an empty input.
     #[serde(default)]
-    input: String,
+    input: Option<String>,
     #[serde(default)]
     use_sgx: bool,
 }
@@ -115,7 +116,7 @@ pub fn parse_execute(body: &[u8]) -> Result<TaskRequest, RequestError> {
             gpu_count,
             use_sgx: wire.use_sgx,
         },
-        input: Bytes::from(wire.input),
+        input: Bytes::from(wire.input.unwrap_or_default()),
     })
 }
 

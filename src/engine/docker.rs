@@ -442,7 +442,14 @@ impl Engine for DockerEngine {
         key: &str,
         value: &str,
     ) -> BoxStream<'static, Result<String, EngineError>> {
+        // From a second ago: the stream is only opened when first polled, and events in
+        // between must not be lost.
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs().saturating_sub(1).to_string())
+            .ok();
         let options = EventsOptions {
+            since,
             filters: Some(HashMap::from([
                 ("type".to_string(), vec!["container".to_string()]),
                 (

@@ -11,28 +11,40 @@ use crate::pool::Lease;
 use crate::task_client::CallError;
 
 impl Executor {
-    /// Returns the message for the caller; the container is removed before it returns.
-    pub(super) async fn discard_broken(&self, lease: Lease, error: CallError) -> String {
+    /// Takes the container out of service at once (no new request gets it), then finds out
+    /// why it failed and removes it. That work runs as a tracked task of its own, so it
+    /// completes even if the caller goes away. Returns the message for the caller.
+    pub(super) async fn discard_broken(self: &Arc<Self>, lease: Lease, error: CallError) -> String {
         let container = Arc::clone(lease.container());
         drop(lease);
-        let message = if matches!(error, CallError::Timeout(_)) {
-            format!("{error}; its container was removed and will not be reused")
-        } else {
-            match self.exit_state_settled(&container.id).await {
-                Ok(Some(state)) => format!("task container {state} while handling the request"),
-                Err(EngineError::NoSuchContainer(_)) => {
-                    "task container was stopped or removed outside the executor while handling \
-                     the request"
-                        .to_string()
+        let ours = self.pool.take_if_current(&container);
+        let executor = Arc::clone(self);
+        let diagnosis = self.work.spawn(async move {
+            let message = if matches!(error, CallError::Timeout(_)) {
+                format!("{error}; its container was removed and will not be reused")
+            } else {
+                match executor.exit_state_settled(&container.id).await {
+                    Ok(Some(state)) => {
+                        format!("task container {state} while handling the request")
+                    }
+                    Err(EngineError::NoSuchContainer(_)) => {
+                        "task container was stopped or removed outside the executor while \
+                         handling the request"
+                            .to_string()
+                    }
+                    _ => format!("{error}; its container was removed"),
                 }
-                _ => format!("{error}; its container was removed"),
+            };
+            tracing::warn!(container = %container.id, key = %container.key, %message, "discarding task container");
+            // Only one of the requests that saw it break removes it.
+            if ours {
+                executor.retire(container, Duration::ZERO).await;
             }
-        };
-        tracing::warn!(container = %container.id, key = %container.key, %message, "discarding task container");
-        if self.pool.take_if_current(&container) {
-            self.retire(container, Duration::ZERO).await;
-        }
-        message
+            message
+        });
+        diagnosis
+            .await
+            .unwrap_or_else(|e| format!("the task container failed ({e})"))
     }
 
     /// The container's exit state, allowing Docker a moment to notice an exit that just broke

@@ -11,8 +11,8 @@ pub enum ExecError {
     Paused,
     #[error("executor is shutting down")]
     ShuttingDown,
-    #[error("invalid resource limit: {0}")]
-    InvalidResource(String),
+    #[error("executor is running: pause it before updating its config")]
+    Running,
     #[error("resource limit exceeds the maximum: {0}")]
     ExceedsMaximum(String),
     #[error("not enough GPU available: {0}")]
@@ -48,8 +48,8 @@ impl ExecError {
     pub fn outcome(&self) -> &'static str {
         match self {
             ExecError::Paused | ExecError::ShuttingDown => "rejected",
-            ExecError::InvalidResource(_)
-            | ExecError::ExceedsMaximum(_)
+            ExecError::Running => "rejected",
+            ExecError::ExceedsMaximum(_)
             | ExecError::NoGpu(_)
             | ExecError::RuntimeUnavailable(_)
             | ExecError::SgxUnavailable(_) => "refused",

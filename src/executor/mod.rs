@@ -198,11 +198,6 @@ impl Executor {
         Arc::clone(&self.config.read().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// The id of this process's instance (label `org.mecanywhere.executor.instance`).
-    pub fn instance(&self) -> &str {
-        &self.instance
-    }
-
     /// Turns GPU scheduling on (detecting the GPUs) or off.
     fn set_gpus_enabled(&self, on: bool) {
         let monitor = if on {
@@ -264,14 +259,20 @@ impl Executor {
         }
     }
 
-    /// Checks what depends on this host and its configuration; returns the config to use.
-    fn admit(&self, key: &TaskKey) -> Result<Arc<Config>, ExecError> {
+    /// Refuses work while stopping or paused.
+    fn check_open(&self) -> Result<(), ExecError> {
         if self.closing.is_cancelled() {
             return Err(ExecError::ShuttingDown);
         }
         if self.is_paused() {
             return Err(ExecError::Paused);
         }
+        Ok(())
+    }
+
+    /// Checks what depends on this host and its configuration; returns the config to use.
+    fn admit(&self, key: &TaskKey) -> Result<Arc<Config>, ExecError> {
+        self.check_open()?;
         let config = self.config();
         let budget = self.budget.snapshot();
         let total = budget.total;
@@ -381,6 +382,10 @@ impl Executor {
     async fn lease(self: &Arc<Self>, key: &TaskKey) -> Result<(Lease, bool), ExecError> {
         let mut cold = false;
         loop {
+            // Paused or stopping since admission (or while waiting): start nothing new.
+            if cold {
+                self.check_open()?;
+            }
             let mut outcome = match self.pool.lease_or_claim(key) {
                 Lookup::Leased(lease) => return Ok((lease, cold)),
                 Lookup::Wait(outcome) => outcome,
@@ -447,11 +452,16 @@ impl Executor {
     }
 
     /// `/pause`: refuse new tasks and remove every warm container.
-    pub async fn pause(&self) {
+    pub async fn pause(self: &Arc<Self>) {
         self.paused.store(true, Ordering::Release);
         let containers = self.pool.take_all();
         tracing::info!(removing = containers.len(), "paused");
-        self.retire_all(containers, PAUSE_DRAIN_LIMIT).await;
+        // A tracked task of its own: the removals finish even if the caller goes away.
+        let executor = Arc::clone(self);
+        let removal = self.work.spawn(async move {
+            executor.retire_all(containers, PAUSE_DRAIN_LIMIT).await;
+        });
+        let _ = removal.await;
     }
 
     /// `/unpause`: accept tasks again.
@@ -464,14 +474,11 @@ impl Executor {
     /// `/update-config`: only while paused.
     pub async fn update_config(&self, update: ConfigUpdate) -> Result<(), ExecError> {
         if !self.is_paused() {
-            return Err(ExecError::RuntimeUnavailable(
-                "executor is running: pause it before updating its config".into(),
-            ));
+            return Err(ExecError::Running);
         }
-        if update.microvm_runtime.is_some() {
-            let runtimes = self.engine.runtimes().await?;
-            *self.runtimes.write().unwrap_or_else(|e| e.into_inner()) = runtimes;
-        }
+        // Runtimes may have been registered with Docker since: check against what it has now.
+        let runtimes = self.engine.runtimes().await?;
+        *self.runtimes.write().unwrap_or_else(|e| e.into_inner()) = runtimes;
         let new_total = {
             let mut shared = self.config.write().unwrap_or_else(|e| e.into_inner());
             let mut config = Config::clone(&shared);

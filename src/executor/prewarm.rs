@@ -9,8 +9,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::start::Phases;
 use super::{ExecError, Executor};
-use crate::pool::StartTicket;
+use crate::pool::{Container, StartTicket};
+use crate::task::TaskKey;
 
 /// After a prewarm start fails for a reason other than room, wait this long before retrying.
 const FAILURE_BACKOFF: Duration = Duration::from_secs(30);
@@ -67,8 +69,8 @@ impl Executor {
     async fn prewarm_start(self: Arc<Self>, ticket: StartTicket) {
         let key = ticket.key().clone();
         let started = tokio::select! {
-            result = self.start_container(&key, false) => result,
-            _ = self.closing.cancelled() => Err(ExecError::ShuttingDown),
+            result = self.prewarm_container(&key) => result,
+            _ = self.closing.cancelled() => Err(Some(ExecError::ShuttingDown)),
         };
         let failures = || {
             self.prewarm_failures
@@ -85,12 +87,32 @@ impl Executor {
             }
             // No free room right now: the next release wakes the keeper again. A request
             // that came for the key meanwhile starts its own container (abandon, not fail).
-            Err(ExecError::ExceedsMaximum(_)) => ticket.abandon(),
-            Err(e) => {
+            Err(None) => ticket.abandon(),
+            Err(Some(e)) => {
                 tracing::warn!(key = %key, error = %e, "prewarming failed; retrying in 30s");
                 failures().insert(key, Instant::now());
                 ticket.abandon();
             }
         }
+    }
+
+    /// Starts the container of a prewarm key in room that is free now: `Err(None)` when there
+    /// is none. The key passes the same admission checks as a request (runtime, SGX), so a
+    /// prewarmed container is never weaker than what a request for it would get.
+    async fn prewarm_container(&self, key: &TaskKey) -> Result<Arc<Container>, Option<ExecError>> {
+        let config = self.admit(key).map_err(Some)?;
+        if !self.budget.fits_now(key.demand) {
+            return Err(None);
+        }
+        let mut phases = Phases::new(&self.metrics);
+        self.ensure_image(&key.image, config.pull_timeout)
+            .await
+            .map_err(|e| Some(e.into()))?;
+        phases.lap("image");
+        // Reserved only after the image is here: a pull never holds room.
+        let reservation = self.budget.try_reserve(key.demand).ok_or(None)?;
+        self.launch(key, &config, reservation, phases)
+            .await
+            .map_err(Some)
     }
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 
 use super::{ExecError, Executor};
+use crate::config::Config;
 use crate::engine::{
     ContainerSpec, EngineError, SgxMounts, LABEL_CPU, LABEL_EXECUTOR, LABEL_INSTANCE, LABEL_MEM,
     LABEL_TASK_KEY,
@@ -19,6 +20,28 @@ use crate::pool::{Container, StartTicket};
 use crate::resources::{Demand, Reservation};
 use crate::task::{Runtime, TaskKey};
 use crate::task_client::TaskClient;
+
+/// Times the phases of one cold start into the metrics.
+pub(super) struct Phases<'a> {
+    metrics: &'a crate::metrics::Metrics,
+    last: Instant,
+}
+
+impl<'a> Phases<'a> {
+    pub(super) fn new(metrics: &'a crate::metrics::Metrics) -> Phases<'a> {
+        Phases {
+            metrics,
+            last: Instant::now(),
+        }
+    }
+
+    /// Records the time since the previous lap as phase `name`.
+    pub(super) fn lap(&mut self, name: &'static str) {
+        let now = Instant::now();
+        self.metrics.phase(name, now - self.last);
+        self.last = now;
+    }
+}
 
 /// Runs `f` when dropped (also when the future holding it is cancelled).
 fn scopeguard(f: impl FnOnce()) -> impl Drop {
@@ -42,7 +65,7 @@ impl Executor {
     pub(super) async fn cold_start(self: Arc<Self>, ticket: StartTicket) {
         let key = ticket.key().clone();
         let started = tokio::select! {
-            result = self.start_container(&key, true) => result,
+            result = self.start_container(&key) => result,
             _ = self.closing.cancelled() => Err(ExecError::ShuttingDown),
         };
         match started {
@@ -59,46 +82,37 @@ impl Executor {
         }
     }
 
-    /// Starts a container for `key`. With `wait`, makes room by evicting idle containers and
-    /// waits for the budget; without (prewarming), takes only room that is free now.
-    pub(super) async fn start_container(
+    /// Starts a container for a request's `key`: the image (pulled if needed), room in the
+    /// budget (evicting idle containers, then waiting), then the container itself.
+    async fn start_container(&self, key: &TaskKey) -> Result<Arc<Container>, ExecError> {
+        let config = self.config();
+        let mut phases = Phases::new(&self.metrics);
+        self.ensure_image(&key.image, config.pull_timeout).await?;
+        phases.lap("image");
+        let reservation = self
+            .reserve(key.demand, key.gpu_count, config.queue_timeout)
+            .await?;
+        phases.lap("reserve");
+        self.launch(key, &config, reservation, phases).await
+    }
+
+    /// Creates and starts the container of `key` with its `reservation`, and waits until it
+    /// is ready. A container that fails is removed.
+    pub(super) async fn launch(
         &self,
         key: &TaskKey,
-        wait: bool,
+        config: &Config,
+        reservation: Reservation,
+        mut phases: Phases<'_>,
     ) -> Result<Arc<Container>, ExecError> {
-        let config = self.config();
-        let mut phase = Instant::now();
-        let mut lap = |name: &'static str| {
-            let now = Instant::now();
-            self.metrics.phase(name, now - phase);
-            phase = now;
-        };
-        let reservation = if wait {
-            self.ensure_image(&key.image, config.pull_timeout).await?;
-            lap("image");
-            let reservation = self
-                .reserve(key.demand, key.gpu_count, config.queue_timeout)
-                .await?;
-            lap("reserve");
-            reservation
-        } else {
-            // Prewarming: only free room, checked before anything costs a Docker call.
-            let reservation = self
-                .budget
-                .try_reserve(key.demand)
-                .ok_or_else(|| ExecError::ExceedsMaximum("no free room to prewarm".into()))?;
-            self.ensure_image(&key.image, config.pull_timeout).await?;
-            lap("image");
-            reservation
-        };
-        let spec = self.container_spec(key, &config, reservation.gpus());
+        let spec = self.container_spec(key, config, reservation.gpus());
         let id = self.engine.create(&spec).await?;
-        lap("create");
+        phases.lap("create");
         let started = self
             .engine
             .start_and_wait_ready(&id, &spec, config.start_timeout)
             .await;
-        lap("start");
+        phases.lap("start");
         match started {
             Ok(addr) => {
                 let client = TaskClient::new(addr, config.max_answer_bytes);
@@ -109,6 +123,7 @@ impl Executor {
                     client,
                     reservation,
                     prewarmed,
+                    self.pool.idle_signal(),
                 )))
             }
             Err(e) => {
@@ -128,7 +143,11 @@ impl Executor {
 
     /// Makes sure the image is present, pulling it if not. Concurrent starts needing the same
     /// image share one pull; a pull longer than `pull_timeout` fails.
-    async fn ensure_image(&self, image: &str, pull_timeout: Duration) -> Result<(), EngineError> {
+    pub(super) async fn ensure_image(
+        &self,
+        image: &str,
+        pull_timeout: Duration,
+    ) -> Result<(), EngineError> {
         if self.engine.image_present(image).await? {
             return Ok(());
         }
@@ -200,17 +219,23 @@ impl Executor {
         let monitor = self.gpu_monitor();
         let gpu_idle = |uuid: &str| monitor.as_ref().is_some_and(|m| m.is_idle(uuid));
         loop {
+            // Room appears when a reservation is released, or when a busy container goes
+            // idle (it can be evicted then): listen for both before looking.
             let released = self.budget.released();
-            tokio::pin!(released);
+            let became_idle = self.pool.became_idle();
+            tokio::pin!(released, became_idle);
             released.as_mut().enable();
+            became_idle.as_mut().enable();
             if let Some(reservation) = self.budget.try_reserve_with_gpus(demand, gpus, gpu_idle) {
                 return Ok(reservation);
             }
-            if let Some(victim) = self.pool.take_lru_idle() {
-                self.metrics.evictions.inc();
-                tracing::info!(container = %victim.id, key = %victim.key, "evicting idle container to make room");
-                self.retire(victim, Duration::ZERO).await;
-                continue;
+            if self.eviction_can_help(demand, gpus) {
+                if let Some(victim) = self.pool.take_lru_idle() {
+                    self.metrics.evictions.inc();
+                    tracing::info!(container = %victim.id, key = %victim.key, "evicting idle container to make room");
+                    self.retire(victim, Duration::ZERO).await;
+                    continue;
+                }
             }
             if !self.budget.can_ever_fit(demand, gpus) {
                 let total = self.budget.snapshot().total;
@@ -227,7 +252,13 @@ impl Executor {
                 queue_timeout
             };
             let wake = tokio::time::Instant::now() + recheck;
-            match tokio::time::timeout_at(deadline.min(wake), released).await {
+            let woken = async {
+                tokio::select! {
+                    _ = released => {}
+                    _ = became_idle => {}
+                }
+            };
+            match tokio::time::timeout_at(deadline.min(wake), woken).await {
                 Ok(()) => {}
                 Err(_) if tokio::time::Instant::now() < deadline => {}
                 Err(_) => {
@@ -250,12 +281,21 @@ impl Executor {
         }
     }
 
-    fn container_spec(
-        &self,
-        key: &TaskKey,
-        config: &crate::config::Config,
-        gpus: &[String],
-    ) -> ContainerSpec {
+    /// Whether removing every idle container would make `demand` fit (GPUs: assumed so).
+    /// Otherwise evicting only loses warm containers: the request has to wait anyway.
+    fn eviction_can_help(&self, demand: Demand, gpus: u32) -> bool {
+        if gpus > 0 {
+            return true;
+        }
+        let budget = self.budget.snapshot();
+        let idle = self.pool.idle_demand();
+        let busy_cpu = budget.used.milli_cpu.saturating_sub(idle.milli_cpu);
+        let busy_mem = budget.used.mem_mb.saturating_sub(idle.mem_mb);
+        busy_cpu + demand.milli_cpu <= budget.total.milli_cpu
+            && busy_mem + demand.mem_mb <= budget.total.mem_mb
+    }
+
+    fn container_spec(&self, key: &TaskKey, config: &Config, gpus: &[String]) -> ContainerSpec {
         let labels = HashMap::from([
             (LABEL_EXECUTOR.to_string(), config.name.clone()),
             (LABEL_INSTANCE.to_string(), self.instance.clone()),

@@ -20,7 +20,10 @@ impl Executor {
         let mut connected = true;
         loop {
             let mut exits = self.engine.container_exits(LABEL_INSTANCE, &self.instance);
-            // Whatever happened while the stream was down, reconcile now.
+            // Whatever happened while the stream was down, reconcile now. Only containers
+            // ready before the engine is asked are candidates: one that becomes ready while
+            // the answer travels is not in it, yet runs.
+            let candidates = self.pool.ready_ids();
             match self
                 .engine
                 .running_labelled(LABEL_INSTANCE, &self.instance)
@@ -32,7 +35,7 @@ impl Executor {
                         connected = true;
                     }
                     let running: HashSet<String> = running.into_iter().collect();
-                    for container in self.pool.take_unless_running(&running) {
+                    for container in self.pool.take_unless_running(&candidates, &running) {
                         tracing::warn!(container = %container.id, key = %container.key, "task container is gone; dropping it from the pool");
                         self.retire(container, Duration::ZERO).await;
                     }

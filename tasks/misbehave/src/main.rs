@@ -8,6 +8,7 @@
 //! | `never-ready`   | echoes, but never prints `meca-init-done`                        |
 //! | `exit-at-start` | prints `starting`, then `boom: exiting on purpose` on stderr; exit 2 |
 //! | `slow-start`    | sleeps `SLOW_START_SECS` (default 3) before binding, then echoes |
+//! | `slow-answer`   | ready; echoes after `SLOW_ANSWER_SECS` (default 2) seconds              |
 //! | `hang`          | ready; reads requests but never answers (keeps connections open) |
 //! | `huge`          | ready; `POST /` returns `HUGE_MIB` (default 80) MiB of `a`        |
 //! | `oom`           | ready; on a request allocates and touches 16 MiB chunks forever  |
@@ -55,6 +56,13 @@ fn main() {
             let _ = io::stdout().flush();
             std::thread::sleep(Duration::from_secs(secs));
             ready_and_serve(echo)
+        }
+        "slow-answer" => {
+            let secs = env_u64("SLOW_ANSWER_SECS", 2);
+            ready_and_serve(move |req, conn| {
+                std::thread::sleep(Duration::from_secs(secs));
+                echo(req, conn)
+            })
         }
         "hang" => ready_and_serve(|_req, _conn| {
             // Never answer; the connection stays open and its next read blocks.
@@ -139,7 +147,7 @@ fn main() {
         other => {
             eprintln!(
                 "misbehave-task: unknown MODE {other:?} (expected one of: crash, never-ready, \
-                 exit-at-start, slow-start, hang, huge, oom, bad-status, garbage, sgx, routes, kernel)"
+                 exit-at-start, slow-start, slow-answer, hang, huge, oom, bad-status, garbage, sgx, routes, kernel)"
             );
             std::process::exit(64)
         }
