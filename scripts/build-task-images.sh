@@ -14,7 +14,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TASKS="$ROOT/tasks"
 LABEL="org.mecanywhere.test-image=1"
-MODES=(crash never-ready exit-at-start slow-start slow-answer hang huge oom bad-status garbage sgx routes kernel)
+MODES=(crash never-ready exit-at-start slow-start slow-answer binary hang huge oom bad-status garbage sgx routes kernel)
 
 command -v cargo >/dev/null || { echo "cargo not found" >&2; exit 1; }
 command -v docker >/dev/null || { echo "docker not found" >&2; exit 1; }

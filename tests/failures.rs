@@ -177,3 +177,16 @@ fn slow_starting_task_is_waited_for() {
     );
     assert_eq!(ex.containers().len(), 1);
 }
+
+#[test]
+fn task_answering_bytes_that_are_not_text_is_a_clear_error() {
+    let ex = Executor::start("binary", "");
+    let reply = ex.execute(&json!({"id": "meca-test-binary:latest", "input": "x"}));
+    assert_failed(&reply);
+    assert!(reply.msg().contains("not valid UTF-8"), "{}", reply.msg());
+    let metrics = ex.get("/metrics").raw;
+    assert!(
+        metrics.contains("meca_requests_total{outcome=\"bad_answer\"} 1"),
+        "counted as a bad answer, not a success: {metrics}"
+    );
+}

@@ -121,13 +121,8 @@ async fn execute(State(app): State<AppState>, body: Result<Bytes, BytesRejection
     };
     tracing::debug!(key = %request.key, "execute");
     match app.executor.execute(request).await {
-        Ok(answer) => match std::str::from_utf8(&answer) {
-            Ok(text) => outcome(StatusCode::OK, true, text),
-            Err(_) => failure(&format!(
-                "task answered {} bytes that are not valid UTF-8; the answer must be text",
-                answer.len()
-            )),
-        },
+        // The executor checked that the answer is UTF-8: this borrows, it does not convert.
+        Ok(answer) => outcome(StatusCode::OK, true, &String::from_utf8_lossy(&answer)),
         Err(e) => {
             if !matches!(e, ExecError::Paused) {
                 tracing::debug!(error = %e, "execute failed");

@@ -324,7 +324,7 @@ impl Executor {
     }
 
     /// Runs one request: admission, a warm container (or a cold start), the task call.
-    /// On success returns the task's answer body.
+    /// On success returns the task's answer body, valid UTF-8.
     pub async fn execute(self: &Arc<Self>, request: TaskRequest) -> Result<Bytes, ExecError> {
         let started = Instant::now();
         let (result, path) = self.run(request).await;
@@ -365,7 +365,15 @@ impl Executor {
             .call(call, request.input, config.request_timeout)
             .await
         {
-            Ok(answer) if answer.status.is_success() => Ok(answer.body),
+            // `msg` is a JSON string: the answer must be text (a lossy conversion would
+            // silently change the task's bytes).
+            Ok(answer) if answer.status.is_success() => match std::str::from_utf8(&answer.body) {
+                Ok(_) => Ok(answer.body),
+                Err(_) => Err(ExecError::BadAnswer(format!(
+                    "task answered {} bytes that are not valid UTF-8; the answer must be text",
+                    answer.body.len()
+                ))),
+            },
             Ok(answer) => Err(ExecError::TaskStatus {
                 status: answer.status.as_u16(),
                 body: String::from_utf8_lossy(&answer.body[..answer.body.len().min(4096)])

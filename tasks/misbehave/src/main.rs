@@ -9,6 +9,7 @@
 //! | `exit-at-start` | prints `starting`, then `boom: exiting on purpose` on stderr; exit 2 |
 //! | `slow-start`    | sleeps `SLOW_START_SECS` (default 3) before binding, then echoes |
 //! | `slow-answer`   | ready; echoes after `SLOW_ANSWER_SECS` (default 2) seconds              |
+//! | `binary`        | ready; `POST /` answers 200 with bytes that are not UTF-8        |
 //! | `hang`          | ready; reads requests but never answers (keeps connections open) |
 //! | `huge`          | ready; `POST /` returns `HUGE_MIB` (default 80) MiB of `a`        |
 //! | `oom`           | ready; on a request allocates and touches 16 MiB chunks forever  |
@@ -64,6 +65,13 @@ fn main() {
                 echo(req, conn)
             })
         }
+        "binary" => ready_and_serve(|req, conn| {
+            if req.method == "POST" && req.path == "/" {
+                conn.respond(200, "application/octet-stream", b"\xff\xfe not text")
+            } else {
+                not_found(conn)
+            }
+        }),
         "hang" => ready_and_serve(|_req, _conn| {
             // Never answer; the connection stays open and its next read blocks.
             Ok(())
@@ -147,7 +155,7 @@ fn main() {
         other => {
             eprintln!(
                 "misbehave-task: unknown MODE {other:?} (expected one of: crash, never-ready, \
-                 exit-at-start, slow-start, slow-answer, hang, huge, oom, bad-status, garbage, sgx, routes, kernel)"
+                 exit-at-start, slow-start, slow-answer, binary, hang, huge, oom, bad-status, garbage, sgx, routes, kernel)"
             );
             std::process::exit(64)
         }
