@@ -4,6 +4,7 @@
 //! `{"success": bool, "msg": string}` answer. It holds no state of its own and makes no
 //! decision the executor should make; read a handler top to bottom to see a request's path.
 
+pub mod fields;
 pub mod request;
 
 use std::sync::Arc;
@@ -108,7 +109,9 @@ async fn execute(State(app): State<AppState>, body: Result<Bytes, BytesRejection
         Ok(r) => r,
         Err(e) => {
             let (status, label) = match e {
-                RequestError::Malformed(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+                RequestError::Malformed(_) | RequestError::Conflict(_) => {
+                    (StatusCode::BAD_REQUEST, "bad_request")
+                }
                 _ => (StatusCode::OK, "invalid_request"),
             };
             app.executor

@@ -3,11 +3,14 @@
 
 use bytes::Bytes;
 use serde::Deserialize;
+use serde_json::{Map, Value};
 
 use crate::config;
 use crate::executor::{ConfigUpdate, TaskRequest};
 use crate::resources::{cores_to_milli, Demand};
 use crate::task::{Runtime, TaskKey};
+
+use super::fields::{self, FieldError, Levels};
 
 /// Defaults when `resource` is absent or both `cpu` and `mem` are zero.
 pub const DEFAULT_CPU: f64 = 1.0;
@@ -19,6 +22,9 @@ pub enum RequestError {
     /// Not JSON, or not the expected shape: answered with HTTP 400.
     #[error("bad execution request: {0}")]
     Malformed(String),
+    /// Two spellings of one field with different values: answered with HTTP 400.
+    #[error("bad execution request: {0}")]
+    Conflict(String),
     #[error("invalid resource limit: {0}")]
     InvalidResource(String),
     #[error("invalid image reference {0:?}: {1}")]
@@ -29,55 +35,56 @@ pub enum RequestError {
     InvalidUpdate(String),
 }
 
-#[derive(Debug, Deserialize)]
-struct WireResource {
-    #[serde(default)]
-    cpu: f64,
-    #[serde(default)]
-    mem: i64,
-    #[serde(default)]
-    use_gpu: bool,
-    #[serde(default)]
-    gpu_count: i64,
-}
-
-#[derive(Debug, Deserialize)]
-struct WireRequest {
-    id: Option<String>,
-    resource: Option<WireResource>,
-    runtime: Option<String>,
-    /// Absent and `null` both mean an empty input.
-    #[serde(default)]
-    input: Option<String>,
-    #[serde(default)]
-    use_sgx: bool,
-}
-
-/// Parses and checks an execute request body.
+/// Parses and checks an execute request body. The resource fields are read under every
+/// spelling real callers use (see `fields.rs`); a missing limit takes its default.
 pub fn parse_execute(body: &[u8]) -> Result<TaskRequest, RequestError> {
-    let wire: WireRequest =
+    let top: Map<String, Value> =
         serde_json::from_slice(body).map_err(|e| RequestError::Malformed(e.to_string()))?;
-    let image = match wire.id {
-        Some(id) if !id.trim().is_empty() => id,
-        _ => {
+    let image = match top.get("id") {
+        Some(Value::String(id)) if !id.trim().is_empty() => id.clone(),
+        None | Some(Value::Null) | Some(Value::String(_)) => {
             return Err(RequestError::Malformed(
                 "missing task id (the image to run)".into(),
             ))
         }
+        Some(_) => return Err(RequestError::Malformed("id must be a string".into())),
     };
     if let Err(why) = crate::image_ref::validate(&image) {
         return Err(RequestError::InvalidImage(image, why));
     }
-    let resource = wire.resource.unwrap_or(WireResource {
-        cpu: 0.0,
-        mem: 0,
-        use_gpu: false,
-        gpu_count: 0,
-    });
-    let (cpu, mem) = if resource.cpu == 0.0 && resource.mem == 0 {
+    let input = match top.get("input") {
+        // Absent and `null` both mean an empty input.
+        None | Some(Value::Null) => Bytes::new(),
+        Some(Value::String(input)) => Bytes::from(input.clone()),
+        Some(_) => return Err(RequestError::Malformed("input must be a string".into())),
+    };
+    let runtime = match top.get("runtime") {
+        None | Some(Value::Null) => Runtime::Container,
+        Some(Value::String(r)) => match r.as_str() {
+            "" | "container" => Runtime::Container,
+            "microVM" => Runtime::MicroVm,
+            other => return Err(RequestError::UnknownRuntime(other.to_string())),
+        },
+        Some(_) => return Err(RequestError::Malformed("runtime must be a string".into())),
+    };
+
+    let levels = Levels::of(&top)?;
+    let cpu = levels.get(&fields::CPU, "a number", fields::number)?;
+    let mem = levels.get(&fields::MEM, "a whole number of MB", fields::whole)?;
+    let use_gpu = levels.get(&fields::USE_GPU, "true or false", fields::boolean)?;
+    let gpu_count = levels.get(&fields::GPU_COUNT, "a whole number", fields::whole)?;
+    let use_sgx = levels.get(&fields::USE_SGX, "true or false", fields::boolean)?;
+    let unknown = levels.unknown_keys();
+    if !unknown.is_empty() {
+        tracing::debug!(keys = ?unknown, "ignoring unknown request fields");
+    }
+
+    // As in the Go executor, cpu and mem both zero (or absent) mean the defaults; otherwise
+    // a missing one takes its default and a given one must be above 0.
+    let (cpu, mem) = if cpu.unwrap_or(0.0) == 0.0 && mem.unwrap_or(0) == 0 {
         (DEFAULT_CPU, DEFAULT_MEM_MB)
     } else {
-        (resource.cpu, resource.mem)
+        (cpu.unwrap_or(DEFAULT_CPU), mem.unwrap_or(DEFAULT_MEM_MB))
     };
     if !cpu.is_finite() || cpu <= 0.0 || cores_to_milli(cpu) == 0 {
         return Err(RequestError::InvalidResource(format!(
@@ -89,21 +96,16 @@ pub fn parse_execute(body: &[u8]) -> Result<TaskRequest, RequestError> {
             "mem {mem} MB must be above 0"
         )));
     }
-    if resource.gpu_count < 0 || resource.gpu_count > 1024 {
+    let gpu_count = gpu_count.unwrap_or(0);
+    if !(0..=1024).contains(&gpu_count) {
         return Err(RequestError::InvalidResource(format!(
-            "gpu_count {} is not a GPU count",
-            resource.gpu_count
+            "gpu_count {gpu_count} is not a GPU count"
         )));
     }
-    let gpu_count = if resource.use_gpu {
-        resource.gpu_count.max(1) as u32
+    let gpu_count = if use_gpu.unwrap_or(false) {
+        gpu_count.max(1) as u32
     } else {
         0
-    };
-    let runtime = match wire.runtime.as_deref() {
-        None | Some("") | Some("container") => Runtime::Container,
-        Some("microVM") => Runtime::MicroVm,
-        Some(other) => return Err(RequestError::UnknownRuntime(other.to_string())),
     };
     Ok(TaskRequest {
         key: TaskKey {
@@ -114,10 +116,19 @@ pub fn parse_execute(body: &[u8]) -> Result<TaskRequest, RequestError> {
                 mem_mb: mem as u64,
             },
             gpu_count,
-            use_sgx: wire.use_sgx,
+            use_sgx: use_sgx.unwrap_or(false),
         },
-        input: Bytes::from(wire.input.unwrap_or_default()),
+        input,
     })
+}
+
+impl From<FieldError> for RequestError {
+    fn from(e: FieldError) -> RequestError {
+        match e {
+            FieldError::Type(why) => RequestError::Malformed(why),
+            FieldError::Conflict(why) => RequestError::Conflict(why),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -234,6 +245,126 @@ mod tests {
             parse_execute(br#"{"id":"a","runtime":"vm"}"#),
             Err(UnknownRuntime(_))
         ));
+    }
+
+    fn demand(cpu_milli: u64, mem_mb: u64) -> Demand {
+        Demand {
+            milli_cpu: cpu_milli,
+            mem_mb,
+        }
+    }
+
+    #[test]
+    fn what_real_clients_send() {
+        // The desktop app's Run Test.
+        let r = parse_execute(
+            br#"{"id":"0123456789:latest","input":"{}","resource":{"task_cpu":2,"task_mem":512},"useGpu":false,"gpuCount":1,"useSgx":true}"#,
+        )
+        .unwrap();
+        assert_eq!(r.key.demand, demand(2000, 512));
+        assert_eq!((r.key.gpu_count, r.key.use_sgx), (0, true));
+        let r = parse_execute(
+            br#"{"id":"a","resource":{"task_cpu":1,"task_mem":128},"useGpu":true,"gpuCount":2}"#,
+        )
+        .unwrap();
+        assert_eq!(r.key.gpu_count, 2);
+        // Older clients: `memory`.
+        let r = parse_execute(br#"{"id":"a","resource":{"cpu":1,"memory":96}}"#).unwrap();
+        assert_eq!(r.key.demand, demand(1000, 96));
+        // The pymeca host: the task's whole config.json (knn, stablediffusion, sgx-task).
+        let r = parse_execute(
+            br#"{"id": "a", "input": "x", "resource": {"resource": {"cpu": 2, "mem": 1024}}}"#,
+        )
+        .unwrap();
+        assert_eq!(r.key.demand, demand(2000, 1024));
+        let r =
+            parse_execute(br#"{"id": "a", "resource": {"resource": {"cpu": 16, "mem": 32000}}}"#)
+                .unwrap();
+        assert_eq!(r.key.demand, demand(16000, 32000));
+        let r = parse_execute(
+            br#"{"id": "a", "input": "SGXRAREQUEST", "use_sgx": true, "resource": {"resource": {"cpu": 1, "memory": 128, "use_gpu": false, "gpu_count": 0, "use_sgx": true}}}"#,
+        )
+        .unwrap();
+        assert_eq!(r.key.demand, demand(1000, 128));
+        assert_eq!((r.key.gpu_count, r.key.use_sgx), (0, true));
+    }
+
+    #[test]
+    fn a_missing_limit_takes_its_default() {
+        let k = |body: &str| parse_execute(body.as_bytes()).unwrap().key.demand;
+        assert_eq!(k(r#"{"id":"a","resource":{"cpu":2}}"#), demand(2000, 128));
+        assert_eq!(k(r#"{"id":"a","resource":{"mem":512}}"#), demand(1000, 512));
+        // The desktop with a config.json that says `memory`: task_mem is left out.
+        assert_eq!(
+            k(r#"{"id":"a","resource":{"task_cpu":1}}"#),
+            demand(1000, 128)
+        );
+        assert_eq!(
+            k(r#"{"id":"a","resource":{"cpu":null,"mem":null}}"#),
+            demand(1000, 128)
+        );
+        assert_eq!(k(r#"{"id":"a","resource":null}"#), demand(1000, 128));
+        assert_eq!(
+            k(r#"{"id":"a","resource":{"resource":null}}"#),
+            demand(1000, 128)
+        );
+    }
+
+    #[test]
+    fn two_spellings_that_disagree_are_refused_naming_both() {
+        for (body, names) in [
+            (
+                r#"{"id":"a","resource":{"cpu":1,"task_cpu":2}}"#,
+                ["resource.cpu", "resource.task_cpu"],
+            ),
+            (
+                r#"{"id":"a","resource":{"mem":64,"memory":96}}"#,
+                ["resource.mem", "resource.memory"],
+            ),
+            (
+                r#"{"id":"a","useGpu":true,"resource":{"use_gpu":false}}"#,
+                ["useGpu", "resource.use_gpu"],
+            ),
+            (
+                r#"{"id":"a","use_sgx":false,"resource":{"resource":{"use_sgx":true}}}"#,
+                ["use_sgx", "resource.resource.use_sgx"],
+            ),
+        ] {
+            match parse_execute(body.as_bytes()) {
+                Err(RequestError::Conflict(msg)) => {
+                    for name in names {
+                        assert!(msg.contains(name), "{msg} should name {name}");
+                    }
+                }
+                other => panic!("{body}: {other:?}"),
+            }
+        }
+        // The same value twice is not a conflict.
+        let r = parse_execute(br#"{"id":"a","use_sgx":true,"useSgx":true}"#).unwrap();
+        assert!(r.key.use_sgx);
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_and_wrong_types_refused() {
+        let r = parse_execute(br#"{"id":"a","colour":"red","resource":{"cpu":1,"disk":5,"resource":{"mem":64,"name":"x"}}}"#).unwrap();
+        assert_eq!(r.key.demand, demand(1000, 64));
+        for bad in [
+            r#"{"id":"a","useGpu":"yes"}"#,
+            r#"{"id":"a","resource":{"task_cpu":"2"}}"#,
+            r#"{"id":"a","resource":{"resource":7}}"#,
+            r#"{"id":"a","resource":[1,2]}"#,
+            r#"{"id":5}"#,
+            r#"{"id":"a","input":5}"#,
+            r#"[1]"#,
+        ] {
+            assert!(
+                matches!(
+                    parse_execute(bad.as_bytes()),
+                    Err(RequestError::Malformed(_))
+                ),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
