@@ -7,6 +7,7 @@
 # Images (all labelled org.mecanywhere.test-image=1):
 #   meca-echo:latest                       POST / echoes the body
 #   meca-test-<mode>:latest                misbehave-task with MODE=<mode>
+#   meca-test-env:latest                   MODE=env, with TERM and PYTHONUNBUFFERED of its own
 #
 # Usage: scripts/build-task-images.sh   (from any directory)
 set -euo pipefail
@@ -14,7 +15,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TASKS="$ROOT/tasks"
 LABEL="org.mecanywhere.test-image=1"
-MODES=(crash never-ready exit-at-start slow-start slow-answer binary hang huge oom bad-status garbage sgx routes kernel)
+MODES=(crash never-ready exit-at-start slow-start slow-answer binary hang huge oom bad-status garbage sgx routes kernel
+    buffered mark-first listen-first limits mark-no-listen)
 
 command -v cargo >/dev/null || { echo "cargo not found" >&2; exit 1; }
 command -v docker >/dev/null || { echo "docker not found" >&2; exit 1; }
@@ -51,3 +53,4 @@ for mode in "${MODES[@]}"; do
     build_image "meca-test-$mode:latest" misbehave-task "$TASKS/misbehave/Dockerfile" \
         --build-arg "MODE=$mode"
 done
+build_image meca-test-env:latest misbehave-task "$TASKS/misbehave/Dockerfile.env"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole test suite against a real Docker daemon. On a fresh Debian machine it
-# installs what is missing (docker.io, runsc, docker-registry), starts dockerd when none
+# installs what is missing (docker.io, runsc, docker-registry, debootstrap), starts dockerd when none
 # runs (and stops it again at the end), registers gVisor as Docker runtime `runsc`, builds
 # the task images from this repository, checks formatting and lints, runs every test, and
 # fails if any container carrying the executor's label is left behind.
@@ -24,6 +24,8 @@ if ! command -v docker-registry >/dev/null 2>&1; then
 fi
 
 scripts/build-task-images.sh
+# Real CPython tasks: a Debian root (debootstrap) imported as an image, built once.
+scripts/build-python-task-images.sh
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked --all-targets

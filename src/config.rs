@@ -78,6 +78,7 @@ struct RawConfig {
     log_max_files: Option<u32>,
     read_only_rootfs: Option<bool>,
     internal_network: Option<bool>,
+    task_tty: Option<bool>,
     auth_token: Option<String>,
     prewarm: Option<Vec<RawPrewarm>>,
 }
@@ -153,6 +154,8 @@ pub struct Config {
     pub hardening: Hardening,
     /// Tasks join a network with no route out (Docker `--internal`), created if absent.
     pub internal_network: bool,
+    /// Tasks get a terminal as stdout/stderr, so buffered `print`s of the ready line arrive.
+    pub task_tty: bool,
     /// When set, every endpoint but `/health` requires `Authorization: Bearer <token>`.
     pub auth_token: Option<String>,
     /// Task keys kept ready ahead of demand.
@@ -206,6 +209,7 @@ impl Default for Config {
             max_answer_bytes: 64 * 1024 * 1024,
             hardening: Hardening::default(),
             internal_network: false,
+            task_tty: true,
             auth_token: None,
             prewarm: Vec::new(),
         }
@@ -436,6 +440,7 @@ impl Config {
         }
         c.hardening.read_only_rootfs = raw.read_only_rootfs.unwrap_or(false);
         c.internal_network = raw.internal_network.unwrap_or(false);
+        c.task_tty = raw.task_tty.unwrap_or(true);
         c.auth_token = non_empty("auth_token", raw.auth_token)?;
         for (i, entry) in raw.prewarm.unwrap_or_default().into_iter().enumerate() {
             let key = prewarm_key(entry)

@@ -24,10 +24,8 @@ use bollard::Docker;
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 
-use super::{ContainerSpec, Engine, EngineError, ExitState, READY_LINE, TASK_PORT};
-
-/// How many lines of a failed task's output are quoted in its error.
-const OUTPUT_TAIL_LINES: usize = 5;
+use super::ready::{OutputScanner, Stream};
+use super::{ContainerSpec, Engine, EngineError, ExitState, TASK_PORT};
 
 /// The Docker engine.
 #[derive(Clone)]
@@ -184,59 +182,69 @@ impl DockerEngine {
     }
 
     /// Follows the container's output until the ready line; `Ok(false)` when the stream
-    /// ended first (the container stopped). `tail` keeps the last lines for error messages.
+    /// ended first (the container stopped).
     async fn follow_until_ready(
-        &self,
-        id: &str,
-        tail: &mut Vec<String>,
+        logs: &mut LogStream,
+        scanner: &mut OutputScanner,
     ) -> Result<bool, EngineError> {
-        let options = LogsOptions {
-            follow: true,
-            stdout: true,
-            stderr: true,
-            ..Default::default()
-        };
-        let mut stream = self.docker.logs(id, Some(options));
-        // Bytes of stdout after its last newline: a line may arrive in several frames.
-        let mut pending: Vec<u8> = Vec::new();
-        while let Some(item) = stream.next().await {
-            match item.map_err(api_error)? {
+        while let Some(item) = logs.next().await {
+            let ready = match item.map_err(api_error)? {
                 LogOutput::StdOut { message } | LogOutput::Console { message } => {
-                    pending.extend_from_slice(&message);
-                    let Some(end) = pending.iter().rposition(|b| *b == b'\n') else {
-                        continue;
-                    };
-                    let complete: Vec<u8> = pending.drain(..=end).collect();
-                    for line in complete.split(|b| *b == b'\n') {
-                        let line = String::from_utf8_lossy(line);
-                        if line.trim() == READY_LINE {
-                            return Ok(true);
-                        }
-                        remember(tail, &line);
-                    }
+                    scanner.feed(Stream::Stdout, &message)
                 }
-                LogOutput::StdErr { message } => {
-                    for line in String::from_utf8_lossy(&message).lines() {
-                        remember(tail, line);
-                    }
-                }
-                LogOutput::StdIn { .. } => {}
+                LogOutput::StdErr { message } => scanner.feed(Stream::Stderr, &message),
+                LogOutput::StdIn { .. } => false,
+            };
+            if ready {
+                return Ok(true);
             }
         }
-        Ok(String::from_utf8_lossy(&pending).trim() == READY_LINE)
+        Ok(scanner.finish())
+    }
+
+    /// Waits, after the ready line, until the task accepts connections at `addr` (a task
+    /// may print the line before it listens: Flask apps print it while their module loads).
+    /// False when the container's output ended first, i.e. it stopped.
+    async fn until_listening(addr: SocketAddr, via_proxy: bool, logs: &mut LogStream) -> bool {
+        let probe = async {
+            while !accepts(addr, via_proxy).await {
+                tokio::time::sleep(PROBE_INTERVAL).await;
+            }
+        };
+        let stopped = async { while logs.next().await.is_some() {} };
+        tokio::select! {
+            () = probe => true,
+            () = stopped => false,
+        }
     }
 }
 
-/// Keeps the last few non-empty output lines of a task, each cut to a sane length.
-fn remember(tail: &mut Vec<String>, line: &str) {
-    let line = line.trim();
-    if line.is_empty() {
-        return;
+type LogStream = BoxStream<'static, Result<LogOutput, bollard::errors::Error>>;
+
+/// How often a task that printed the ready line is checked for its port.
+const PROBE_INTERVAL: Duration = Duration::from_millis(20);
+/// How long a connection through Docker's port proxy must stay open to count: the proxy
+/// accepts every connection and closes it at once when nothing listens behind it.
+const PROXY_GRACE: Duration = Duration::from_millis(25);
+
+/// Whether something listens at `addr`. The probe connection is closed without a request.
+async fn accepts(addr: SocketAddr, via_proxy: bool) -> bool {
+    use tokio::io::AsyncReadExt;
+    let connect =
+        tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr));
+    let Ok(Ok(mut stream)) = connect.await else {
+        return false;
+    };
+    if !via_proxy {
+        return true;
     }
-    if tail.len() == OUTPUT_TAIL_LINES {
-        tail.remove(0);
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(PROXY_GRACE, stream.read(&mut byte)).await {
+        // Still open, or the server spoke first: something listens.
+        Err(_) | Ok(Ok(1..)) => true,
+        // Closed or reset by the proxy: nothing listens behind it yet.
+        Ok(Ok(0)) | Ok(Err(_)) => false,
     }
-    tail.push(line.chars().take(200).collect());
 }
 
 fn exit_state_of(info: &ContainerInspectResponse) -> Option<ExitState> {
@@ -345,6 +353,10 @@ impl Engine for DockerEngine {
             image: Some(spec.image.clone()),
             labels: Some(spec.labels.clone()),
             exposed_ports: Some(HashMap::from([(port_key, HashMap::new())])),
+            // A terminal makes C stdio and CPython line-buffer stdout, so a task's plain
+            // `print("meca-init-done")` reaches the log at once (on a pipe it would wait in
+            // a 4-8 KiB buffer).
+            tty: Some(spec.tty),
             host_config: Some(host_config),
             networking_config,
             ..Default::default()
@@ -370,9 +382,19 @@ impl Engine for DockerEngine {
             .start_container(id, None::<StartContainerOptions>)
             .await
             .map_err(api_error)?;
-        let mut tail = Vec::new();
+        let started = tokio::time::Instant::now();
+        let options = LogsOptions {
+            follow: true,
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        };
+        let mut logs: LogStream = self.docker.logs(id, Some(options)).boxed();
+        let mut scanner = OutputScanner::default();
         let ready =
-            match tokio::time::timeout(deadline, self.follow_until_ready(id, &mut tail)).await {
+            match tokio::time::timeout(deadline, Self::follow_until_ready(&mut logs, &mut scanner))
+                .await
+            {
                 Err(_) => return Err(EngineError::ReadyTimeout(deadline)),
                 Ok(result) => result?,
             };
@@ -383,7 +405,7 @@ impl Engine for DockerEngine {
                 if let Some(state) = exit_state_of(&info) {
                     return Err(EngineError::ExitedBeforeReady {
                         state,
-                        output: tail.join(" | "),
+                        output: scanner.tail(),
                     });
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -396,7 +418,23 @@ impl Engine for DockerEngine {
         if let Some(state) = exit_state_of(&info) {
             return Err(EngineError::ExitedAfterReady(state));
         }
-        Self::task_address(&info, spec)
+        let addr = Self::task_address(&info, spec)?;
+        let left = deadline.saturating_sub(started.elapsed());
+        match tokio::time::timeout(
+            left,
+            Self::until_listening(addr, spec.publish_port, &mut logs),
+        )
+        .await
+        {
+            Err(_) => Err(EngineError::NotListening(deadline)),
+            Ok(true) => Ok(addr),
+            Ok(false) => match exit_state_of(&self.inspect(id).await?) {
+                Some(state) => Err(EngineError::ExitedAfterReady(state)),
+                None => Err(EngineError::Api(
+                    "the container's output ended before it listened on its port".into(),
+                )),
+            },
+        }
     }
 
     async fn exit_state(&self, id: &str) -> Result<Option<ExitState>, EngineError> {

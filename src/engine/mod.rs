@@ -7,6 +7,7 @@
 //! trait, without touching the executor.
 
 pub mod docker;
+pub mod ready;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -57,6 +58,9 @@ pub struct ContainerSpec {
     /// UUIDs of the NVIDIA GPUs the task gets (device request, driver `nvidia`).
     pub gpus: Vec<String>,
     pub hardening: Hardening,
+    /// Give the task a terminal as stdout and stderr (one merged stream), so C stdio and
+    /// CPython line-buffer what it prints.
+    pub tty: bool,
 }
 
 /// How a container ended.
@@ -95,6 +99,8 @@ pub enum EngineError {
     ExitedAfterReady(ExitState),
     #[error("task did not print {READY_LINE} within {}", humantime::format_duration(*.0))]
     ReadyTimeout(Duration),
+    #[error("task printed {READY_LINE} but did not listen on port {TASK_PORT} within {} of its start", humantime::format_duration(*.0))]
+    NotListening(Duration),
     #[error("pulling image {image} timed out after {}", humantime::format_duration(*.after))]
     PullTimeout { image: String, after: Duration },
     #[error("container engine refused: {0}")]

@@ -320,6 +320,7 @@ impl Executor {
             }),
             gpus: gpus.to_vec(),
             hardening: config.hardening.clone(),
+            tty: config.task_tty,
         }
     }
 

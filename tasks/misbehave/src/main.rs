@@ -18,6 +18,12 @@
 //! | `sgx`           | mock SGX task: `GET /ra`, `POST /run`                            |
 //! | `routes`        | ready; `POST /` answers `default route` or `no default route` (from /proc/net/route) |
 //! | `kernel`        | ready; `POST /` returns the first line of the kernel log, or why it is unreadable |
+//! | `buffered`      | prints the ready line as C stdio and CPython do: line-buffered on a terminal, held in a block buffer (never flushed) on a pipe; echoes |
+//! | `mark-first`    | prints the ready line, listens `LISTEN_DELAY_SECS` (default 2) later (as a Flask app does); echoes |
+//! | `env`           | ready; `POST /` with a variable's name answers its value in the task's environment, or `(unset)` |
+//! | `limits`        | ready; `POST /` answers the cgroup limits the task sees: `{"cpu": cores, "mem_mb": MB}` (null when unlimited) |
+//! | `mark-no-listen`| prints the ready line but never listens                          |
+//! | `listen-first`  | listens at once but answers 503 `not ready yet` until it prints the ready line `MARK_DELAY_SECS` (default 2) later; then echoes |
 //!
 //! Any other (or no) `MODE`: an error on stderr and exit code 64.
 
@@ -152,13 +158,80 @@ fn main() {
                 not_found(conn)
             }
         }),
+        "buffered" => {
+            let listener = http::bind();
+            print_like_stdio(&format!("starting\n{}\n", http::READY_LINE));
+            http::serve(listener, echo)
+        }
+        "env" => ready_and_serve(|req, conn| {
+            let name = String::from_utf8_lossy(&req.body);
+            let value = std::env::var(name.trim()).unwrap_or_else(|_| "(unset)".into());
+            conn.respond(200, "text/plain", value.as_bytes())
+        }),
+        "limits" => ready_and_serve(|req, conn| {
+            if req.method == "POST" && req.path == "/" {
+                conn.respond(200, "application/json", cgroup_limits().as_bytes())
+            } else {
+                not_found(conn)
+            }
+        }),
+        "mark-no-listen" => {
+            http::print_ready();
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
+        "mark-first" => {
+            let secs = env_u64("LISTEN_DELAY_SECS", 2);
+            http::print_ready();
+            std::thread::sleep(Duration::from_secs(secs));
+            http::serve(http::bind(), echo)
+        }
+        "listen-first" => {
+            use std::sync::atomic::{AtomicBool, Ordering};
+            static READY: AtomicBool = AtomicBool::new(false);
+            let secs = env_u64("MARK_DELAY_SECS", 2);
+            let listener = http::bind();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_secs(secs));
+                READY.store(true, Ordering::SeqCst);
+                http::print_ready();
+            });
+            http::serve(listener, |req, conn| {
+                if READY.load(Ordering::SeqCst) {
+                    echo(req, conn)
+                } else {
+                    conn.respond(503, "text/plain", b"not ready yet")
+                }
+            })
+        }
         other => {
             eprintln!(
                 "misbehave-task: unknown MODE {other:?} (expected one of: crash, never-ready, \
-                 exit-at-start, slow-start, slow-answer, binary, hang, huge, oom, bad-status, garbage, sgx, routes, kernel)"
+                 exit-at-start, slow-start, slow-answer, binary, hang, huge, oom, bad-status, garbage, sgx, routes, \
+                 kernel, buffered, mark-first, listen-first, env, limits, mark-no-listen)"
             );
             std::process::exit(64)
         }
+    }
+}
+
+/// Writes `text` to stdout buffered as C stdio (and CPython) buffer it: flushed line by
+/// line when stdout is a terminal; otherwise kept in an 8 KiB block buffer that is never
+/// flushed, since the process serves until it is killed.
+fn print_like_stdio(text: &str) {
+    use std::io::IsTerminal;
+    use std::os::fd::FromRawFd;
+    if io::stdout().is_terminal() {
+        let mut out = io::stdout().lock();
+        let _ = out.write_all(text.as_bytes());
+        let _ = out.flush();
+    } else {
+        // SAFETY: fd 1 is open for the life of the process; the file is leaked, never closed.
+        let fd1 = unsafe { std::fs::File::from_raw_fd(1) };
+        let mut block = io::BufWriter::with_capacity(8192, fd1);
+        let _ = block.write_all(text.as_bytes());
+        std::mem::forget(block);
     }
 }
 
@@ -197,6 +270,34 @@ fn first_kernel_log_line() -> String {
     }
     let text = String::from_utf8_lossy(&buf[..n as usize]).into_owned();
     text.lines().next().unwrap_or("").to_string()
+}
+
+/// The CPU and memory limits of the task's own cgroup, as JSON (cgroup v1 or v2).
+fn cgroup_limits() -> String {
+    let read = |path: &str| std::fs::read_to_string(path).ok();
+    let num = |text: Option<String>| text.and_then(|t| t.trim().parse::<f64>().ok());
+    let (quota, period) = match read("/sys/fs/cgroup/cpu.max") {
+        // v2: "<quota|max> <period>"
+        Some(line) => {
+            let mut parts = line.split_whitespace();
+            let quota = parts.next().and_then(|q| q.parse::<f64>().ok());
+            (quota, parts.next().and_then(|p| p.parse::<f64>().ok()))
+        }
+        None => (
+            num(read("/sys/fs/cgroup/cpu/cpu.cfs_quota_us")).filter(|q| *q > 0.0),
+            num(read("/sys/fs/cgroup/cpu/cpu.cfs_period_us")),
+        ),
+    };
+    let memory = num(read("/sys/fs/cgroup/memory.max"))
+        .or_else(|| num(read("/sys/fs/cgroup/memory/memory.limit_in_bytes")))
+        // v1 reports "no limit" as a huge number.
+        .filter(|m| *m < 1e18);
+    let cpu = match (quota, period) {
+        (Some(q), Some(p)) if p > 0.0 => format!("{}", q / p),
+        _ => "null".into(),
+    };
+    let mem = memory.map_or("null".into(), |m| format!("{}", m / 1048576.0));
+    format!("{{\"cpu\":{cpu},\"mem_mb\":{mem}}}")
 }
 
 fn not_found(conn: &mut http::Conn) -> io::Result<()> {

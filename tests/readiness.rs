@@ -1,0 +1,157 @@
+//! When a task counts as ready, against the real Docker daemon: tasks that print the ready
+//! line with buffered stdio (as CPython and C do), print it before they listen (as Flask apps
+//! do), or listen before they print it; real CPython tasks built from Debian packages; and
+//! what the task keeps of its own (environment, readable logs).
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+fn run(image: &str, input: &str) -> serde_json::Value {
+    json!({"id": image, "input": input})
+}
+
+/// Panics with a hint when an image built by scripts/build-python-task-images.sh is missing.
+fn require_python_image(image: &str) {
+    let present = Command::new("docker")
+        .args(["image", "inspect", image])
+        .output()
+        .expect("docker CLI runs")
+        .status
+        .success();
+    assert!(
+        present,
+        "test image {image} is missing: run scripts/build-python-task-images.sh (scripts/test.sh does)"
+    );
+}
+
+/// `docker logs` of the executor's only container.
+fn logs_of_only_container(ex: &Executor) -> String {
+    let ids = ex.containers();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let out = Command::new("docker")
+        .args(["logs", &ids[0]])
+        .output()
+        .expect("docker CLI runs");
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+#[test]
+fn task_whose_ready_line_sits_in_a_stdio_buffer_starts_and_answers() {
+    let ex = Executor::start("buffered", "start_timeout: \"20s\"");
+    let reply = ex.execute(&run("meca-test-buffered:latest", "{\"n\": 1}"));
+    assert!(reply.success(), "{reply:?}\nlog:\n{}", ex.log());
+    assert_eq!(reply.msg(), "{\"n\": 1}");
+    // The container's log still reads as lines of text.
+    let logs = logs_of_only_container(&ex);
+    assert!(
+        logs.lines().any(|l| l.trim_end() == "meca-init-done")
+            && logs.lines().any(|l| l.trim_end() == "starting"),
+        "logs: {logs:?}"
+    );
+}
+
+#[test]
+fn without_a_terminal_the_buffered_ready_line_never_arrives() {
+    // The switch off gives the Go executor's behaviour, which shows the test task buffers.
+    let ex = Executor::start("buffered-pipe", "start_timeout: \"3s\"\ntask_tty: false");
+    let reply = ex.execute(&run("meca-test-buffered:latest", "x"));
+    assert_failed(&reply);
+    assert!(
+        reply
+            .msg()
+            .contains("did not print meca-init-done within 3s"),
+        "{reply:?}"
+    );
+    assert_no_container(&ex, Duration::from_secs(10));
+}
+
+#[test]
+fn task_that_prints_the_ready_line_before_it_listens_is_called_once_it_listens() {
+    let ex = Executor::start("mark-first", "");
+    let reply = ex.execute(&run("meca-test-mark-first:latest", "early bird"));
+    assert!(reply.success(), "{reply:?}\nlog:\n{}", ex.log());
+    assert_eq!(reply.msg(), "early bird");
+}
+
+#[test]
+fn through_a_published_port_the_task_is_called_once_it_listens() {
+    // Docker's port proxy accepts connections before the task listens.
+    let ex = Executor::start("mark-first-published", "publish_task_ports: true");
+    let reply = ex.execute(&run("meca-test-mark-first:latest", "via the proxy"));
+    assert!(reply.success(), "{reply:?}\nlog:\n{}", ex.log());
+    assert_eq!(reply.msg(), "via the proxy");
+}
+
+#[test]
+fn task_that_never_listens_after_its_ready_line_fails_clearly() {
+    let ex = Executor::start("mark-no-listen", "start_timeout: \"3s\"");
+    let reply = ex.execute(&run("meca-test-mark-no-listen:latest", "x"));
+    assert_failed(&reply);
+    assert!(
+        reply
+            .msg()
+            .contains("printed meca-init-done but did not listen on port 8080 within 3s"),
+        "{reply:?}"
+    );
+    assert_no_container(&ex, Duration::from_secs(10));
+}
+
+#[test]
+fn task_that_listens_before_its_ready_line_is_not_called_early() {
+    // It answers 503 "not ready yet" until it prints the line, 2 s after it listens.
+    let ex = Executor::start("listen-first", "");
+    let reply = ex.execute(&run("meca-test-listen-first:latest", "patience"));
+    assert!(reply.success(), "{reply:?}");
+    assert_eq!(reply.msg(), "patience");
+}
+
+#[test]
+fn the_task_environment_wins_over_what_the_executor_adds() {
+    // The image sets TERM=vt100 (Docker sets TERM=xterm for a terminal) and an empty
+    // PYTHONUNBUFFERED.
+    let ex = Executor::start("task-env", "");
+    let reply = ex.execute(&run("meca-test-env:latest", "TERM"));
+    assert!(reply.success(), "{reply:?}");
+    assert_eq!(reply.msg(), "vt100");
+    let reply = ex.execute(&run("meca-test-env:latest", "PYTHONUNBUFFERED"));
+    assert_eq!(reply.msg(), "", "{reply:?}");
+}
+
+#[test]
+fn flask_task_written_like_mecanywhere_examples_starts_unchanged() {
+    // Real CPython and Flask from Debian packages; the app prints the ready line with a plain
+    // print() while its module loads, before `flask run` listens.
+    let image = "meca-test-flask-template:latest";
+    require_python_image(image);
+    let ex = Executor::start("flask-template", "");
+    let input = r#"{"json": "example input for the task"}"#;
+    let reply = ex.execute(&run(image, input));
+    assert!(reply.success(), "{reply:?}\nlog:\n{}", ex.log());
+    assert_eq!(reply.msg(), input);
+    // What the app prints per request reaches the container's log at once, as lines.
+    let logs = logs_of_only_container(&ex);
+    assert!(
+        logs.lines()
+            .any(|l| l.trim_end() == "Input: {'json': 'example input for the task'}"),
+        "logs: {logs:?}"
+    );
+    ex.post("/pause", "");
+    assert_no_container(&ex, Duration::from_secs(10));
+}
+
+#[test]
+fn the_readme_example_task_answers() {
+    let image = "meca-example-python:latest";
+    require_python_image(image);
+    let ex = Executor::start("readme-example", "");
+    let reply = ex.execute(&run(image, r#"{"name": "sbip"}"#));
+    assert!(reply.success(), "{reply:?}\nlog:\n{}", ex.log());
+    assert_eq!(reply.msg(), r#"{"greeting": "hello, sbip"}"#);
+    let reply = ex.execute(&run(image, "not json"));
+    assert!(reply.msg().contains("task answered HTTP 400"), "{reply:?}");
+}
