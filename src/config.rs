@@ -216,7 +216,14 @@ impl Default for Config {
     }
 }
 
-/// Parses a duration such as `"30s"`, `"2m"` or `"1h 30m"`.
+/// The longest duration any setting takes (timeouts, idle time): 365 days. Far below what
+/// overflows clock arithmetic, far above any sensible setting.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+/// The largest CPU figure (cores) and memory figure (MB, 16 TiB) the executor accepts.
+pub const MAX_CPU: f64 = 4096.0;
+pub const MAX_MEM_MB: i64 = 16 * 1024 * 1024;
+
+/// Parses a duration such as `"30s"`, `"2m"` or `"1h 30m"`, from 1 ms to [`MAX_DURATION`].
 fn duration(key: &'static str, text: &str) -> Result<Duration, ConfigError> {
     let d = humantime::parse_duration(text.trim()).map_err(|e| {
         invalid(
@@ -224,8 +231,11 @@ fn duration(key: &'static str, text: &str) -> Result<Duration, ConfigError> {
             format!("{text:?} is not a duration like \"30s\" ({e})"),
         )
     })?;
-    if d.is_zero() {
-        return Err(invalid(key, "must be longer than zero"));
+    if d < Duration::from_millis(1) || d > MAX_DURATION {
+        return Err(invalid(
+            key,
+            format!("{text:?}: use a duration from 1ms to 365days"),
+        ));
     }
     Ok(d)
 }
@@ -238,26 +248,35 @@ pub fn check_cpu(cpu: f64) -> Result<f64, ConfigError> {
             format!("{cpu} cores: must be a number above 0"),
         ));
     }
-    if cpu > 4096.0 {
-        return Err(invalid("cpu", format!("{cpu} cores is not plausible")));
+    if cpu > MAX_CPU {
+        return Err(invalid(
+            "cpu",
+            format!("{cpu} cores: use at most {MAX_CPU} cores"),
+        ));
     }
     Ok(cpu)
 }
 
 /// Checks a task memory budget value in MB.
 pub fn check_mem(mem: i64) -> Result<u64, ConfigError> {
-    if mem <= 0 {
-        return Err(invalid("mem", format!("{mem} MB: must be above 0")));
+    if !(1..=MAX_MEM_MB).contains(&mem) {
+        return Err(invalid(
+            "mem",
+            format!("{mem} MB: use 1 to {MAX_MEM_MB} MB"),
+        ));
     }
     Ok(mem as u64)
 }
 
+/// The longest idle timeout in minutes (`timeout`): [`MAX_DURATION`].
+pub const MAX_TIMEOUT_MINUTES: i64 = (MAX_DURATION.as_secs() / 60) as i64;
+
 /// Checks an idle timeout given in minutes (`timeout`).
 pub fn check_timeout_minutes(minutes: i64) -> Result<Duration, ConfigError> {
-    if minutes <= 0 {
+    if !(1..=MAX_TIMEOUT_MINUTES).contains(&minutes) {
         return Err(invalid(
             "timeout",
-            format!("{minutes} minutes: must be above 0"),
+            format!("{minutes} minutes: use 1 to {MAX_TIMEOUT_MINUTES} minutes (365 days)"),
         ));
     }
     Ok(Duration::from_secs(minutes as u64 * 60))
@@ -269,8 +288,11 @@ fn prewarm_key(entry: RawPrewarm) -> Result<TaskKey, String> {
     if !entry.cpu.is_finite() || cores_to_milli(entry.cpu) == 0 || entry.cpu < 0.0 {
         return Err(format!("cpu {} must be above 0", entry.cpu));
     }
-    if entry.mem <= 0 {
-        return Err(format!("mem {} must be above 0", entry.mem));
+    if entry.cpu > MAX_CPU {
+        return Err(format!("cpu {}: use at most {MAX_CPU} cores", entry.cpu));
+    }
+    if !(1..=MAX_MEM_MB).contains(&entry.mem) {
+        return Err(format!("mem {}: use 1 to {MAX_MEM_MB} MB", entry.mem));
     }
     if entry.count != 1 {
         return Err(format!(
@@ -409,14 +431,14 @@ impl Config {
             c.max_answer_bytes = byte_limit("max_answer_bytes", n)?;
         }
         if let Some(n) = raw.pids_limit {
-            if n < 16 {
-                return Err(invalid("pids_limit", format!("{n}: must be at least 16")));
+            if !(16..=4_194_304).contains(&n) {
+                return Err(invalid("pids_limit", format!("{n}: use 16 to 4194304")));
             }
             c.hardening.pids_limit = n;
         }
         if let Some(n) = raw.nofile_limit {
-            if n < 64 {
-                return Err(invalid("nofile_limit", format!("{n}: must be at least 64")));
+            if !(64..=1_048_576).contains(&n) {
+                return Err(invalid("nofile_limit", format!("{n}: use 64 to 1048576")));
             }
             c.hardening.nofile_limit = n;
         }
@@ -433,8 +455,8 @@ impl Config {
             c.hardening.log_max_size = size;
         }
         if let Some(n) = raw.log_max_files {
-            if n == 0 {
-                return Err(invalid("log_max_files", "must be at least 1"));
+            if !(1..=100).contains(&n) {
+                return Err(invalid("log_max_files", format!("{n}: use 1 to 100")));
             }
             c.hardening.log_max_files = n;
         }
@@ -575,6 +597,19 @@ mod tests {
             ("log_max_size: big\n", "log_max_size"),
             ("log_max_files: 0\n", "log_max_files"),
             ("auth_token: \"\"\n", "auth_token"),
+            // Numbers that would overflow clock or size arithmetic.
+            ("queue_timeout: 500000000000y\n", "queue_timeout"),
+            ("idle_timeout: 366days\n", "idle_timeout"),
+            ("timeout: 200000000000000000\n", "timeout"),
+            ("timeout: 525601\n", "timeout"),
+            ("mem: 9223372036854775807\n", "mem"),
+            ("cpu: 1e300\n", "cpu"),
+            ("pids_limit: 9223372036854775807\n", "pids_limit"),
+            ("nofile_limit: 9223372036854775807\n", "nofile_limit"),
+            (
+                "prewarm:\n  - image: a\n    mem: 9223372036854775807\n",
+                "prewarm",
+            ),
         ] {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains(key), "{text:?} gave {e}");

@@ -15,5 +15,6 @@ pub mod image_ref;
 pub mod metrics;
 pub mod pool;
 pub mod resources;
+pub mod supervise;
 pub mod task;
 pub mod task_client;

@@ -35,6 +35,11 @@ pub struct KindLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaskLabel {
+    pub task: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PhaseLabel {
     pub phase: &'static str,
 }
@@ -59,6 +64,8 @@ pub struct Metrics {
     pub budget_cpu_cores: Family<KindLabel, Gauge<f64, AtomicU64>>,
     pub budget_memory_mb: Family<KindLabel, Gauge>,
     pub budget_gpus: Family<KindLabel, Gauge>,
+    /// Panics of supervised background tasks (each was restarted).
+    pub background_panics: Family<TaskLabel, Counter>,
     /// Handles of the warm-path series, so the hot path skips the family lookups.
     warm_success: Counter,
     warm_latency: Histogram,
@@ -138,6 +145,12 @@ impl Metrics {
             "GPUs usable by tasks: total and reserved",
             budget_gpus.clone(),
         );
+        let background_panics = Family::<TaskLabel, Counter>::default();
+        registry.register(
+            "background_panics",
+            "Panics of background tasks (idle reaper, container watcher, prewarm keeper); each was restarted",
+            background_panics.clone(),
+        );
         let warm_success = requests.get_or_create_owned(&OutcomeLabel { outcome: "success" });
         let warm_latency = latency.get_or_create_owned(&PathLabel { path: "warm" });
         Metrics {
@@ -156,6 +169,7 @@ impl Metrics {
             budget_cpu_cores,
             budget_memory_mb,
             budget_gpus,
+            background_panics,
         }
     }
 

@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 use serde_json::json;
 
@@ -310,4 +312,48 @@ fn tasks_can_be_reached_through_a_port_published_on_loopback() {
         port.starts_with("127.0.0.1:"),
         "published on loopback only: {port}"
     );
+}
+
+#[test]
+fn numbers_that_would_overflow_the_clock_are_refused_and_the_reaper_keeps_working() {
+    // Once accepted, a timeout this large made the idle reaper panic; no idle container was
+    // reaped again.
+    let ex = Executor::start("huge-timeout", "idle_timeout: \"2s\"");
+    assert!(ex.post("/pause", "").success());
+    for (body, key, range) in [
+        (
+            r#"{"timeout": 200000000000000000}"#,
+            "timeout",
+            "use 1 to 525600 minutes",
+        ),
+        (
+            r#"{"mem": 9223372036854775807}"#,
+            "mem",
+            "use 1 to 16777216 MB",
+        ),
+        (r#"{"cpu": 1e300}"#, "cpu", "use at most 4096 cores"),
+    ] {
+        let reply = ex.post("/update-config", body);
+        assert_eq!(reply.status, 400, "{body}: {reply:?}");
+        assert!(
+            reply.msg().contains(key) && reply.msg().contains(range),
+            "{body}: the answer should name {key} and its range: {reply:?}"
+        );
+    }
+    assert!(ex.post("/unpause", "").success());
+    let reply = ex.execute(&json!({"id": ECHO, "input": "x"}));
+    assert!(reply.success(), "{reply:?}");
+    // The idle container is still reaped after its 2 s, and nothing panicked.
+    assert_no_container(&ex, Duration::from_secs(15));
+    let metrics = ex.get("/metrics").raw;
+    let panics: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("meca_background_panics_total{"))
+        .collect();
+    assert!(
+        panics.iter().any(|l| l.contains("idle_reaper")),
+        "{metrics}"
+    );
+    assert!(panics.iter().all(|l| l.ends_with(" 0")), "{panics:?}");
+    assert!(!ex.log().contains("panicked"), "{}", ex.log());
 }

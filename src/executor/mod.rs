@@ -177,10 +177,10 @@ impl Executor {
         });
         executor.check_microvm_runtime();
         executor.set_gpus_enabled(executor.config().has_gpu);
-        tokio::spawn(Arc::clone(&executor).reap_idle());
-        tokio::spawn(Arc::clone(&executor).watch_containers());
+        executor.spawn_supervised("idle_reaper", |e| e.reap_idle());
+        executor.spawn_supervised("container_watcher", |e| e.watch_containers());
         if !executor.config().prewarm.is_empty() {
-            tokio::spawn(Arc::clone(&executor).keep_prewarmed());
+            executor.spawn_supervised("prewarm_keeper", |e| e.keep_prewarmed());
         }
         let budget = executor.budget.snapshot().total;
         tracing::info!(
@@ -191,6 +191,29 @@ impl Executor {
             "executor ready"
         );
         Ok(executor)
+    }
+
+    /// Runs a background task of the executor under [`supervise`](crate::supervise): a panic
+    /// is logged, counted in `meca_background_panics_total`, and the task started again.
+    fn spawn_supervised<Fut>(self: &Arc<Self>, task: &'static str, run: fn(Arc<Executor>) -> Fut)
+    where
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let executor = Arc::clone(self);
+        tokio::spawn(async move {
+            let counter = executor
+                .metrics
+                .background_panics
+                .get_or_create_owned(&crate::metrics::TaskLabel { task });
+            crate::supervise::supervise(
+                task,
+                || run(Arc::clone(&executor)),
+                move || {
+                    counter.inc();
+                },
+            )
+            .await;
+        });
     }
 
     /// The current configuration (a shared snapshot: cheap on the request path).
