@@ -70,6 +70,7 @@ struct RawConfig {
     publish_task_ports: Option<bool>,
     name: Option<String>,
     pull_timeout: Option<String>,
+    max_concurrent_pulls: Option<u32>,
     max_request_bytes: Option<u64>,
     max_answer_bytes: Option<u64>,
     pids_limit: Option<i64>,
@@ -144,8 +145,10 @@ pub struct Config {
     /// Instance name; every container this executor creates carries it as a label, and only
     /// containers with this label are ever removed by it.
     pub name: String,
-    /// How long pulling one image may take.
+    /// How long pulling one image may take, waiting for a pull slot included.
     pub pull_timeout: Duration,
+    /// How many images may be pulled at once.
+    pub max_concurrent_pulls: u32,
     /// Largest request body accepted (HTTP 413 beyond).
     pub max_request_bytes: usize,
     /// Largest task answer read into memory.
@@ -205,6 +208,7 @@ impl Default for Config {
             publish_task_ports: false,
             name: "mecanywhere".to_string(),
             pull_timeout: Duration::from_secs(600),
+            max_concurrent_pulls: 2,
             max_request_bytes: 64 * 1024 * 1024,
             max_answer_bytes: 64 * 1024 * 1024,
             hardening: Hardening::default(),
@@ -424,6 +428,12 @@ impl Config {
         if let Some(d) = raw.pull_timeout {
             c.pull_timeout = duration("pull_timeout", &d)?;
         }
+        if let Some(n) = raw.max_concurrent_pulls {
+            if !(1..=64).contains(&n) {
+                return Err(invalid("max_concurrent_pulls", format!("{n}: use 1 to 64")));
+            }
+            c.max_concurrent_pulls = n;
+        }
         if let Some(n) = raw.max_request_bytes {
             c.max_request_bytes = byte_limit("max_request_bytes", n)?;
         }
@@ -597,6 +607,7 @@ mod tests {
             ("log_max_size: big\n", "log_max_size"),
             ("log_max_files: 0\n", "log_max_files"),
             ("auth_token: \"\"\n", "auth_token"),
+            ("max_concurrent_pulls: 0\n", "max_concurrent_pulls"),
             // Numbers that would overflow clock or size arithmetic.
             ("queue_timeout: 500000000000y\n", "queue_timeout"),
             ("idle_timeout: 366days\n", "idle_timeout"),

@@ -23,7 +23,8 @@ pub struct HostUsage {
 }
 
 pub struct Host {
-    system: Mutex<System>,
+    /// `None` for a host of fixed figures (simulations), whose usage reads as 0%.
+    system: Option<Mutex<System>>,
     capacity: HostCapacity,
 }
 
@@ -36,8 +37,16 @@ impl Host {
         let cores = system.cpus().len().max(1) as u32;
         let mem_mb = system.total_memory() / (1024 * 1024);
         Host {
-            system: Mutex::new(system),
+            system: Some(Mutex::new(system)),
             capacity: HostCapacity { cores, mem_mb },
+        }
+    }
+
+    /// A host with the given capacity and no readings (for the in-memory engine).
+    pub fn fixed(capacity: HostCapacity) -> Host {
+        Host {
+            system: None,
+            capacity,
         }
     }
 
@@ -47,7 +56,13 @@ impl Host {
 
     /// CPU busy since the previous reading (or start) and memory in use now.
     pub fn usage(&self) -> HostUsage {
-        let mut system = self.system.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(system) = &self.system else {
+            return HostUsage {
+                cpu_percent: 0.0,
+                mem_percent: 0.0,
+            };
+        };
+        let mut system = system.lock().unwrap_or_else(|e| e.into_inner());
         system.refresh_cpu_usage();
         system.refresh_memory_specifics(MemoryRefreshKind::nothing().with_ram());
         let total = system.total_memory().max(1) as f64;

@@ -10,13 +10,15 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio::sync::{watch, Notify};
 
 use crate::resources::Reservation;
 use crate::task::TaskKey;
-use crate::task_client::TaskClient;
+use crate::task_client::TaskCall;
 
 /// A ready task container. Holding its [`Reservation`], it keeps its resources reserved
 /// until the last reference to it is gone (after the engine removed it).
@@ -25,7 +27,7 @@ pub struct Container {
     pub id: String,
     pub key: TaskKey,
     /// Connections to the task; they close when the container is dropped.
-    pub client: TaskClient,
+    pub client: Arc<dyn TaskCall>,
     in_flight: AtomicUsize,
     /// Milliseconds since `epoch` at the last lease's end (or readiness).
     last_used_ms: AtomicU64,
@@ -41,7 +43,7 @@ impl Container {
     pub fn new(
         id: String,
         key: TaskKey,
-        client: TaskClient,
+        client: Arc<dyn TaskCall>,
         reservation: Reservation,
         prewarmed: bool,
         idle: Arc<Notify>,
@@ -121,9 +123,14 @@ impl Drop for Lease {
 pub enum StartOutcome {
     Pending,
     Ready,
-    Failed(Arc<str>),
+    /// Why the start failed, shared by every request that waited for it.
+    Failed(Arc<crate::executor::ExecError>),
     /// Given up without a verdict (a prewarm attempt): waiters look again themselves.
     Abandoned,
+    /// The start was dropped half-way (its task ended without a verdict).
+    Cancelled,
+    /// The container became ready after the pool was emptied (pause, stop).
+    Refused,
 }
 
 enum Slot {
@@ -183,9 +190,11 @@ impl StartTicket {
             .subscribe()
     }
 
-    /// Puts the started container in the pool. If the pool was emptied (paused, stopping)
-    /// since the claim, the container is handed back for removal instead.
-    pub fn ready(mut self, container: Arc<Container>) -> Result<(), Arc<Container>> {
+    /// Puts the started container in the pool, leased to the request that started it (so
+    /// nothing can evict or reap it before that request used it); the caller hands the
+    /// lease on, or drops it (prewarm). If the pool was emptied (paused, stopping) since the
+    /// claim, the container is handed back for removal instead.
+    pub fn ready(mut self, container: Arc<Container>) -> Result<Lease, Arc<Container>> {
         let tx = self.outcome.take().expect("ticket used once");
         let mut inner = self.pool.lock();
         let current = matches!(inner.slots.get(&self.key),
@@ -195,25 +204,28 @@ impl StartTicket {
                 inner.slots.remove(&self.key);
             }
             drop(inner);
-            let _ = tx.send(StartOutcome::Failed(
-                "the executor was paused or stopped".into(),
-            ));
+            let _ = tx.send(StartOutcome::Refused);
             return Err(container);
         }
         container.touch();
+        // Leased before anyone can see it: it is not idle, so it wakes no start waiting
+        // for room; it becomes idle when the starter's lease ends.
+        container.in_flight.fetch_add(1, Ordering::AcqRel);
+        let lease = Lease {
+            container: Arc::clone(&container),
+        };
         inner.slots.insert(self.key.clone(), Slot::Ready(container));
         drop(inner);
         let _ = tx.send(StartOutcome::Ready);
         self.pool.changed.notify_one();
-        self.pool.idle.notify_waiters();
-        Ok(())
+        Ok(lease)
     }
 
     /// Reports a failed start to every waiting request and frees the key.
-    pub fn fail(mut self, reason: &str) {
+    pub fn fail(mut self, reason: Arc<crate::executor::ExecError>) {
         let tx = self.outcome.take().expect("ticket used once");
         self.release_slot();
-        let _ = tx.send(StartOutcome::Failed(reason.into()));
+        let _ = tx.send(StartOutcome::Failed(reason));
     }
 
     /// Frees the key without a verdict: waiting requests start a container themselves.
@@ -237,7 +249,7 @@ impl Drop for StartTicket {
     fn drop(&mut self) {
         if let Some(tx) = self.outcome.take() {
             self.release_slot();
-            let _ = tx.send(StartOutcome::Failed("the task start was cancelled".into()));
+            let _ = tx.send(StartOutcome::Cancelled);
         }
     }
 }
@@ -509,7 +521,10 @@ mod tests {
         Arc::new(Container::new(
             format!("id-{}", k.image),
             k.clone(),
-            TaskClient::new("127.0.0.1:8080".parse().unwrap(), 1024),
+            Arc::new(crate::task_client::TaskClient::new(
+                "127.0.0.1:8080".parse().unwrap(),
+                1024,
+            )),
             r,
             k.image.starts_with("pre"),
             Arc::new(Notify::new()),
@@ -565,7 +580,7 @@ mod tests {
             panic!()
         };
         drop(ticket);
-        assert!(matches!(*rx.borrow(), StartOutcome::Failed(_)));
+        assert!(matches!(*rx.borrow(), StartOutcome::Cancelled));
         assert!(matches!(pool.lease_or_claim(&k), Lookup::Claimed(_)));
     }
 

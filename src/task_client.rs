@@ -19,6 +19,16 @@ use hyper_util::rt::TokioExecutor;
 
 use crate::task::Call;
 
+/// The executor's side of one task container: where it answers and how to call it.
+/// [`TaskClient`] speaks HTTP to a real container; the in-memory engine has its own.
+#[async_trait::async_trait]
+pub trait TaskCall: Send + Sync + std::fmt::Debug {
+    /// Where the task answers (for logs).
+    fn addr(&self) -> SocketAddr;
+    /// Calls the task and reads its whole answer, within `timeout`.
+    async fn call(&self, call: Call, input: Bytes, timeout: Duration) -> Result<Answer, CallError>;
+}
+
 /// What a task answered.
 #[derive(Debug)]
 pub struct Answer {
@@ -102,19 +112,15 @@ impl TaskClient {
             max_answer_bytes,
         }
     }
+}
 
-    /// Where the task answers.
-    pub fn addr(&self) -> SocketAddr {
+#[async_trait::async_trait]
+impl TaskCall for TaskClient {
+    fn addr(&self) -> SocketAddr {
         self.addr
     }
 
-    /// Calls the task and reads its whole answer, within `timeout`.
-    pub async fn call(
-        &self,
-        call: Call,
-        input: Bytes,
-        timeout: Duration,
-    ) -> Result<Answer, CallError> {
+    async fn call(&self, call: Call, input: Bytes, timeout: Duration) -> Result<Answer, CallError> {
         let method = if call.method_and_path().0 == "GET" {
             Method::GET
         } else {

@@ -137,7 +137,7 @@ fn stats_reports_budget_and_reservations() {
 
 #[test]
 fn stats_caps_the_budget_at_the_host() {
-    let ex = Executor::start("cap", "cpu: 512\nmem: 100000000\n");
+    let ex = Executor::start("cap", "cpu: 512\nmem: 16000000\n");
     let stats = ex.get("/stats").body;
     assert_eq!(stats["task_cpu"], stats["total_cpu"], "{stats}");
     let total_mem = stats["total_mem"].as_u64().unwrap();

@@ -212,6 +212,8 @@ async fn update_config(
     };
     match app.executor.update_config(update).await {
         Ok(()) => outcome(StatusCode::OK, true, "config updated"),
+        // Refused, not failed: a non-2xx, so the desktop app does not take it for done.
+        Err(e @ ExecError::StillHeld(_)) => outcome(StatusCode::CONFLICT, false, &e.to_string()),
         Err(e) => failure(&e.to_string()),
     }
 }

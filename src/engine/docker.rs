@@ -36,6 +36,12 @@ pub struct DockerEngine {
 fn api_error(e: bollard::errors::Error) -> EngineError {
     use bollard::errors::Error as E;
     match e {
+        // Docker says so only in words.
+        E::DockerResponseServerError { message, .. }
+            if message.contains("could not select device driver") =>
+        {
+            EngineError::GpuDriverMissing(message)
+        }
         E::DockerResponseServerError { message, .. } => EngineError::Api(message),
         E::IOError { err } => EngineError::Unreachable(err.to_string()),
         E::HyperResponseError { err } => EngineError::Unreachable(err.to_string()),

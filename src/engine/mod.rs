@@ -7,6 +7,7 @@
 //! trait, without touching the executor.
 
 pub mod docker;
+pub mod memory;
 pub mod ready;
 
 use std::collections::HashMap;
@@ -105,6 +106,9 @@ pub enum EngineError {
     PullTimeout { image: String, after: Duration },
     #[error("container engine refused: {0}")]
     Api(String),
+    /// The engine has no driver for the GPUs the task asked for (no NVIDIA runtime).
+    #[error("container engine cannot give GPUs: {0}")]
+    GpuDriverMissing(String),
     /// The container does not exist (any more).
     #[error("container {0} does not exist")]
     NoSuchContainer(String),
@@ -162,4 +166,13 @@ pub trait Engine: Send + Sync + 'static {
         labels: &HashMap<String, String>,
     ) -> Result<bool, EngineError>;
     async fn remove_network(&self, name: &str) -> Result<(), EngineError>;
+    /// The client that calls the task of a ready container at `addr`: HTTP by default.
+    fn task_client(
+        &self,
+        _id: &str,
+        addr: SocketAddr,
+        max_answer_bytes: usize,
+    ) -> std::sync::Arc<dyn crate::task_client::TaskCall> {
+        std::sync::Arc::new(crate::task_client::TaskClient::new(addr, max_answer_bytes))
+    }
 }

@@ -13,6 +13,8 @@ pub enum ExecError {
     ShuttingDown,
     #[error("executor is running: pause it before updating its config")]
     Running,
+    #[error("cannot update the config: {0}")]
+    StillHeld(String),
     #[error("resource limit exceeds the maximum: {0}")]
     ExceedsMaximum(String),
     #[error("not enough GPU available: {0}")]
@@ -30,9 +32,12 @@ pub enum ExecError {
     },
     #[error(transparent)]
     Engine(#[from] EngineError),
-    /// A cold start failed; the message is shared by every request that waited for it.
+    /// A cold start failed; the error is shared by every request that waited for it.
     #[error("{0}")]
-    StartFailed(Arc<str>),
+    StartFailed(Arc<ExecError>),
+    /// The start a request waited for ended without a verdict.
+    #[error("the task start was cancelled")]
+    StartCancelled,
     /// The call to a ready task failed; the container was removed.
     #[error("{0}")]
     TaskBroken(String),
@@ -48,13 +53,14 @@ impl ExecError {
     pub fn outcome(&self) -> &'static str {
         match self {
             ExecError::Paused | ExecError::ShuttingDown => "rejected",
-            ExecError::Running => "rejected",
+            ExecError::Running | ExecError::StillHeld(_) => "rejected",
             ExecError::ExceedsMaximum(_)
             | ExecError::NoGpu(_)
             | ExecError::RuntimeUnavailable(_)
             | ExecError::SgxUnavailable(_) => "refused",
             ExecError::QueueTimeout { .. } => "queue_timeout",
-            ExecError::Engine(_) | ExecError::StartFailed(_) => "start_failed",
+            ExecError::StartFailed(inner) => inner.outcome(),
+            ExecError::Engine(_) | ExecError::StartCancelled => "start_failed",
             ExecError::TaskBroken(_) => "task_broken",
             ExecError::TaskStatus { .. } => "task_error",
             ExecError::BadAnswer(_) => "bad_answer",

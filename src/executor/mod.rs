@@ -9,6 +9,7 @@
 mod broken;
 mod error;
 mod prewarm;
+mod queue;
 mod reaper;
 mod start;
 mod watcher;
@@ -17,7 +18,9 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, Shared};
@@ -108,16 +111,27 @@ pub struct Executor {
     closing: CancellationToken,
     /// Cold starts and removals in progress; shutdown waits for them.
     work: TaskTracker,
+    /// Container starts in progress (requests' and prewarm's); pause waits for them.
+    starts: TaskTracker,
+    /// Cancelled (and replaced) by pause: starts in progress give up and remove what they
+    /// created.
+    start_cancel: RwLock<CancellationToken>,
     instance: String,
     /// Pulls in progress, by image: starts that need the same image share one.
     pulls: Mutex<HashMap<String, SharedPull>>,
+    /// Pull slots (`max_concurrent_pulls`): a pull waits for one within its timeout.
+    pull_slots: Arc<tokio::sync::Semaphore>,
     /// The internal task network this executor owns (removed at shutdown).
     created_network: Option<String>,
     /// Containers out of the pool whose removal is in progress.
     retiring: AtomicUsize,
+    /// Containers the engine failed to remove, still reserved, removal retried.
+    removal_failed: Arc<AtomicUsize>,
     metrics: Metrics,
     /// Starts now waiting for budget room; prewarming yields to them.
     waiting_for_room: AtomicUsize,
+    /// The order in which waiting starts get room.
+    room_queue: queue::RoomQueue,
     /// Wakes the prewarm keeper (a start stopped waiting, unpause).
     prewarm_wake: Notify,
     /// When each prewarm key last failed to start for a reason other than room.
@@ -129,11 +143,20 @@ impl Executor {
     /// with the same name left, learns the engine's runtimes and GPUs, and starts the
     /// background tasks (idle reaper, container watcher, prewarm keeper).
     pub async fn start(
+        config: Config,
+        engine: Arc<dyn Engine>,
+        gpu_loader: GpuLoader,
+    ) -> Result<Arc<Executor>, ExecError> {
+        Executor::start_on(Host::new(), config, engine, gpu_loader).await
+    }
+
+    /// [`start`](Self::start) on a given host (a fixed one for simulations).
+    pub async fn start_on(
+        host: Host,
         mut config: Config,
         engine: Arc<dyn Engine>,
         gpu_loader: GpuLoader,
     ) -> Result<Arc<Executor>, ExecError> {
-        let host = Host::new();
         let mut created_network = None;
         if config.internal_network {
             let name = config
@@ -154,6 +177,7 @@ impl Executor {
             engine.remove(id).await?;
         }
         let runtimes = engine.runtimes().await?;
+        let pull_slots = config.max_concurrent_pulls as usize;
         let executor = Arc::new(Executor {
             engine,
             gpu_loader,
@@ -165,13 +189,18 @@ impl Executor {
             paused: AtomicBool::new(false),
             closing: CancellationToken::new(),
             work: TaskTracker::new(),
+            starts: TaskTracker::new(),
+            start_cancel: RwLock::new(CancellationToken::new()),
             instance: uuid::Uuid::new_v4().to_string(),
             config: RwLock::new(Arc::new(config)),
             metrics: Metrics::new(),
             pulls: Mutex::new(HashMap::new()),
+            pull_slots: Arc::new(tokio::sync::Semaphore::new(pull_slots)),
             created_network,
             retiring: AtomicUsize::new(0),
+            removal_failed: Arc::new(AtomicUsize::new(0)),
             waiting_for_room: AtomicUsize::new(0),
+            room_queue: queue::RoomQueue::default(),
             prewarm_wake: Notify::new(),
             prewarm_failures: Mutex::new(HashMap::new()),
         });
@@ -409,7 +438,8 @@ impl Executor {
     }
 
     /// A lease on a ready container for `key`, starting one if needed (single flight).
-    /// The flag says whether the request had to wait for a start.
+    /// The flag says whether the request had to wait for a start. A request that starts a
+    /// container gets the first lease on it.
     async fn lease(self: &Arc<Self>, key: &TaskKey) -> Result<(Lease, bool), ExecError> {
         let mut cold = false;
         loop {
@@ -421,9 +451,12 @@ impl Executor {
                 Lookup::Leased(lease) => return Ok((lease, cold)),
                 Lookup::Wait(outcome) => outcome,
                 Lookup::Claimed(ticket) => {
-                    let outcome = ticket.subscribe();
-                    self.work.spawn(Arc::clone(self).cold_start(ticket));
-                    outcome
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    self.spawn_start(Arc::clone(self).cold_start(ticket, tx));
+                    return match rx.await {
+                        Ok(result) => result.map(|lease| (lease, true)),
+                        Err(_) => Err(ExecError::StartCancelled),
+                    };
                 }
             };
             cold = true;
@@ -432,8 +465,11 @@ impl Executor {
                 .await
                 .map(|o| o.clone());
             match result {
-                Ok(StartOutcome::Failed(reason)) => return Err(ExecError::StartFailed(reason)),
-                // Ready: lease it on the next turn. (A closed channel also means: look again.)
+                Ok(StartOutcome::Failed(e)) => return Err(ExecError::StartFailed(e)),
+                Ok(StartOutcome::Refused) => return Err(ExecError::Paused),
+                Ok(StartOutcome::Cancelled) => return Err(ExecError::StartCancelled),
+                // Ready: lease it on the next turn. (Abandoned, or a closed channel: look
+                // again.)
                 _ => continue,
             }
         }
@@ -449,6 +485,10 @@ impl Executor {
             ("idle", counts.ready - counts.busy),
             ("busy", counts.busy),
             ("removing", self.retiring.load(Ordering::Acquire)),
+            (
+                "removal_failed",
+                self.removal_failed.load(Ordering::Acquire),
+            ),
         ] {
             m.containers
                 .get_or_create(&StateLabel { state })
@@ -477,20 +517,50 @@ impl Executor {
         m.encode()
     }
 
+    /// The budget now: total and reserved.
+    pub fn budget(&self) -> crate::resources::BudgetSnapshot {
+        self.budget.snapshot()
+    }
+
     /// Counters the API layer records itself (requests refused before the executor).
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }
 
-    /// `/pause`: refuse new tasks and remove every warm container.
+    /// Runs a container start (a request's or prewarm's) as a task pause waits for.
+    pub(super) fn spawn_start(
+        &self,
+        start: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        self.starts.spawn(start);
+    }
+
+    /// The token starts in progress watch: pause cancels it.
+    pub(super) fn start_cancel(&self) -> CancellationToken {
+        self.start_cancel
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// `/pause`: refuse new tasks, stop the starts in progress, and remove every container.
+    /// When it returns, nothing is reserved but containers the engine failed to remove.
     pub async fn pause(self: &Arc<Self>) {
-        self.paused.store(true, Ordering::Release);
+        self.paused.store(true, Ordering::SeqCst);
+        // A start that read the old token is cancelled; one that reads the new one sees
+        // `paused` and does not begin.
+        let old =
+            std::mem::take(&mut *self.start_cancel.write().unwrap_or_else(|e| e.into_inner()));
+        old.cancel();
         let containers = self.pool.take_all();
         tracing::info!(removing = containers.len(), "paused");
         // A tracked task of its own: the removals finish even if the caller goes away.
         let executor = Arc::clone(self);
         let removal = self.work.spawn(async move {
             executor.retire_all(containers, PAUSE_DRAIN_LIMIT).await;
+            executor.starts.close();
+            executor.starts.wait().await;
+            executor.starts.reopen();
         });
         let _ = removal.await;
     }
@@ -506,6 +576,27 @@ impl Executor {
     pub async fn update_config(&self, update: ConfigUpdate) -> Result<(), ExecError> {
         if !self.is_paused() {
             return Err(ExecError::Running);
+        }
+        // What containers the engine failed to remove still hold must fit the new budget.
+        let held = self.budget.snapshot().used;
+        let wanted = task_budget(
+            &Config {
+                cpu: update.cpu.unwrap_or(self.config().cpu),
+                mem_mb: update.mem_mb.unwrap_or(self.config().mem_mb),
+                ..Config::clone(&self.config())
+            },
+            self.host.capacity(),
+        );
+        if held.milli_cpu > wanted.milli_cpu || held.mem_mb > wanted.mem_mb {
+            return Err(ExecError::StillHeld(format!(
+                "{} cores and {} MB are still held by task containers the engine has not removed yet \
+                 (see /metrics, meca_containers{{state=\"removal_failed\"}}); the new budget of {} cores \
+                 and {} MB cannot hold them: retry when they are gone",
+                held.cores(),
+                held.mem_mb,
+                wanted.cores(),
+                wanted.mem_mb
+            )));
         }
         // Runtimes may have been registered with Docker since: check against what it has now.
         let runtimes = self.engine.runtimes().await?;
@@ -572,7 +663,10 @@ impl Executor {
             gpu_model: self.gpu_monitor().map(|m| m.model()).unwrap_or_default(),
             task_gpu: budget.gpus_total as u32,
             task_used_gpu: budget.gpus_used as u32,
-            containers: counts.ready + counts.starting + self.retiring.load(Ordering::Acquire),
+            containers: counts.ready
+                + counts.starting
+                + self.retiring.load(Ordering::Acquire)
+                + self.removal_failed.load(Ordering::Acquire),
             runtimes: if self.microvm_runtime(&self.config()).is_ok() {
                 vec!["container", "microVM"]
             } else {

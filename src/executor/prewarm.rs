@@ -7,7 +7,9 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use super::start::Phases;
 use super::{ExecError, Executor};
@@ -61,15 +63,20 @@ impl Executor {
                 continue;
             }
             if let Some(ticket) = self.pool.claim_if_absent(&entry.key) {
-                self.work.spawn(Arc::clone(self).prewarm_start(ticket));
+                self.spawn_start(Arc::clone(self).prewarm_start(ticket));
             }
         }
     }
 
     async fn prewarm_start(self: Arc<Self>, ticket: StartTicket) {
         let key = ticket.key().clone();
+        let cancel = self.start_cancel();
+        if self.is_paused() {
+            ticket.abandon();
+            return;
+        }
         let started = tokio::select! {
-            result = self.prewarm_container(&key) => result,
+            result = self.prewarm_container(&key, &cancel) => result,
             _ = self.closing.cancelled() => Err(Some(ExecError::ShuttingDown)),
         };
         let failures = || {
@@ -81,6 +88,7 @@ impl Executor {
             Ok(container) => {
                 failures().remove(&key);
                 tracing::info!(container = %container.id, key = %key, "prewarmed task container ready");
+                // Nobody waits for it: its first lease ends at once, leaving it idle.
                 if let Err(container) = ticket.ready(container) {
                     self.retire(container, Duration::ZERO).await;
                 }
@@ -99,19 +107,24 @@ impl Executor {
     /// Starts the container of a prewarm key in room that is free now: `Err(None)` when there
     /// is none. The key passes the same admission checks as a request (runtime, SGX), so a
     /// prewarmed container is never weaker than what a request for it would get.
-    async fn prewarm_container(&self, key: &TaskKey) -> Result<Arc<Container>, Option<ExecError>> {
+    async fn prewarm_container(
+        &self,
+        key: &TaskKey,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> Result<Arc<Container>, Option<ExecError>> {
         let config = self.admit(key).map_err(Some)?;
         if !self.budget.fits_now(key.demand) {
             return Err(None);
         }
         let mut phases = Phases::new(&self.metrics);
-        self.ensure_image(&key.image, config.pull_timeout)
-            .await
-            .map_err(|e| Some(e.into()))?;
+        tokio::select! {
+            pulled = self.ensure_image(&key.image, config.pull_timeout) => pulled.map_err(|e| Some(e.into()))?,
+            _ = cancel.cancelled() => return Err(Some(ExecError::Paused)),
+        }
         phases.lap("image");
         // Reserved only after the image is here: a pull never holds room.
         let reservation = self.budget.try_reserve(key.demand).ok_or(None)?;
-        self.launch(key, &config, reservation, phases)
+        self.launch(key, &config, reservation, phases, cancel)
             .await
             .map_err(Some)
     }

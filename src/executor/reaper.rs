@@ -5,7 +5,9 @@
 //! never taken (the pool guarantees it).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use super::Executor;
 
@@ -23,7 +25,7 @@ impl Executor {
             }
             let sleep = async {
                 match next {
-                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    Some(at) => tokio::time::sleep_until(at).await,
                     None => std::future::pending().await,
                 }
             };

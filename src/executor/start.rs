@@ -6,9 +6,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use futures_util::FutureExt;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 
 use super::{ExecError, Executor};
 use crate::config::Config;
@@ -16,10 +20,9 @@ use crate::engine::{
     ContainerSpec, EngineError, SgxMounts, LABEL_CPU, LABEL_EXECUTOR, LABEL_INSTANCE, LABEL_MEM,
     LABEL_TASK_KEY,
 };
-use crate::pool::{Container, StartTicket};
+use crate::pool::{Container, Lease, StartTicket};
 use crate::resources::{Demand, Reservation};
 use crate::task::{Runtime, TaskKey};
-use crate::task_client::TaskClient;
 
 /// Times the phases of one cold start into the metrics.
 pub(super) struct Phases<'a> {
@@ -43,6 +46,17 @@ impl<'a> Phases<'a> {
     }
 }
 
+/// `f`, unless the executor is paused first (`cancel`): then [`ExecError::Paused`].
+async fn unless_paused<T, E: Into<ExecError>>(
+    cancel: &CancellationToken,
+    f: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, ExecError> {
+    tokio::select! {
+        result = f => result.map_err(Into::into),
+        _ = cancel.cancelled() => Err(ExecError::Paused),
+    }
+}
+
 /// Runs `f` when dropped (also when the future holding it is cancelled).
 fn scopeguard(f: impl FnOnce()) -> impl Drop {
     struct Guard<F: FnOnce()>(Option<F>);
@@ -56,66 +70,99 @@ fn scopeguard(f: impl FnOnce()) -> impl Drop {
     Guard(Some(f))
 }
 
+/// The first and the longest wait between attempts to remove a container the engine failed
+/// to remove.
+const REMOVAL_RETRY_FIRST: Duration = Duration::from_secs(1);
+const REMOVAL_RETRY_MAX: Duration = Duration::from_secs(30);
+
 fn describe(d: Demand) -> String {
     format!("{} cores and {} MB", d.cores(), d.mem_mb)
 }
 
 impl Executor {
     /// Runs one cold start to its end (spawned by the request that claimed the key).
-    pub(super) async fn cold_start(self: Arc<Self>, ticket: StartTicket) {
+    pub(super) async fn cold_start(
+        self: Arc<Self>,
+        ticket: StartTicket,
+        starter: oneshot::Sender<Result<Lease, ExecError>>,
+    ) {
         let key = ticket.key().clone();
-        let started = tokio::select! {
-            result = self.start_container(&key) => result,
-            _ = self.closing.cancelled() => Err(ExecError::ShuttingDown),
+        let cancel = self.start_cancel();
+        let started = if self.is_paused() {
+            Err(ExecError::Paused)
+        } else {
+            tokio::select! {
+                result = self.start_container(&key, &cancel) => result,
+                _ = self.closing.cancelled() => Err(ExecError::ShuttingDown),
+            }
         };
         match started {
             Ok(container) => {
                 tracing::info!(container = %container.id, key = %key, addr = %container.addr(), "task container ready");
-                if let Err(container) = ticket.ready(container) {
-                    self.retire(container, Duration::ZERO).await;
+                match ticket.ready(container) {
+                    // If the starter went away, dropping its lease leaves the container idle.
+                    Ok(lease) => drop(starter.send(Ok(lease))),
+                    Err(container) => {
+                        let _ = starter.send(Err(ExecError::Paused));
+                        self.retire(container, Duration::ZERO).await;
+                    }
                 }
             }
             Err(e) => {
                 tracing::warn!(key = %key, error = %e, "task container could not be started");
-                ticket.fail(&e.to_string());
+                let e = Arc::new(e);
+                ticket.fail(Arc::clone(&e));
+                let _ = starter.send(Err(ExecError::StartFailed(e)));
             }
         }
     }
 
     /// Starts a container for a request's `key`: the image (pulled if needed), room in the
     /// budget (evicting idle containers, then waiting), then the container itself.
-    async fn start_container(&self, key: &TaskKey) -> Result<Arc<Container>, ExecError> {
+    /// Gives up with [`ExecError::Paused`] when `cancel` (pause) fires first.
+    async fn start_container(
+        &self,
+        key: &TaskKey,
+        cancel: &CancellationToken,
+    ) -> Result<Arc<Container>, ExecError> {
         let config = self.config();
         let mut phases = Phases::new(&self.metrics);
-        self.ensure_image(&key.image, config.pull_timeout).await?;
+        unless_paused(cancel, self.ensure_image(&key.image, config.pull_timeout)).await?;
         phases.lap("image");
-        let reservation = self
-            .reserve(key.demand, key.gpu_count, config.queue_timeout)
-            .await?;
+        let reservation = unless_paused(
+            cancel,
+            self.reserve(key.demand, key.gpu_count, config.queue_timeout),
+        )
+        .await?;
         phases.lap("reserve");
-        self.launch(key, &config, reservation, phases).await
+        self.launch(key, &config, reservation, phases, cancel).await
     }
 
     /// Creates and starts the container of `key` with its `reservation`, and waits until it
     /// is ready. A container that fails is removed.
+    /// A pause (`cancel`) while it starts ends the start: the container is removed.
     pub(super) async fn launch(
         &self,
         key: &TaskKey,
         config: &Config,
         reservation: Reservation,
         mut phases: Phases<'_>,
+        cancel: &CancellationToken,
     ) -> Result<Arc<Container>, ExecError> {
         let spec = self.container_spec(key, config, reservation.gpus());
+        // Not cancelled half-way: once created, the container is removed on every path.
         let id = self.engine.create(&spec).await?;
         phases.lap("create");
-        let started = self
-            .engine
-            .start_and_wait_ready(&id, &spec, config.start_timeout)
-            .await;
+        let started = unless_paused(
+            cancel,
+            self.engine
+                .start_and_wait_ready(&id, &spec, config.start_timeout),
+        )
+        .await;
         phases.lap("start");
         match started {
             Ok(addr) => {
-                let client = TaskClient::new(addr, config.max_answer_bytes);
+                let client = self.engine.task_client(&id, addr, config.max_answer_bytes);
                 let prewarmed = config.prewarm.iter().any(|p| &p.key == key);
                 Ok(Arc::new(Container::new(
                     id,
@@ -127,16 +174,17 @@ impl Executor {
                 )))
             }
             Err(e) => {
-                if let Err(remove_error) = self.engine.remove(&id).await {
-                    tracing::error!(container = %id, error = %remove_error, "could not remove failed task container");
+                // The reservation stays with the container until it is gone.
+                self.remove_or_keep_trying(&id, Box::new(reservation)).await;
+                match e {
+                    ExecError::Engine(EngineError::GpuDriverMissing(detail)) => {
+                        Err(ExecError::NoGpu(format!(
+                            "Docker could not give the task its GPUs ({detail}); is the NVIDIA \
+                             container toolkit installed and registered with Docker?"
+                        )))
+                    }
+                    e => Err(e),
                 }
-                if !spec.gpus.is_empty() && e.to_string().contains("device driver") {
-                    return Err(ExecError::NoGpu(format!(
-                        "Docker could not give the task its GPUs ({e}); is the NVIDIA container \
-                         toolkit installed and registered with Docker?"
-                    )));
-                }
-                Err(e.into())
             }
         }
     }
@@ -160,20 +208,28 @@ impl Executor {
                     let image = image.to_string();
                     let pulls = self.metrics.pulls.clone();
                     let pull_seconds = self.metrics.pull_seconds.clone();
+                    let slots = Arc::clone(&self.pull_slots);
                     async move {
                         let started = Instant::now();
-                        // Another pull of this image may have finished since the check above.
-                        if engine.image_present(&image).await.unwrap_or(false) {
-                            return Ok(());
-                        }
-                        let result =
-                            match tokio::time::timeout(pull_timeout, engine.pull(&image)).await {
-                                Ok(result) => result,
-                                Err(_) => Err(EngineError::PullTimeout {
-                                    image,
-                                    after: pull_timeout,
-                                }),
-                            };
+                        // The wait for a pull slot counts against the pull's timeout.
+                        let pull = async {
+                            let _slot = slots
+                                .acquire()
+                                .await
+                                .expect("the semaphore is never closed");
+                            // Another pull of this image may have finished meanwhile.
+                            if engine.image_present(&image).await.unwrap_or(false) {
+                                return Ok(());
+                            }
+                            engine.pull(&image).await
+                        };
+                        let result = match tokio::time::timeout(pull_timeout, pull).await {
+                            Ok(result) => result,
+                            Err(_) => Err(EngineError::PullTimeout {
+                                image,
+                                after: pull_timeout,
+                            }),
+                        };
                         pull_seconds.observe(started.elapsed().as_secs_f64());
                         let outcome = if result.is_ok() { "success" } else { "failure" };
                         pulls
@@ -218,25 +274,36 @@ impl Executor {
         });
         let monitor = self.gpu_monitor();
         let gpu_idle = |uuid: &str| monitor.as_ref().is_some_and(|m| m.is_idle(uuid));
+        // First come, first served: while an earlier start waits for room, this one takes none.
+        let place = self.room_queue.join();
         loop {
-            // Room appears when a reservation is released, or when a busy container goes
-            // idle (it can be evicted then): listen for both before looking.
+            // Room appears when a reservation is released, when a busy container goes idle
+            // (it can be evicted then), or when an earlier start stops waiting: listen for
+            // all of them before looking.
             let released = self.budget.released();
             let became_idle = self.pool.became_idle();
-            tokio::pin!(released, became_idle);
+            let queue_moved = self.room_queue.changed();
+            tokio::pin!(released, became_idle, queue_moved);
             released.as_mut().enable();
             became_idle.as_mut().enable();
-            if let Some(reservation) = self.budget.try_reserve_with_gpus(demand, gpus, gpu_idle) {
-                return Ok(reservation);
-            }
-            if self.eviction_can_help(demand, gpus) {
-                if let Some(victim) = self.pool.take_lru_idle() {
-                    self.metrics.evictions.inc();
-                    tracing::info!(container = %victim.id, key = %victim.key, "evicting idle container to make room");
-                    self.retire(victim, Duration::ZERO).await;
-                    continue;
+            queue_moved.as_mut().enable();
+            let first_in_line = !place.behind_someone();
+            if first_in_line {
+                if let Some(reservation) = self.budget.try_reserve_with_gpus(demand, gpus, gpu_idle)
+                {
+                    return Ok(reservation);
+                }
+                if self.eviction_can_help(demand, gpus) {
+                    if let Some(victim) = self.pool.take_lru_idle() {
+                        self.metrics.evictions.inc();
+                        tracing::info!(container = %victim.id, key = %victim.key, "evicting idle container to make room");
+                        self.retire(victim, Duration::ZERO).await;
+                        continue;
+                    }
                 }
             }
+            // Waiting only for GPUs (CPU and memory fit), this start holds nobody up.
+            place.holds_up(!first_in_line || !self.budget.fits_now(demand));
             if !self.budget.can_ever_fit(demand, gpus) {
                 let total = self.budget.snapshot().total;
                 return Err(ExecError::ExceedsMaximum(format!(
@@ -256,6 +323,7 @@ impl Executor {
                 tokio::select! {
                     _ = released => {}
                     _ = became_idle => {}
+                    _ = queue_moved => {}
                 }
             };
             match tokio::time::timeout_at(deadline.min(wake), woken).await {
@@ -325,7 +393,9 @@ impl Executor {
     }
 
     /// Removes a container that is out of the pool, after at most `drain` for its
-    /// in-flight requests. Its reservation is released when the last reference goes.
+    /// in-flight requests. Its reservation is released when the last reference goes: after
+    /// the engine removed it. A removal that fails is retried in the background, the
+    /// container (and so its reservation) kept until it succeeds.
     pub(super) async fn retire(&self, container: Arc<Container>, drain: Duration) {
         // Counted in /stats until it is gone: its resources stay reserved until then.
         self.retiring
@@ -337,11 +407,43 @@ impl Executor {
         if !drain.is_zero() && !container.wait_drained(drain).await {
             tracing::warn!(container = %container.id, "requests still in flight; removing anyway");
         }
-        if let Err(e) = self.engine.remove(&container.id).await {
-            tracing::error!(container = %container.id, error = %e, "could not remove task container");
-        } else {
-            tracing::debug!(container = %container.id, "task container removed");
-        }
+        let id = container.id.clone();
+        self.remove_or_keep_trying(&id, Box::new(container)).await;
+    }
+
+    /// Removes container `id`; if the engine fails to, keeps `hold` (what reserves the
+    /// container's resources) and retries in the background until it is gone or the
+    /// executor stops (whose final sweep removes it by label).
+    pub(super) async fn remove_or_keep_trying(&self, id: &str, hold: Box<dyn Send>) {
+        let Err(e) = self.engine.remove(id).await else {
+            tracing::debug!(container = %id, "task container removed");
+            return;
+        };
+        tracing::error!(container = %id, error = %e, "could not remove task container; its resources stay reserved, retrying");
+        let engine = Arc::clone(&self.engine);
+        let closing = self.closing.clone();
+        let failed = Arc::clone(&self.removal_failed);
+        let id = id.to_string();
+        failed.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.work.spawn(async move {
+            let _hold = hold;
+            let mut delay = REMOVAL_RETRY_FIRST;
+            loop {
+                tokio::select! {
+                    _ = closing.cancelled() => break,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                match engine.remove(&id).await {
+                    Ok(()) => {
+                        tracing::info!(container = %id, "task container removed after retrying");
+                        break;
+                    }
+                    Err(e) => tracing::warn!(container = %id, error = %e, "still cannot remove task container"),
+                }
+                delay = (delay * 2).min(REMOVAL_RETRY_MAX);
+            }
+            failed.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        });
     }
 
     /// Removes several containers concurrently.

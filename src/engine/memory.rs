@@ -1,0 +1,577 @@
+//! An in-memory [`Engine`] for testing the executor's *policy* (admission, eviction, single
+//! flight, queueing, reaping, prewarm) on tokio's virtual clock, with scripted delays and
+//! faults. It proves nothing about Docker: what Docker does is tested against a real dockerd.
+//!
+//! Owns a table of fake images and containers. Every delay is a `tokio::time::sleep`, so
+//! under a paused clock (`start_paused`) a scenario of minutes runs in milliseconds, the same
+//! way each time. A task's behaviour at start is its image's [`ImageScript`]; its behaviour
+//! on a call is chosen by the input ([`TaskInput`]), like the `misbehave` test task's modes.
+//! It must not be used by the executor binary.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
+use tokio::sync::broadcast;
+
+use super::{ContainerSpec, Engine, EngineError, ExitState};
+use crate::task::Call;
+use crate::task_client::{Answer, CallError, TaskCall};
+
+/// How the task of an image starts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageScript {
+    /// Present on the host at first (else pulled on first use).
+    pub present: bool,
+    /// How long a pull takes; `None`: the pull fails.
+    pub pull: Option<Duration>,
+    /// What happens after the container starts.
+    pub start: StartScript,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum StartScript {
+    /// Prints the ready line after this long.
+    Ready(Duration),
+    /// Exits with this code after this long, before the ready line.
+    Exit(Duration, i64),
+    /// Runs, but never prints the ready line.
+    NeverReady,
+}
+
+impl Default for ImageScript {
+    fn default() -> Self {
+        ImageScript {
+            present: true,
+            pull: Some(Duration::from_secs(1)),
+            start: StartScript::Ready(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// What a task does with one call, chosen by its input: `ok`, `slow:<ms>`, `crash`, `oom`,
+/// `hang`, or anything else (answered at once, echoing the input).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskInput {
+    /// Answers after this long.
+    Answer(Duration),
+    /// Exits with code 3 without answering.
+    Crash,
+    /// Is killed for running out of memory, without answering.
+    Oom,
+    /// Never answers.
+    Hang,
+}
+
+impl TaskInput {
+    pub fn parse(input: &[u8]) -> TaskInput {
+        match input {
+            b"crash" => TaskInput::Crash,
+            b"oom" => TaskInput::Oom,
+            b"hang" => TaskInput::Hang,
+            other => {
+                let ms = std::str::from_utf8(other)
+                    .ok()
+                    .and_then(|s| s.strip_prefix("slow:"))
+                    .and_then(|ms| ms.parse().ok())
+                    .unwrap_or(0);
+                TaskInput::Answer(Duration::from_millis(ms))
+            }
+        }
+    }
+}
+
+/// One fake container, for the tests to inspect.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemContainer {
+    pub id: String,
+    pub image: String,
+    pub labels: HashMap<String, String>,
+    pub milli_cpu: u64,
+    pub mem_mb: u64,
+    pub state: MemState,
+    /// Calls the task received.
+    pub calls: u64,
+    /// Whether it printed the ready line.
+    pub became_ready: bool,
+    /// When it was created (virtual time under a paused clock).
+    pub created_at: tokio::time::Instant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MemState {
+    Created,
+    Running,
+    Exited(ExitState),
+}
+
+/// A container that left the engine, with what it did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Removed {
+    pub container: MemContainer,
+    /// Removed by [`MemoryEngine::kill_from_outside`], not by the executor.
+    pub from_outside: bool,
+    pub removed_at: tokio::time::Instant,
+}
+
+#[derive(Default)]
+struct State {
+    images: HashMap<String, ImageScript>,
+    containers: HashMap<String, MemContainer>,
+    removed: Vec<Removed>,
+    next_id: u64,
+    unreachable: bool,
+    /// Removals that fail from now on, before they succeed again.
+    failing_removals: u32,
+    pulls_now: usize,
+    pulls_max: usize,
+    pulls_total: usize,
+}
+
+/// What the event stream carries: a container that stopped or left, or a lost connection.
+#[derive(Clone, Debug)]
+enum Event {
+    Exit {
+        id: String,
+        labels: HashMap<String, String>,
+    },
+    Disconnected,
+}
+
+/// The in-memory engine. Clones share one state.
+#[derive(Clone)]
+pub struct MemoryEngine {
+    state: Arc<Mutex<State>>,
+    events: broadcast::Sender<Event>,
+    runtimes: Vec<String>,
+}
+
+impl Default for MemoryEngine {
+    fn default() -> Self {
+        MemoryEngine::new()
+    }
+}
+
+fn unreachable_error() -> EngineError {
+    EngineError::Unreachable("the in-memory engine is unreachable (injected)".into())
+}
+
+impl MemoryEngine {
+    pub fn new() -> MemoryEngine {
+        MemoryEngine {
+            state: Arc::new(Mutex::new(State::default())),
+            events: broadcast::channel(4096).0,
+            runtimes: vec!["runc".into()],
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Declares an image and how its task starts.
+    pub fn add_image(&self, image: &str, script: ImageScript) {
+        self.lock().images.insert(image.to_string(), script);
+    }
+
+    /// Makes every engine call fail (and the event stream break) until called with false.
+    pub fn set_unreachable(&self, unreachable: bool) {
+        self.lock().unreachable = unreachable;
+        if unreachable {
+            let _ = self.events.send(Event::Disconnected);
+        }
+    }
+
+    /// Makes the next `n` removals fail (the container stays).
+    pub fn fail_removals(&self, n: u32) {
+        self.lock().failing_removals = n;
+    }
+
+    /// Removes a container as `docker rm -f` from outside would. False if there was none.
+    pub fn kill_from_outside(&self, id: &str) -> bool {
+        let mut state = self.lock();
+        let Some(container) = state.containers.remove(id) else {
+            return false;
+        };
+        let labels = container.labels.clone();
+        state.removed.push(Removed {
+            container,
+            from_outside: true,
+            removed_at: tokio::time::Instant::now(),
+        });
+        drop(state);
+        let _ = self.events.send(Event::Exit {
+            id: id.to_string(),
+            labels,
+        });
+        true
+    }
+
+    /// The containers in the engine now (any state).
+    pub fn containers(&self) -> Vec<MemContainer> {
+        let mut list: Vec<MemContainer> = self.lock().containers.values().cloned().collect();
+        list.sort_by(|a, b| a.id.cmp(&b.id));
+        list
+    }
+
+    /// Every container removed so far, in order.
+    pub fn removed(&self) -> Vec<Removed> {
+        self.lock().removed.clone()
+    }
+
+    /// Pulls running now, the most that ever ran at once, and how many there were.
+    pub fn pulls(&self) -> (usize, usize, usize) {
+        let state = self.lock();
+        (state.pulls_now, state.pulls_max, state.pulls_total)
+    }
+
+    /// Milli-cores and MB of the containers in the engine (created and not removed).
+    pub fn live_demand(&self) -> (u64, u64) {
+        self.lock()
+            .containers
+            .values()
+            .fold((0, 0), |(c, m), x| (c + x.milli_cpu, m + x.mem_mb))
+    }
+
+    fn check_reachable(&self) -> Result<(), EngineError> {
+        if self.lock().unreachable {
+            Err(unreachable_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Marks a running container exited and tells the event stream.
+    fn exit(&self, id: &str, state: ExitState) {
+        let mut guard = self.lock();
+        let Some(container) = guard.containers.get_mut(id) else {
+            return;
+        };
+        container.state = MemState::Exited(state);
+        let labels = container.labels.clone();
+        drop(guard);
+        let _ = self.events.send(Event::Exit {
+            id: id.to_string(),
+            labels,
+        });
+    }
+
+    fn running(&self, id: &str) -> bool {
+        matches!(
+            self.lock().containers.get(id).map(|c| c.state),
+            Some(MemState::Running)
+        )
+    }
+}
+
+#[async_trait]
+impl Engine for MemoryEngine {
+    async fn image_present(&self, image: &str) -> Result<bool, EngineError> {
+        self.check_reachable()?;
+        Ok(self.lock().images.get(image).is_some_and(|s| s.present))
+    }
+
+    async fn pull(&self, image: &str) -> Result<(), EngineError> {
+        self.check_reachable()?;
+        let script = self.lock().images.get(image).cloned();
+        let unavailable = |detail: &str| EngineError::ImageUnavailable {
+            image: image.to_string(),
+            detail: detail.to_string(),
+        };
+        let Some(script) = script else {
+            return Err(unavailable("no such image in the registry"));
+        };
+        {
+            let mut state = self.lock();
+            state.pulls_now += 1;
+            state.pulls_total += 1;
+            state.pulls_max = state.pulls_max.max(state.pulls_now);
+        }
+        struct Done<'a>(&'a MemoryEngine);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.lock().pulls_now -= 1;
+            }
+        }
+        let _done = Done(self);
+        match script.pull {
+            Some(after) => {
+                tokio::time::sleep(after).await;
+                if let Some(s) = self.lock().images.get_mut(image) {
+                    s.present = true;
+                }
+                Ok(())
+            }
+            None => Err(unavailable("pull refused (scripted)")),
+        }
+    }
+
+    async fn create(&self, spec: &ContainerSpec) -> Result<String, EngineError> {
+        self.check_reachable()?;
+        let mut state = self.lock();
+        if !state.images.get(&spec.image).is_some_and(|s| s.present) {
+            return Err(EngineError::Api(format!("No such image: {}", spec.image)));
+        }
+        state.next_id += 1;
+        let id = format!("mem-{:04}", state.next_id);
+        state.containers.insert(
+            id.clone(),
+            MemContainer {
+                id: id.clone(),
+                image: spec.image.clone(),
+                labels: spec.labels.clone(),
+                milli_cpu: (spec.nano_cpus / 1_000_000) as u64,
+                mem_mb: (spec.memory_bytes / (1024 * 1024)) as u64,
+                state: MemState::Created,
+                calls: 0,
+                became_ready: false,
+                created_at: tokio::time::Instant::now(),
+            },
+        );
+        Ok(id)
+    }
+
+    async fn start_and_wait_ready(
+        &self,
+        id: &str,
+        spec: &ContainerSpec,
+        deadline: Duration,
+    ) -> Result<SocketAddr, EngineError> {
+        self.check_reachable()?;
+        let script = {
+            let mut state = self.lock();
+            let script = state.images.get(&spec.image).cloned().unwrap_or_default();
+            match state.containers.get_mut(id) {
+                Some(c) => c.state = MemState::Running,
+                None => return Err(EngineError::NoSuchContainer(id.to_string())),
+            }
+            script
+        };
+        let gone = || EngineError::Api("the container was removed while it started".into());
+        match script.start {
+            StartScript::Ready(after) if after <= deadline => {
+                tokio::time::sleep(after).await;
+                let mut state = self.lock();
+                match state.containers.get_mut(id) {
+                    Some(c) if c.state == MemState::Running => c.became_ready = true,
+                    _ => return Err(gone()),
+                }
+                let n: u16 = id.trim_start_matches("mem-").parse().unwrap_or(0);
+                // A loopback address that is never connected to: calls stay in memory.
+                Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, n)))
+            }
+            StartScript::Exit(after, code) if after <= deadline => {
+                tokio::time::sleep(after).await;
+                let state = ExitState {
+                    code,
+                    oom_killed: false,
+                    memory_limit_mb: None,
+                };
+                if !self.running(id) {
+                    return Err(gone());
+                }
+                self.exit(id, state);
+                Err(EngineError::ExitedBeforeReady {
+                    state,
+                    output: "exiting on purpose (scripted)".into(),
+                })
+            }
+            _ => {
+                tokio::time::sleep(deadline).await;
+                Err(EngineError::ReadyTimeout(deadline))
+            }
+        }
+    }
+
+    async fn exit_state(&self, id: &str) -> Result<Option<ExitState>, EngineError> {
+        self.check_reachable()?;
+        match self.lock().containers.get(id).map(|c| c.state) {
+            Some(MemState::Exited(state)) => Ok(Some(state)),
+            Some(_) => Ok(None),
+            None => Err(EngineError::NoSuchContainer(id.to_string())),
+        }
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), EngineError> {
+        let mut state = self.lock();
+        if state.unreachable {
+            return Err(unreachable_error());
+        }
+        if state.failing_removals > 0 {
+            state.failing_removals -= 1;
+            return Err(EngineError::Api("removal failed (injected)".into()));
+        }
+        let Some(container) = state.containers.remove(id) else {
+            return Ok(());
+        };
+        let labels = container.labels.clone();
+        state.removed.push(Removed {
+            container,
+            from_outside: false,
+            removed_at: tokio::time::Instant::now(),
+        });
+        drop(state);
+        let _ = self.events.send(Event::Exit {
+            id: id.to_string(),
+            labels,
+        });
+        Ok(())
+    }
+
+    async fn list_labelled(&self, key: &str, value: &str) -> Result<Vec<String>, EngineError> {
+        self.check_reachable()?;
+        let state = self.lock();
+        let mut ids: Vec<String> = state
+            .containers
+            .values()
+            .filter(|c| c.labels.get(key).map(String::as_str) == Some(value))
+            .map(|c| c.id.clone())
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    async fn running_labelled(&self, key: &str, value: &str) -> Result<Vec<String>, EngineError> {
+        self.check_reachable()?;
+        let state = self.lock();
+        let mut ids: Vec<String> = state
+            .containers
+            .values()
+            .filter(|c| c.state == MemState::Running)
+            .filter(|c| c.labels.get(key).map(String::as_str) == Some(value))
+            .map(|c| c.id.clone())
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    fn container_exits(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> BoxStream<'static, Result<String, EngineError>> {
+        let (key, value) = (key.to_string(), value.to_string());
+        if self.lock().unreachable {
+            return futures_util::stream::once(async { Err(unreachable_error()) }).boxed();
+        }
+        let receiver = self.events.subscribe();
+        futures_util::stream::unfold(Some(receiver), move |receiver| {
+            let (key, value) = (key.clone(), value.clone());
+            async move {
+                let mut receiver = receiver?;
+                loop {
+                    match receiver.recv().await {
+                        Ok(Event::Exit { id, labels }) => {
+                            if labels.get(&key) == Some(&value) {
+                                return Some((Ok(id), Some(receiver)));
+                            }
+                        }
+                        Ok(Event::Disconnected) => return Some((Err(unreachable_error()), None)),
+                        Err(broadcast::error::RecvError::Lagged(_)) => {
+                            return Some((Err(unreachable_error()), None))
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    }
+                }
+            }
+        })
+        .boxed()
+    }
+
+    async fn runtimes(&self) -> Result<Vec<String>, EngineError> {
+        self.check_reachable()?;
+        Ok(self.runtimes.clone())
+    }
+
+    async fn ensure_internal_network(
+        &self,
+        _name: &str,
+        _labels: &HashMap<String, String>,
+    ) -> Result<bool, EngineError> {
+        self.check_reachable()?;
+        Ok(true)
+    }
+
+    async fn remove_network(&self, _name: &str) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    fn task_client(&self, id: &str, addr: SocketAddr, _max: usize) -> Arc<dyn TaskCall> {
+        Arc::new(MemTask {
+            engine: self.clone(),
+            id: id.to_string(),
+            addr,
+        })
+    }
+}
+
+/// Calls to a task of the in-memory engine.
+struct MemTask {
+    engine: MemoryEngine,
+    id: String,
+    addr: SocketAddr,
+}
+
+impl std::fmt::Debug for MemTask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemTask").field("id", &self.id).finish()
+    }
+}
+
+#[async_trait]
+impl TaskCall for MemTask {
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    async fn call(
+        &self,
+        _call: Call,
+        input: Bytes,
+        timeout: Duration,
+    ) -> Result<Answer, CallError> {
+        {
+            let mut state = self.engine.lock();
+            match state.containers.get_mut(&self.id) {
+                Some(c) if c.state == MemState::Running => c.calls += 1,
+                _ => return Err(CallError::Transport("connection refused".into())),
+            }
+        }
+        let refused = || CallError::Transport("connection reset by peer".into());
+        let exchange = async {
+            match TaskInput::parse(&input) {
+                TaskInput::Answer(after) => {
+                    tokio::time::sleep(after).await;
+                    if !self.engine.running(&self.id) {
+                        return Err(refused());
+                    }
+                    Ok(Answer {
+                        status: hyper::StatusCode::OK,
+                        body: input.clone(),
+                    })
+                }
+                TaskInput::Crash | TaskInput::Oom => {
+                    let oom = TaskInput::parse(&input) == TaskInput::Oom;
+                    self.engine.exit(
+                        &self.id,
+                        ExitState {
+                            code: if oom { 137 } else { 3 },
+                            oom_killed: oom,
+                            memory_limit_mb: None,
+                        },
+                    );
+                    Err(refused())
+                }
+                TaskInput::Hang => std::future::pending().await,
+            }
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| CallError::Timeout(timeout))?
+    }
+}

@@ -1,0 +1,300 @@
+//! Regression tests of the executor's policy on the in-memory engine and tokio's paused
+//! clock: one scripted scenario per defect the simulator was built to catch. Each would fail
+//! on the code before its fix. (What Docker does is proven against a real dockerd elsewhere.)
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use mecanywhere_executor::config::Config;
+use mecanywhere_executor::engine::memory::{ImageScript, MemoryEngine, StartScript};
+use mecanywhere_executor::executor::{ExecError, Executor, TaskRequest};
+use mecanywhere_executor::host::{Host, HostCapacity};
+use mecanywhere_executor::resources::Demand;
+use mecanywhere_executor::task::{Runtime, TaskKey};
+
+fn key(image: &str, milli_cpu: u64, mem_mb: u64) -> TaskKey {
+    TaskKey {
+        image: image.to_string(),
+        runtime: Runtime::Container,
+        demand: Demand { milli_cpu, mem_mb },
+        gpu_count: 0,
+        use_sgx: false,
+    }
+}
+
+fn request(key: &TaskKey, input: &str) -> TaskRequest {
+    TaskRequest {
+        key: key.clone(),
+        input: Bytes::from(input.to_string()),
+    }
+}
+
+/// An executor on the in-memory engine with `images` (each ready `start` after starting).
+async fn executor(config: Config, images: &[(&str, ImageScript)]) -> (Arc<Executor>, MemoryEngine) {
+    let engine = MemoryEngine::new();
+    for (image, script) in images {
+        engine.add_image(image, script.clone());
+    }
+    let host = Host::fixed(HostCapacity {
+        cores: 16,
+        mem_mb: 64 * 1024,
+    });
+    let executor = Executor::start_on(
+        host,
+        Config {
+            name: "policy".into(),
+            ..config
+        },
+        Arc::new(engine.clone()),
+        Box::new(|| Err(mecanywhere_executor::gpu::GpuError("none".into()))),
+    )
+    .await
+    .unwrap();
+    (executor, engine)
+}
+
+fn ready_after(ms: u64) -> ImageScript {
+    ImageScript {
+        start: StartScript::Ready(Duration::from_millis(ms)),
+        ..ImageScript::default()
+    }
+}
+
+/// The value of one series of `/metrics`, 0 when absent.
+fn metric(executor: &Executor, series: &str) -> f64 {
+    executor
+        .metrics_text()
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Defect: a new container entered the pool idle and woke the starts waiting for room, one
+/// of which could evict it before the request that started it used it.
+#[tokio::test(start_paused = true)]
+async fn a_new_container_serves_the_request_that_started_it_before_it_can_be_evicted() {
+    let config = Config {
+        cpu: 2.0,
+        mem_mb: 4096,
+        ..Config::default()
+    };
+    let (ex, engine) = executor(
+        config,
+        &[("a:v1", ready_after(1_000)), ("b:v1", ready_after(10))],
+    )
+    .await;
+    let small = key("a:v1", 1000, 128);
+    let large = key("b:v1", 2000, 128);
+    // `small` starts (1 s); meanwhile `large` needs the whole budget and waits for room.
+    let first = tokio::spawn({
+        let ex = Arc::clone(&ex);
+        let r = request(&small, "slow:500");
+        async move { ex.execute(r).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = tokio::spawn({
+        let ex = Arc::clone(&ex);
+        let r = request(&large, "ok");
+        async move { ex.execute(r).await }
+    });
+    assert_eq!(first.await.unwrap().unwrap(), "slow:500");
+    assert_eq!(second.await.unwrap().unwrap(), "ok");
+    let gone = engine.removed();
+    let small_container = gone
+        .iter()
+        .find(|r| r.container.image == "a:v1")
+        .expect("the small container was evicted for the large one");
+    assert_eq!(
+        small_container.container.calls, 1,
+        "evicted before it served its starter"
+    );
+}
+
+/// Defect: start failures were strings, so a queue timeout was counted as `start_failed`.
+#[tokio::test(start_paused = true)]
+async fn a_queue_timeout_is_counted_as_one_for_the_starter_and_its_waiters() {
+    let config = Config {
+        cpu: 1.0,
+        mem_mb: 4096,
+        queue_timeout: Duration::from_secs(1),
+        ..Config::default()
+    };
+    let (ex, _engine) = executor(
+        config,
+        &[("a:v1", ready_after(10)), ("b:v1", ready_after(10))],
+    )
+    .await;
+    let busy = tokio::spawn({
+        let ex = Arc::clone(&ex);
+        let r = request(&key("a:v1", 1000, 128), "slow:5000");
+        async move { ex.execute(r).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let b = key("b:v1", 1000, 128);
+    let (starter, waiter) =
+        tokio::join!(ex.execute(request(&b, "ok")), ex.execute(request(&b, "ok")));
+    for result in [starter, waiter] {
+        assert!(
+            matches!(&result, Err(e) if e.outcome() == "queue_timeout"),
+            "{result:?}"
+        );
+        assert!(result
+            .unwrap_err()
+            .to_string()
+            .contains("no room for the task"));
+    }
+    assert_eq!(
+        metric(&ex, "meca_requests_total{outcome=\"queue_timeout\"}"),
+        2.0
+    );
+    assert_eq!(
+        metric(&ex, "meca_requests_total{outcome=\"start_failed\"}"),
+        0.0
+    );
+    busy.await.unwrap().unwrap();
+}
+
+/// Defect: when the engine failed to remove a container, its reservation was released
+/// while it might still run: the budget over-committed.
+#[tokio::test(start_paused = true)]
+async fn a_container_the_engine_fails_to_remove_stays_reserved_until_it_is_gone() {
+    let config = Config {
+        cpu: 2.0,
+        mem_mb: 4096,
+        idle_timeout: Duration::from_secs(1),
+        ..Config::default()
+    };
+    let (ex, engine) = executor(config, &[("a:v1", ready_after(10))]).await;
+    ex.execute(request(&key("a:v1", 1500, 256), "ok"))
+        .await
+        .unwrap();
+    engine.fail_removals(1000);
+    // Reaped after its idle second; the removal fails.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(engine.containers().len(), 1, "the container is still there");
+    assert_eq!(
+        ex.budget().used,
+        Demand {
+            milli_cpu: 1500,
+            mem_mb: 256
+        }
+    );
+    assert_eq!(
+        metric(&ex, "meca_containers{state=\"removal_failed\"}"),
+        1.0
+    );
+    assert_eq!(ex.stats().unwrap().containers, 1);
+    // A start that needs the room cannot have it while the container lingers.
+    let refused = ex.execute(request(&key("a:v1", 1000, 128), "ok"));
+    let refused = tokio::time::timeout(Duration::from_secs(120), refused)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&refused, Err(e) if e.outcome() == "queue_timeout"),
+        "{refused:?}"
+    );
+    // Once the engine removes it (retries back off up to 30 s), the room is free again.
+    engine.fail_removals(0);
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    assert!(engine.containers().is_empty());
+    assert_eq!(
+        ex.budget().used,
+        Demand {
+            milli_cpu: 0,
+            mem_mb: 0
+        }
+    );
+    assert_eq!(
+        metric(&ex, "meca_containers{state=\"removal_failed\"}"),
+        0.0
+    );
+    ex.shutdown().await;
+}
+
+/// Defect: each new image was pulled at once, so N new images meant N parallel pulls.
+#[tokio::test(start_paused = true)]
+async fn pulls_are_capped_and_a_queued_pull_counts_against_the_pull_timeout() {
+    let config = Config {
+        cpu: 16.0,
+        mem_mb: 16 * 1024,
+        max_concurrent_pulls: 2,
+        pull_timeout: Duration::from_secs(5),
+        ..Config::default()
+    };
+    let absent = |pull_ms: u64| ImageScript {
+        present: false,
+        pull: Some(Duration::from_millis(pull_ms)),
+        start: StartScript::Ready(Duration::from_millis(10)),
+    };
+    let images: Vec<(String, ImageScript)> = (0..6)
+        .map(|i| (format!("new-{i}:v1"), absent(2_000)))
+        .collect();
+    let images: Vec<(&str, ImageScript)> = images
+        .iter()
+        .map(|(i, s)| (i.as_str(), s.clone()))
+        .collect();
+    let (ex, engine) = executor(config, &images).await;
+    let started = Instant::now();
+    let results = futures_util::future::join_all(
+        (0..6).map(|i| ex.execute(request(&key(&format!("new-{i}:v1"), 1000, 128), "ok"))),
+    )
+    .await;
+    let (_, most_at_once, total) = engine.pulls();
+    assert_eq!(most_at_once, 2, "pulls ran {most_at_once} at once");
+    // Two pulls of 2 s each fit in the 5 s pull timeout, queue included; the third pair
+    // would finish at 6 s and was given up at 5 s, without being pulled.
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(ok, 4, "{results:?}");
+    for r in results.iter().filter(|r| r.is_err()) {
+        let e = r.as_ref().unwrap_err();
+        assert!(e.to_string().contains("timed out after 5s"), "{e}");
+    }
+    assert_eq!(
+        total, 6,
+        "the last two began at 4 s and were given up at 5 s"
+    );
+    assert!(started.elapsed() < Duration::from_secs(6));
+    ex.shutdown().await;
+}
+
+/// Waiting starts are served in order: a large request is not starved by a stream of small
+/// ones that would each fit the room freed by the one before.
+#[tokio::test(start_paused = true)]
+async fn a_large_request_is_not_starved_by_a_stream_of_small_ones() {
+    let config = Config {
+        cpu: 2.0,
+        mem_mb: 4096,
+        queue_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_millis(100),
+        ..Config::default()
+    };
+    let images: Vec<(String, ImageScript)> = (0..40)
+        .map(|i| (format!("small-{i}:v1"), ready_after(10)))
+        .collect();
+    let mut all: Vec<(&str, ImageScript)> = images
+        .iter()
+        .map(|(i, s)| (i.as_str(), s.clone()))
+        .collect();
+    all.push(("large:v1", ready_after(10)));
+    let (ex, _engine) = executor(config, &all).await;
+    // Small 1-core tasks arrive every 500 ms and run 1 s each: at least one always runs.
+    let mut smalls = Vec::new();
+    for i in 0..40 {
+        let ex = Arc::clone(&ex);
+        let r = request(&key(&format!("small-{i}:v1"), 1000, 128), "slow:1000");
+        smalls.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500 * i)).await;
+            ex.execute(r).await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(750)).await;
+    let large = ex.execute(request(&key("large:v1", 2000, 128), "ok")).await;
+    assert_eq!(large.map_err(|e| e.to_string()), Ok(Bytes::from("ok")));
+    for small in smalls {
+        let result: Result<Bytes, ExecError> = small.await.unwrap();
+        assert!(result.is_ok(), "{result:?}");
+    }
+}
