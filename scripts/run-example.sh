@@ -26,4 +26,5 @@ mecanywhere-executor is starting on 127.0.0.1:2591. In another terminal:
   curl http://127.0.0.1:2591/stats
 
 HELP
-target/release/mecanywhere-executor --listen 127.0.0.1:2591 "$@"
+# Listens on 127.0.0.1:2591 (the default) unless a config or --listen says otherwise.
+target/release/mecanywhere-executor "$@"

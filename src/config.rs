@@ -82,6 +82,11 @@ struct RawConfig {
     task_tty: Option<bool>,
     auth_token: Option<String>,
     prewarm: Option<Vec<RawPrewarm>>,
+    listen: Option<String>,
+    max_connections: Option<u32>,
+    max_requests_in_flight: Option<u32>,
+    header_read_timeout: Option<String>,
+    idle_connection_timeout: Option<String>,
 }
 
 /// One `prewarm:` entry as written.
@@ -163,7 +168,20 @@ pub struct Config {
     pub auth_token: Option<String>,
     /// Task keys kept ready ahead of demand.
     pub prewarm: Vec<Prewarm>,
+    /// Address the API is served on (`--listen` overrides it).
+    pub listen: std::net::SocketAddr,
+    /// Client connections open at once; more wait to be accepted.
+    pub max_connections: u32,
+    /// Requests being served at once; more are answered 503.
+    pub max_requests_in_flight: u32,
+    /// How long a client may take to send a request's headers once it began.
+    pub header_read_timeout: Duration,
+    /// How long a keep-alive client connection may sit without a request.
+    pub idle_connection_timeout: Duration,
 }
+
+/// The default API address: loopback only. Exposing the executor is a decision (see README).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:2591";
 
 /// Limits applied to every task container.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -216,6 +234,11 @@ impl Default for Config {
             task_tty: true,
             auth_token: None,
             prewarm: Vec::new(),
+            listen: DEFAULT_LISTEN.parse().expect("a valid address"),
+            max_connections: 1024,
+            max_requests_in_flight: 512,
+            header_read_timeout: Duration::from_secs(10),
+            idle_connection_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -485,6 +508,35 @@ impl Config {
             }
             c.prewarm.push(Prewarm { key });
         }
+        if let Some(listen) = raw.listen {
+            c.listen = listen.trim().parse().map_err(|_| {
+                invalid(
+                    "listen",
+                    format!("{listen:?}: use an address and port like \"127.0.0.1:2591\""),
+                )
+            })?;
+        }
+        if let Some(n) = raw.max_connections {
+            if !(1..=1_000_000).contains(&n) {
+                return Err(invalid("max_connections", format!("{n}: use 1 to 1000000")));
+            }
+            c.max_connections = n;
+        }
+        if let Some(n) = raw.max_requests_in_flight {
+            if !(1..=1_000_000).contains(&n) {
+                return Err(invalid(
+                    "max_requests_in_flight",
+                    format!("{n}: use 1 to 1000000"),
+                ));
+            }
+            c.max_requests_in_flight = n;
+        }
+        if let Some(d) = raw.header_read_timeout {
+            c.header_read_timeout = duration("header_read_timeout", &d)?;
+        }
+        if let Some(d) = raw.idle_connection_timeout {
+            c.idle_connection_timeout = duration("idle_connection_timeout", &d)?;
+        }
         if c.internal_network && c.publish_task_ports {
             return Err(invalid(
                 "internal_network",
@@ -608,6 +660,14 @@ mod tests {
             ("log_max_files: 0\n", "log_max_files"),
             ("auth_token: \"\"\n", "auth_token"),
             ("max_concurrent_pulls: 0\n", "max_concurrent_pulls"),
+            ("listen: everywhere\n", "listen"),
+            ("max_connections: 0\n", "max_connections"),
+            ("max_requests_in_flight: 0\n", "max_requests_in_flight"),
+            ("header_read_timeout: 0s\n", "header_read_timeout"),
+            (
+                "idle_connection_timeout: forever\n",
+                "idle_connection_timeout",
+            ),
             // Numbers that would overflow clock or size arithmetic.
             ("queue_timeout: 500000000000y\n", "queue_timeout"),
             ("idle_timeout: 366days\n", "idle_timeout"),

@@ -2,7 +2,6 @@
 //! (start, serve, stop on `/stop` or SIGINT/SIGTERM with every task container removed).
 
 use std::ffi::OsString;
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,9 +24,9 @@ struct Cli {
     /// YAML config file [default: ./mecanywhere_executor.yaml when present]
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Address to serve the API on.
-    #[arg(long, default_value = "0.0.0.0:2591")]
-    listen: SocketAddr,
+    /// Address to serve the API on [default: `listen` in the config, else 127.0.0.1:2591]
+    #[arg(long)]
+    listen: Option<SocketAddr>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -136,6 +135,12 @@ async fn main() -> ExitCode {
         Some(p) => tracing::info!(file = %p.display(), "config loaded"),
         None => tracing::info!("no config file: using defaults"),
     }
+    let config_listen = config.listen;
+    let limits = mecanywhere_executor::api::server::Limits {
+        max_connections: config.max_connections as usize,
+        header_read_timeout: config.header_read_timeout,
+        idle_connection_timeout: config.idle_connection_timeout,
+    };
     let engine = match DockerEngine::connect().await {
         Ok(engine) => engine,
         Err(e) => {
@@ -153,37 +158,40 @@ async fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let listener = match tokio::net::TcpListener::bind(cli.listen).await {
+    let listen = cli.listen.unwrap_or(config_listen);
+    let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("mecanywhere-executor: cannot listen on {}: {e}", cli.listen);
+            eprintln!("mecanywhere-executor: cannot listen on {listen}: {e}");
             executor.shutdown().await;
             return ExitCode::from(1);
         }
     };
-    tracing::info!(addr = %cli.listen, "listening");
+    tracing::info!(addr = %listen, "listening");
+    if !listen.ip().is_loopback() && executor.config().auth_token.is_none() {
+        tracing::warn!(
+            addr = %listen,
+            "listening beyond this host without auth_token: anyone who can reach this address \
+             can run any image here, pause or stop the executor; set auth_token (or \
+             MECANYWHERE_EXECUTOR_TOKEN) or listen on 127.0.0.1"
+        );
+    }
 
     let stop = CancellationToken::new();
     tokio::spawn(shutdown_signal(stop.clone()));
     let app = mecanywhere_executor::api::router(Arc::clone(&executor), stop.clone());
-    // Small request/answer exchanges: never hold a segment back (Nagle).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    let server = axum::serve(listener, app)
-        .with_graceful_shutdown(stop.clone().cancelled_owned())
-        .into_future();
-    let server = tokio::spawn(server);
+    let server = tokio::spawn(mecanywhere_executor::api::server::serve(
+        listener,
+        app,
+        limits,
+        stop.clone(),
+        Duration::from_secs(10),
+    ));
 
     stop.cancelled().await;
     executor.shutdown().await;
-    match tokio::time::timeout(Duration::from_secs(10), server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => tracing::error!(error = %e, "server error"),
-        Ok(Err(e)) => tracing::error!(error = %e, "server task failed"),
-        Err(_) => tracing::warn!("open connections did not close within 10s"),
+    if let Err(e) = server.await {
+        tracing::error!(error = %e, "server task failed");
     }
     tracing::info!("stopped");
     ExitCode::SUCCESS
@@ -202,7 +210,7 @@ mod tests {
         assert_eq!(cli.config, Some(PathBuf::from("a.yaml")));
         let cli = parse(&["x", "-config=b.yaml", "--listen", "127.0.0.1:1"]);
         assert_eq!(cli.config, Some(PathBuf::from("b.yaml")));
-        assert_eq!(cli.listen, "127.0.0.1:1".parse().unwrap());
-        assert_eq!(parse(&["x"]).listen, "0.0.0.0:2591".parse().unwrap());
+        assert_eq!(cli.listen, Some("127.0.0.1:1".parse().unwrap()));
+        assert_eq!(parse(&["x"]).listen, None);
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod fields;
 pub mod request;
+pub mod server;
 
 use std::sync::Arc;
 
@@ -34,6 +35,10 @@ struct AppState {
 /// `/health` requires `Authorization: Bearer <token>`.
 pub fn router(executor: Arc<Executor>, stop: CancellationToken) -> Router {
     let config = executor.config();
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(
+        config.max_requests_in_flight as usize,
+    ));
+    let max_in_flight = config.max_requests_in_flight;
     let mut protected = Router::new()
         .route("/", post(execute))
         .route("/stats", get(stats))
@@ -41,7 +46,10 @@ pub fn router(executor: Arc<Executor>, stop: CancellationToken) -> Router {
         .route("/pause", post(pause))
         .route("/unpause", post(unpause))
         .route("/update-config", post(update_config))
-        .route("/stop", post(stop_executor));
+        .route("/stop", post(stop_executor))
+        .layer(middleware::from_fn(move |request, next| {
+            limit_in_flight(Arc::clone(&in_flight), max_in_flight, request, next)
+        }));
     if let Some(token) = config.auth_token.clone() {
         let token: Arc<[u8]> = token.into_bytes().into();
         protected = protected.layer(middleware::from_fn(move |request, next| {
@@ -52,6 +60,31 @@ pub fn router(executor: Arc<Executor>, stop: CancellationToken) -> Router {
         .route("/health", get(health))
         .layer(DefaultBodyLimit::max(config.max_request_bytes))
         .with_state(AppState { executor, stop })
+}
+
+/// Serves the request if fewer than `max` are being served, else answers 503 at once.
+async fn limit_in_flight(
+    slots: Arc<tokio::sync::Semaphore>,
+    max: u32,
+    request: Request,
+    next: Next,
+) -> Response {
+    match slots.try_acquire_owned() {
+        Ok(_slot) => next.run(request).await,
+        Err(_) => {
+            let mut response = outcome(
+                StatusCode::SERVICE_UNAVAILABLE,
+                false,
+                &format!(
+                    "executor busy: {max} requests are being served (max_requests_in_flight); retry later"
+                ),
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            response
+        }
+    }
 }
 
 /// Lets the request through only with the right bearer token (compared in constant time).
