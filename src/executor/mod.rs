@@ -1,44 +1,55 @@
 //! The executor: admission, warm-pool lookup, cold starts, the task call, and the control
 //! operations (pause, unpause, update-config, stats, stop).
 //!
-//! Owns the policy that ties the pool, the budget and the engine together. It holds no lock
-//! across an `.await`: the pool and the budget are synchronous, and each cold start runs as
-//! its own task so that no key ever waits for another. HTTP lives in `api`, Docker in
-//! `engine`; this module sees neither wire format.
+//! Ties the pool, the budget and the engine together through components that each own
+//! their state and do one job: `Context` (shared handles), `Admission`, `Gpus`, `Pulls`,
+//! `Room` (reserving, eviction, the idle reaper), `Starter` (cold starts and their pause),
+//! `Removals` (taking containers down, broken containers), `Watcher` and `Prewarmer`. [`Executor`] composes them, serves requests and the control
+//! operations, and starts the background tasks, each holding only the component it runs.
+//! Nothing holds a lock across an `.await`: the pool and the budget are synchronous, and
+//! each cold start runs as its own task so that no key ever waits for another. HTTP lives in
+//! `api`, Docker in `engine`; this module sees neither wire format.
 
-mod broken;
+mod admission;
+mod context;
 mod error;
+mod gpus;
 mod prewarm;
+mod pulls;
 mod queue;
-mod reaper;
+mod removals;
+mod room;
 mod start;
 mod watcher;
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use bytes::Bytes;
-use futures_util::future::{BoxFuture, Shared};
-use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 pub use error::ExecError;
+pub use gpus::GpuLoader;
 
 use crate::config::Config;
-use crate::engine::{Engine, EngineError, LABEL_EXECUTOR};
-use crate::gpu::{GpuError, GpuInventory, GpuMonitor};
+use crate::engine::{Engine, LABEL_EXECUTOR};
 use crate::host::{Host, HostCapacity};
 use crate::metrics::Metrics;
 use crate::pool::{Lease, Lookup, Pool, StartOutcome};
 use crate::resources::{cores_to_milli, Budget, Demand};
-use crate::task::{Call, Runtime, TaskKey};
+use crate::task::{Call, TaskKey};
 use crate::task_client::CallError;
+use admission::Admission;
+use context::Context;
+use gpus::Gpus;
+use prewarm::Prewarmer;
+use pulls::Pulls;
+use removals::Removals;
+use room::Room;
+use start::Starter;
+use watcher::Watcher;
 
 /// How long pause lets in-flight requests finish before removing their container.
 const PAUSE_DRAIN_LIMIT: Duration = Duration::from_secs(30);
@@ -90,52 +101,19 @@ pub fn task_budget(config: &Config, host: HostCapacity) -> Demand {
     }
 }
 
-/// A pull in progress, awaited by every start that needs its image.
-type SharedPull = Shared<BoxFuture<'static, Result<(), EngineError>>>;
-
-/// Opens the host's GPU inventory (NVML in production); called when `has_gpu` turns on.
-pub type GpuLoader = Box<dyn Fn() -> Result<Arc<dyn GpuInventory>, GpuError> + Send + Sync>;
-
 pub struct Executor {
-    engine: Arc<dyn Engine>,
-    gpu_loader: GpuLoader,
-    /// The GPUs in use while `has_gpu` is on and GPUs were found.
-    gpus: RwLock<Option<Arc<GpuMonitor>>>,
+    /// The handles every component shares (engine, config, metrics, stop, tracked work).
+    ctx: Context,
+    host: Host,
     pool: Arc<Pool>,
     budget: Arc<Budget>,
-    host: Host,
-    config: RwLock<Arc<Config>>,
-    /// OCI runtimes the engine reported at start or at the last config update.
-    runtimes: RwLock<Vec<String>>,
-    paused: AtomicBool,
-    closing: CancellationToken,
-    /// Cold starts and removals in progress; shutdown waits for them.
-    work: TaskTracker,
-    /// Container starts in progress (requests' and prewarm's); pause waits for them.
-    starts: TaskTracker,
-    /// Cancelled (and replaced) by pause: starts in progress give up and remove what they
-    /// created.
-    start_cancel: RwLock<CancellationToken>,
-    instance: String,
-    /// Pulls in progress, by image: starts that need the same image share one.
-    pulls: Mutex<HashMap<String, SharedPull>>,
-    /// Pull slots (`max_concurrent_pulls`): a pull waits for one within its timeout.
-    pull_slots: Arc<tokio::sync::Semaphore>,
+    gpus: Arc<Gpus>,
+    admission: Arc<Admission>,
+    room: Arc<Room>,
+    starter: Arc<Starter>,
+    removals: Arc<Removals>,
     /// The internal task network this executor owns (removed at shutdown).
     created_network: Option<String>,
-    /// Containers out of the pool whose removal is in progress.
-    retiring: AtomicUsize,
-    /// Containers the engine failed to remove, still reserved, removal retried.
-    removal_failed: Arc<AtomicUsize>,
-    metrics: Metrics,
-    /// Starts now waiting for budget room; prewarming yields to them.
-    waiting_for_room: AtomicUsize,
-    /// The order in which waiting starts get room.
-    room_queue: queue::RoomQueue,
-    /// Wakes the prewarm keeper (a start stopped waiting, unpause).
-    prewarm_wake: Notify,
-    /// When each prewarm key last failed to start for a reason other than room.
-    prewarm_failures: Mutex<HashMap<TaskKey, Instant>>,
 }
 
 impl Executor {
@@ -177,202 +155,92 @@ impl Executor {
             engine.remove(id).await?;
         }
         let runtimes = engine.runtimes().await?;
+        let has_gpu = config.has_gpu;
+        let prewarm = !config.prewarm.is_empty();
         let pull_slots = config.max_concurrent_pulls as usize;
-        let executor = Arc::new(Executor {
-            engine,
-            gpu_loader,
-            gpus: RwLock::new(None),
-            pool: Pool::new(),
-            budget: Budget::new(total),
-            host,
-            runtimes: RwLock::new(runtimes),
-            paused: AtomicBool::new(false),
-            closing: CancellationToken::new(),
-            work: TaskTracker::new(),
-            starts: TaskTracker::new(),
-            start_cancel: RwLock::new(CancellationToken::new()),
-            instance: uuid::Uuid::new_v4().to_string(),
-            config: RwLock::new(Arc::new(config)),
-            metrics: Metrics::new(),
-            pulls: Mutex::new(HashMap::new()),
-            pull_slots: Arc::new(tokio::sync::Semaphore::new(pull_slots)),
-            created_network,
-            retiring: AtomicUsize::new(0),
-            removal_failed: Arc::new(AtomicUsize::new(0)),
-            waiting_for_room: AtomicUsize::new(0),
-            room_queue: queue::RoomQueue::default(),
-            prewarm_wake: Notify::new(),
-            prewarm_failures: Mutex::new(HashMap::new()),
-        });
-        executor.check_microvm_runtime();
-        executor.set_gpus_enabled(executor.config().has_gpu);
-        executor.spawn_supervised("idle_reaper", |e| e.reap_idle());
-        executor.spawn_supervised("container_watcher", |e| e.watch_containers());
-        if !executor.config().prewarm.is_empty() {
-            executor.spawn_supervised("prewarm_keeper", |e| e.keep_prewarmed());
+        let ctx = Context::new(engine, config);
+        let pool = Pool::new();
+        let budget = Budget::new(total);
+        let gpus = Arc::new(Gpus::new(gpu_loader));
+        let admission = Arc::new(Admission::new(ctx.clone(), Arc::clone(&budget), runtimes));
+        let pulls = Arc::new(Pulls::new(ctx.clone(), pull_slots));
+        let removals = Arc::new(Removals::new(ctx.clone(), Arc::clone(&pool)));
+        let room = Arc::new(Room::new(
+            ctx.clone(),
+            Arc::clone(&pool),
+            Arc::clone(&budget),
+            Arc::clone(&gpus),
+            Arc::clone(&removals),
+        ));
+        let starter = Arc::new(Starter::new(
+            ctx.clone(),
+            Arc::clone(&pool),
+            Arc::clone(&pulls),
+            Arc::clone(&room),
+            Arc::clone(&removals),
+        ));
+        admission.check_microvm_runtime();
+        gpus.set_enabled(has_gpu, &budget);
+        spawn_supervised(&ctx, "idle_reaper", Arc::clone(&room), Room::reap_idle);
+        let watcher = Watcher::new(ctx.clone(), Arc::clone(&pool), Arc::clone(&removals));
+        spawn_supervised(
+            &ctx,
+            "container_watcher",
+            Arc::new(watcher),
+            Watcher::watch_containers,
+        );
+        if prewarm {
+            let prewarmer = Prewarmer::new(
+                ctx.clone(),
+                Arc::clone(&room),
+                Arc::clone(&starter),
+                Arc::clone(&admission),
+                pulls,
+                Arc::clone(&removals),
+            );
+            spawn_supervised(
+                &ctx,
+                "prewarm_keeper",
+                Arc::new(prewarmer),
+                Prewarmer::keep_prewarmed,
+            );
         }
-        let budget = executor.budget.snapshot().total;
+        let budget_total = budget.snapshot().total;
         tracing::info!(
-            instance = %executor.instance,
-            cpu = budget.cores(),
-            mem_mb = budget.mem_mb,
+            instance = %ctx.instance,
+            cpu = budget_total.cores(),
+            mem_mb = budget_total.mem_mb,
             removed_orphans = orphans.len(),
             "executor ready"
         );
-        Ok(executor)
-    }
-
-    /// Runs a background task of the executor under [`supervise`](crate::supervise): a panic
-    /// is logged, counted in `meca_background_panics_total`, and the task started again.
-    fn spawn_supervised<Fut>(self: &Arc<Self>, task: &'static str, run: fn(Arc<Executor>) -> Fut)
-    where
-        Fut: std::future::Future<Output = ()> + Send + 'static,
-    {
-        let executor = Arc::clone(self);
-        tokio::spawn(async move {
-            let counter = executor
-                .metrics
-                .background_panics
-                .get_or_create_owned(&crate::metrics::TaskLabel { task });
-            crate::supervise::supervise(
-                task,
-                || run(Arc::clone(&executor)),
-                move || {
-                    counter.inc();
-                },
-            )
-            .await;
-        });
+        Ok(Arc::new(Executor {
+            ctx,
+            host,
+            pool,
+            budget,
+            gpus,
+            admission,
+            room,
+            starter,
+            removals,
+            created_network,
+        }))
     }
 
     /// The current configuration (a shared snapshot: cheap on the request path).
     pub fn config(&self) -> Arc<Config> {
-        Arc::clone(&self.config.read().unwrap_or_else(|e| e.into_inner()))
-    }
-
-    /// Turns GPU scheduling on (detecting the GPUs) or off.
-    fn set_gpus_enabled(&self, on: bool) {
-        let monitor = if on {
-            match (self.gpu_loader)().and_then(GpuMonitor::start) {
-                Ok(monitor) => {
-                    tracing::info!(count = monitor.devices().len(), model = %monitor.model(), "GPUs available to tasks");
-                    Some(monitor)
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "has_gpu is set but GPUs are off");
-                    None
-                }
-            }
-        } else {
-            None
-        };
-        let uuids = monitor
-            .as_ref()
-            .map(|m| m.devices().iter().map(|g| g.uuid.clone()).collect())
-            .unwrap_or_default();
-        self.budget.set_gpus(uuids);
-        *self.gpus.write().unwrap_or_else(|e| e.into_inner()) = monitor;
-    }
-
-    pub(crate) fn gpu_monitor(&self) -> Option<Arc<GpuMonitor>> {
-        self.gpus.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.ctx.config()
     }
 
     pub fn is_paused(&self) -> bool {
-        self.paused.load(Ordering::Acquire)
+        self.starter.is_paused()
     }
 
-    /// The Docker runtime serving `runtime: "microVM"`, or why there is none.
-    fn microvm_runtime(&self, config: &Config) -> Result<String, ExecError> {
-        let Some(name) = config.microvm_runtime.as_deref() else {
-            return Err(ExecError::RuntimeUnavailable(
-                "runtime microVM is not available on this host: no microVM_runtime is configured \
-                 (the task is not run under a weaker runtime instead)"
-                    .into(),
-            ));
-        };
-        let known = self.runtimes.read().unwrap_or_else(|e| e.into_inner());
-        if !known.iter().any(|r| r == name) {
-            return Err(ExecError::RuntimeUnavailable(format!(
-                "runtime microVM is not available on this host: the configured runtime {name:?} \
-                 is not registered with Docker (registered: {})",
-                known.join(", ")
-            )));
-        }
-        Ok(name.to_string())
-    }
-
-    fn check_microvm_runtime(&self) {
-        let config = self.config();
-        match self.microvm_runtime(&config) {
-            Ok(name) => tracing::info!(runtime = %name, "microVM requests run under this runtime"),
-            Err(e) if config.microvm_runtime.is_some() => tracing::warn!("{e}"),
-            Err(_) => {}
-        }
-    }
-
-    /// Refuses work while stopping or paused.
-    fn check_open(&self) -> Result<(), ExecError> {
-        if self.closing.is_cancelled() {
-            return Err(ExecError::ShuttingDown);
-        }
-        if self.is_paused() {
-            return Err(ExecError::Paused);
-        }
-        Ok(())
-    }
-
-    /// Checks what depends on this host and its configuration; returns the config to use.
+    /// Refuses work while stopping or paused, then checks what depends on this host and its
+    /// configuration; returns the config to use.
     fn admit(&self, key: &TaskKey) -> Result<Arc<Config>, ExecError> {
-        self.check_open()?;
-        let config = self.config();
-        let budget = self.budget.snapshot();
-        let total = budget.total;
-        if key.demand.milli_cpu > total.milli_cpu || key.demand.mem_mb > total.mem_mb {
-            return Err(ExecError::ExceedsMaximum(format!(
-                "the task asks for {} cores and {} MB; this executor's task budget is {} cores and {} MB",
-                key.demand.cores(),
-                key.demand.mem_mb,
-                total.cores(),
-                total.mem_mb
-            )));
-        }
-        if key.gpu_count as usize > budget.gpus_total {
-            let why = if budget.gpus_total > 0 {
-                ""
-            } else if config.has_gpu {
-                " (has_gpu is set, but no usable GPU was found: see the executor's log)"
-            } else {
-                " (has_gpu is off)"
-            };
-            return Err(ExecError::NoGpu(format!(
-                "the task asks for {} GPUs; this host offers {} GPUs to tasks{why}",
-                key.gpu_count, budget.gpus_total
-            )));
-        }
-        if key.runtime == Runtime::MicroVm {
-            self.microvm_runtime(&config)?;
-        }
-        if key.use_sgx {
-            if !config.sgx.enable {
-                return Err(ExecError::SgxUnavailable(
-                    "SGX is not enabled on this host (sgx.enable is false)".into(),
-                ));
-            }
-            let device = config.sgx.sgx_device.as_deref().unwrap_or_default();
-            if !Path::new(device).exists() {
-                return Err(ExecError::SgxUnavailable(format!(
-                    "SGX device {device} does not exist on this host"
-                )));
-            }
-            let aesmd = config.sgx.aesmd_path.as_deref().unwrap_or_default();
-            if !Path::new(aesmd).is_dir() {
-                return Err(ExecError::SgxUnavailable(format!(
-                    "SGX AESM directory {aesmd} does not exist on this host"
-                )));
-            }
-        }
-        Ok(config)
+        self.starter.check_open()?;
+        self.admission.admit(key)
     }
 
     /// Runs one request: admission, a warm container (or a cold start), the task call.
@@ -385,9 +253,10 @@ impl Executor {
             Err(e) => e.outcome(),
         };
         match path {
-            Some(path) => self.metrics.request(outcome, path, started.elapsed()),
+            Some(path) => self.ctx.metrics.request(outcome, path, started.elapsed()),
             None => {
-                self.metrics
+                self.ctx
+                    .metrics
                     .requests
                     .get_or_create(&crate::metrics::OutcomeLabel { outcome })
                     .inc();
@@ -432,7 +301,9 @@ impl Executor {
                     .into_owned(),
             }),
             Err(e @ CallError::TooLarge(_)) => Err(ExecError::BadAnswer(e.to_string())),
-            Err(e) => Err(ExecError::TaskBroken(self.discard_broken(lease, e).await)),
+            Err(e) => Err(ExecError::TaskBroken(
+                self.removals.discard_broken(lease, e).await,
+            )),
         };
         (result, Some(path))
     }
@@ -445,14 +316,15 @@ impl Executor {
         loop {
             // Paused or stopping since admission (or while waiting): start nothing new.
             if cold {
-                self.check_open()?;
+                self.starter.check_open()?;
             }
             let mut outcome = match self.pool.lease_or_claim(key) {
                 Lookup::Leased(lease) => return Ok((lease, cold)),
                 Lookup::Wait(outcome) => outcome,
                 Lookup::Claimed(ticket) => {
                     let (tx, rx) = tokio::sync::oneshot::channel();
-                    self.spawn_start(Arc::clone(self).cold_start(ticket, tx));
+                    let starter = Arc::clone(&self.starter);
+                    self.starter.spawn_start(starter.cold_start(ticket, tx));
                     return match rx.await {
                         Ok(result) => result.map(|lease| (lease, true)),
                         Err(_) => Err(ExecError::StartCancelled),
@@ -479,16 +351,13 @@ impl Executor {
     pub fn metrics_text(&self) -> String {
         use crate::metrics::{KindLabel, StateLabel};
         let counts = self.pool.counts();
-        let m = &self.metrics;
+        let m = &self.ctx.metrics;
         for (state, n) in [
             ("starting", counts.starting),
             ("idle", counts.ready - counts.busy),
             ("busy", counts.busy),
-            ("removing", self.retiring.load(Ordering::Acquire)),
-            (
-                "removal_failed",
-                self.removal_failed.load(Ordering::Acquire),
-            ),
+            ("removing", self.removals.retiring()),
+            ("removal_failed", self.removals.removal_failed()),
         ] {
             m.containers
                 .get_or_create(&StateLabel { state })
@@ -524,51 +393,29 @@ impl Executor {
 
     /// Counters the API layer records itself (requests refused before the executor).
     pub fn metrics(&self) -> &Metrics {
-        &self.metrics
-    }
-
-    /// Runs a container start (a request's or prewarm's) as a task pause waits for.
-    pub(super) fn spawn_start(
-        &self,
-        start: impl std::future::Future<Output = ()> + Send + 'static,
-    ) {
-        self.starts.spawn(start);
-    }
-
-    /// The token starts in progress watch: pause cancels it.
-    pub(super) fn start_cancel(&self) -> CancellationToken {
-        self.start_cancel
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        &self.ctx.metrics
     }
 
     /// `/pause`: refuse new tasks, stop the starts in progress, and remove every container.
     /// When it returns, nothing is reserved but containers the engine failed to remove.
     pub async fn pause(self: &Arc<Self>) {
-        self.paused.store(true, Ordering::SeqCst);
-        // A start that read the old token is cancelled; one that reads the new one sees
-        // `paused` and does not begin.
-        let old =
-            std::mem::take(&mut *self.start_cancel.write().unwrap_or_else(|e| e.into_inner()));
-        old.cancel();
+        self.starter.pause_starts();
         let containers = self.pool.take_all();
         tracing::info!(removing = containers.len(), "paused");
         // A tracked task of its own: the removals finish even if the caller goes away.
-        let executor = Arc::clone(self);
-        let removal = self.work.spawn(async move {
-            executor.retire_all(containers, PAUSE_DRAIN_LIMIT).await;
-            executor.starts.close();
-            executor.starts.wait().await;
-            executor.starts.reopen();
+        let removals = Arc::clone(&self.removals);
+        let starter = Arc::clone(&self.starter);
+        let removal = self.ctx.work.spawn(async move {
+            removals.retire_all(containers, PAUSE_DRAIN_LIMIT).await;
+            starter.wait_for_starts().await;
         });
         let _ = removal.await;
     }
 
     /// `/unpause`: accept tasks again.
     pub fn unpause(&self) {
-        self.paused.store(false, Ordering::Release);
-        self.prewarm_wake.notify_one();
+        self.starter.unpause();
+        self.room.wake_prewarm();
         tracing::info!("unpaused");
     }
 
@@ -599,11 +446,8 @@ impl Executor {
             )));
         }
         // Runtimes may have been registered with Docker since: check against what it has now.
-        let runtimes = self.engine.runtimes().await?;
-        *self.runtimes.write().unwrap_or_else(|e| e.into_inner()) = runtimes;
-        let new_total = {
-            let mut shared = self.config.write().unwrap_or_else(|e| e.into_inner());
-            let mut config = Config::clone(&shared);
+        self.admission.refresh_runtimes().await?;
+        let new_total = self.ctx.update_config(|config| {
             if let Some(t) = update.idle_timeout {
                 config.idle_timeout = t;
             }
@@ -619,15 +463,13 @@ impl Executor {
             if let Some(runtime) = update.microvm_runtime {
                 config.microvm_runtime = runtime;
             }
-            let total = task_budget(&config, self.host.capacity());
-            *shared = Arc::new(config);
-            total
-        };
+            task_budget(config, self.host.capacity())
+        });
         self.budget.set_total(new_total);
         if let Some(on) = update.has_gpu {
-            self.set_gpus_enabled(on);
+            self.gpus.set_enabled(on, &self.budget);
         }
-        self.check_microvm_runtime();
+        self.admission.check_microvm_runtime();
         self.pool.changed.notify_one();
         tracing::info!(
             cpu = new_total.cores(),
@@ -660,14 +502,14 @@ impl Executor {
             task_mem_mb: budget.total.mem_mb,
             task_used_cpu_percent: percent(budget.used.milli_cpu, budget.total.milli_cpu),
             task_used_mem_percent: percent(budget.used.mem_mb, budget.total.mem_mb),
-            gpu_model: self.gpu_monitor().map(|m| m.model()).unwrap_or_default(),
+            gpu_model: self.gpus.monitor().map(|m| m.model()).unwrap_or_default(),
             task_gpu: budget.gpus_total as u32,
             task_used_gpu: budget.gpus_used as u32,
             containers: counts.ready
                 + counts.starting
-                + self.retiring.load(Ordering::Acquire)
-                + self.removal_failed.load(Ordering::Acquire),
-            runtimes: if self.microvm_runtime(&self.config()).is_ok() {
+                + self.removals.retiring()
+                + self.removals.removal_failed(),
+            runtimes: if self.admission.microvm_runtime(&self.config()).is_ok() {
                 vec!["container", "microVM"]
             } else {
                 vec!["container"]
@@ -678,24 +520,26 @@ impl Executor {
     /// Stop: refuse new work, cancel cold starts, remove every container this instance
     /// created (found by label, so nothing escapes), and return.
     pub async fn shutdown(&self) {
-        self.closing.cancel();
+        self.ctx.closing.cancel();
         let containers = self.pool.take_all();
-        self.retire_all(containers, SHUTDOWN_DRAIN_LIMIT).await;
-        self.work.close();
-        if tokio::time::timeout(Duration::from_secs(30), self.work.wait())
+        self.removals
+            .retire_all(containers, SHUTDOWN_DRAIN_LIMIT)
+            .await;
+        self.ctx.work.close();
+        if tokio::time::timeout(Duration::from_secs(30), self.ctx.work.wait())
             .await
             .is_err()
         {
             tracing::warn!("cold starts did not end within 30s; removing their containers anyway");
         }
-        match self
-            .engine
-            .list_labelled(crate::engine::LABEL_INSTANCE, &self.instance)
+        let engine = &self.ctx.engine;
+        match engine
+            .list_labelled(crate::engine::LABEL_INSTANCE, &self.ctx.instance)
             .await
         {
             Ok(ids) => {
                 for id in ids {
-                    if let Err(e) = self.engine.remove(&id).await {
+                    if let Err(e) = engine.remove(&id).await {
                         tracing::error!(container = %id, error = %e, "could not remove task container");
                     }
                 }
@@ -703,10 +547,51 @@ impl Executor {
             Err(e) => tracing::error!(error = %e, "could not list task containers to remove"),
         }
         if let Some(network) = &self.created_network {
-            if let Err(e) = self.engine.remove_network(network).await {
+            if let Err(e) = engine.remove_network(network).await {
                 tracing::error!(%network, error = %e, "could not remove the task network");
             }
         }
         tracing::info!("all task containers removed");
     }
+}
+
+/// Runs a background task under [`supervise`](crate::supervise), holding only the component
+/// it runs: a panic is logged, counted in `meca_background_panics_total`, and the task
+/// started again.
+fn spawn_supervised<C, Fut>(
+    ctx: &Context,
+    task: &'static str,
+    component: Arc<C>,
+    run: fn(Arc<C>) -> Fut,
+) where
+    C: Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let metrics = Arc::clone(&ctx.metrics);
+    tokio::spawn(async move {
+        let counter = metrics
+            .background_panics
+            .get_or_create_owned(&crate::metrics::TaskLabel { task });
+        crate::supervise::supervise(
+            task,
+            || run(Arc::clone(&component)),
+            move || {
+                counter.inc();
+            },
+        )
+        .await;
+    });
+}
+
+/// Runs `f` when dropped (also when the future holding it is cancelled).
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
 }

@@ -4,46 +4,85 @@
 //! idleness, and is the first to be evicted under pressure. The keeper takes only room that
 //! is free (it never evicts and never waits), yields while requests wait for room, and wakes
 //! on budget releases, not on a timer.
+//!
+//! Owns only when each prewarm key last failed. Its starts run through the [`Starter`] (so
+//! pause cancels and waits for them) and pass the same [`Admission`] as a request; room it
+//! takes directly from the budget, only if it is free now.
 
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::start::Phases;
-use super::{ExecError, Executor};
+use super::admission::Admission;
+use super::context::Context;
+use super::pulls::Pulls;
+use super::removals::Removals;
+use super::room::Room;
+use super::start::{Phases, Starter};
+use super::ExecError;
 use crate::pool::{Container, StartTicket};
 use crate::task::TaskKey;
 
 /// After a prewarm start fails for a reason other than room, wait this long before retrying.
 const FAILURE_BACKOFF: Duration = Duration::from_secs(30);
 
-impl Executor {
+pub(super) struct Prewarmer {
+    ctx: Context,
+    room: Arc<Room>,
+    starter: Arc<Starter>,
+    admission: Arc<Admission>,
+    pulls: Arc<Pulls>,
+    removals: Arc<Removals>,
+    /// When each prewarm key last failed to start for a reason other than room.
+    failures: Mutex<HashMap<TaskKey, Instant>>,
+}
+
+impl Prewarmer {
+    pub(super) fn new(
+        ctx: Context,
+        room: Arc<Room>,
+        starter: Arc<Starter>,
+        admission: Arc<Admission>,
+        pulls: Arc<Pulls>,
+        removals: Arc<Removals>,
+    ) -> Prewarmer {
+        Prewarmer {
+            ctx,
+            room,
+            starter,
+            admission,
+            pulls,
+            removals,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
     pub(super) async fn keep_prewarmed(self: Arc<Self>) {
         loop {
-            let released = self.budget.released();
-            let woken = self.prewarm_wake.notified();
+            let released = self.room.budget().released();
+            let woken = self.room.prewarm_woken();
             tokio::pin!(released, woken);
             released.as_mut().enable();
             woken.as_mut().enable();
-            if !self.is_paused() && self.waiting_for_room.load(Ordering::Acquire) == 0 {
+            if !self.starter.is_paused() && self.room.waiting_for_room() == 0 {
                 self.prewarm_missing();
             }
             let backoff = tokio::time::sleep(FAILURE_BACKOFF);
             tokio::select! {
-                _ = self.closing.cancelled() => return,
+                _ = self.ctx.closing.cancelled() => return,
                 _ = released => {}
                 _ = woken => {}
                 // Only matters after a failure: retry its key then.
-                _ = backoff, if self.has_prewarm_failures() => {}
+                _ = backoff, if self.has_failures() => {}
             }
         }
     }
 
-    fn has_prewarm_failures(&self) -> bool {
+    fn has_failures(&self) -> bool {
         !self
-            .prewarm_failures
+            .failures
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .is_empty()
@@ -51,10 +90,10 @@ impl Executor {
 
     /// Claims every prewarm key the pool lacks and starts it in the background.
     fn prewarm_missing(self: &Arc<Self>) {
-        let config = self.config();
+        let config = self.ctx.config();
         for entry in &config.prewarm {
             let failed_recently = self
-                .prewarm_failures
+                .failures
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .get(&entry.key)
@@ -62,35 +101,32 @@ impl Executor {
             if failed_recently {
                 continue;
             }
-            if let Some(ticket) = self.pool.claim_if_absent(&entry.key) {
-                self.spawn_start(Arc::clone(self).prewarm_start(ticket));
+            if let Some(ticket) = self.room.pool().claim_if_absent(&entry.key) {
+                self.starter
+                    .spawn_start(Arc::clone(self).prewarm_start(ticket));
             }
         }
     }
 
     async fn prewarm_start(self: Arc<Self>, ticket: StartTicket) {
         let key = ticket.key().clone();
-        let cancel = self.start_cancel();
-        if self.is_paused() {
+        let cancel = self.starter.start_cancel();
+        if self.starter.is_paused() {
             ticket.abandon();
             return;
         }
         let started = tokio::select! {
             result = self.prewarm_container(&key, &cancel) => result,
-            _ = self.closing.cancelled() => Err(Some(ExecError::ShuttingDown)),
+            _ = self.ctx.closing.cancelled() => Err(Some(ExecError::ShuttingDown)),
         };
-        let failures = || {
-            self.prewarm_failures
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-        };
+        let failures = || self.failures.lock().unwrap_or_else(|e| e.into_inner());
         match started {
             Ok(container) => {
                 failures().remove(&key);
                 tracing::info!(container = %container.id, key = %key, "prewarmed task container ready");
                 // Nobody waits for it: its first lease ends at once, leaving it idle.
                 if let Err(container) = ticket.ready(container) {
-                    self.retire(container, Duration::ZERO).await;
+                    self.removals.retire(container, Duration::ZERO).await;
                 }
             }
             // No free room right now: the next release wakes the keeper again. A request
@@ -112,19 +148,21 @@ impl Executor {
         key: &TaskKey,
         cancel: &tokio_util::sync::CancellationToken,
     ) -> Result<Arc<Container>, Option<ExecError>> {
-        let config = self.admit(key).map_err(Some)?;
-        if !self.budget.fits_now(key.demand) {
+        self.starter.check_open().map_err(Some)?;
+        let config = self.admission.admit(key).map_err(Some)?;
+        if !self.room.budget().fits_now(key.demand) {
             return Err(None);
         }
-        let mut phases = Phases::new(&self.metrics);
+        let mut phases = Phases::new(&self.ctx.metrics);
         tokio::select! {
-            pulled = self.ensure_image(&key.image, config.pull_timeout) => pulled.map_err(|e| Some(e.into()))?,
+            pulled = self.pulls.ensure_image(&key.image, config.pull_timeout) => pulled.map_err(|e| Some(e.into()))?,
             _ = cancel.cancelled() => return Err(Some(ExecError::Paused)),
         }
         phases.lap("image");
         // Reserved only after the image is here: a pull never holds room.
-        let reservation = self.budget.try_reserve(key.demand).ok_or(None)?;
-        self.launch(key, &config, reservation, phases, cancel)
+        let reservation = self.room.budget().try_reserve(key.demand).ok_or(None)?;
+        self.starter
+            .launch(key, &config, reservation, phases, cancel)
             .await
             .map_err(Some)
     }

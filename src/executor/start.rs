@@ -1,27 +1,36 @@
-//! Cold starts and container removal: reserving the budget (evicting idle containers,
-//! then waiting), creating and starting the container, and taking containers down.
+//! Container starts: a request's cold start (the image, room in the budget, then the
+//! container itself), and whether starts may run at all (pause).
 //!
-//! Each cold start runs as its own task, owns its [`StartTicket`], and ends by putting the
-//! container in the pool or telling the waiting requests why it could not.
+//! Owns the pause state of starts: the `paused` flag, the token that starts in progress
+//! watch (pause cancels it and puts a fresh one in its place), and the tracker of starts in
+//! progress that pause waits for. Each cold start runs as its own task, owns its
+//! [`StartTicket`], and ends by putting the container in the pool (leased to the request
+//! that started it) or telling the waiting requests why it could not. Images come from
+//! [`Pulls`], room from [`Room`]; a container that fails to start is removed through
+//! [`Removals`]. Starts never take containers out of the pool.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use tokio::time::Instant;
-
-use futures_util::FutureExt;
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use super::{ExecError, Executor};
+use super::context::Context;
+use super::pulls::Pulls;
+use super::removals::Removals;
+use super::room::Room;
+use super::ExecError;
 use crate::config::Config;
 use crate::engine::{
     ContainerSpec, EngineError, SgxMounts, LABEL_CPU, LABEL_EXECUTOR, LABEL_INSTANCE, LABEL_MEM,
     LABEL_TASK_KEY,
 };
-use crate::pool::{Container, Lease, StartTicket};
-use crate::resources::{Demand, Reservation};
+use crate::pool::{Container, Lease, Pool, StartTicket};
+use crate::resources::Reservation;
 use crate::task::{Runtime, TaskKey};
 
 /// Times the phases of one cold start into the metrics.
@@ -57,29 +66,94 @@ async fn unless_paused<T, E: Into<ExecError>>(
     }
 }
 
-/// Runs `f` when dropped (also when the future holding it is cancelled).
-fn scopeguard(f: impl FnOnce()) -> impl Drop {
-    struct Guard<F: FnOnce()>(Option<F>);
-    impl<F: FnOnce()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            if let Some(f) = self.0.take() {
-                f();
-            }
+pub(super) struct Starter {
+    ctx: Context,
+    pool: Arc<Pool>,
+    pulls: Arc<Pulls>,
+    room: Arc<Room>,
+    removals: Arc<Removals>,
+    paused: AtomicBool,
+    /// Cancelled (and replaced) by pause: starts in progress give up and remove what they
+    /// created.
+    start_cancel: RwLock<CancellationToken>,
+    /// Container starts in progress (requests' and prewarm's); pause waits for them.
+    starts: TaskTracker,
+}
+
+impl Starter {
+    pub(super) fn new(
+        ctx: Context,
+        pool: Arc<Pool>,
+        pulls: Arc<Pulls>,
+        room: Arc<Room>,
+        removals: Arc<Removals>,
+    ) -> Starter {
+        Starter {
+            ctx,
+            pool,
+            pulls,
+            room,
+            removals,
+            paused: AtomicBool::new(false),
+            start_cancel: RwLock::new(CancellationToken::new()),
+            starts: TaskTracker::new(),
         }
     }
-    Guard(Some(f))
-}
 
-/// The first and the longest wait between attempts to remove a container the engine failed
-/// to remove.
-const REMOVAL_RETRY_FIRST: Duration = Duration::from_secs(1);
-const REMOVAL_RETRY_MAX: Duration = Duration::from_secs(30);
+    pub(super) fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Acquire)
+    }
 
-fn describe(d: Demand) -> String {
-    format!("{} cores and {} MB", d.cores(), d.mem_mb)
-}
+    /// Refuses work while stopping or paused.
+    pub(super) fn check_open(&self) -> Result<(), ExecError> {
+        if self.ctx.closing.is_cancelled() {
+            return Err(ExecError::ShuttingDown);
+        }
+        if self.is_paused() {
+            return Err(ExecError::Paused);
+        }
+        Ok(())
+    }
 
-impl Executor {
+    /// Runs a container start (a request's or prewarm's) as a task pause waits for.
+    pub(super) fn spawn_start(
+        &self,
+        start: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        self.starts.spawn(start);
+    }
+
+    /// The token starts in progress watch: pause cancels it.
+    pub(super) fn start_cancel(&self) -> CancellationToken {
+        self.start_cancel
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Pause, first half: no start begins any more, and those in progress are cancelled.
+    pub(super) fn pause_starts(&self) {
+        self.paused.store(true, Ordering::SeqCst);
+        // A start that read the old token is cancelled; one that reads the new one sees
+        // `paused` and does not begin.
+        let old =
+            std::mem::take(&mut *self.start_cancel.write().unwrap_or_else(|e| e.into_inner()));
+        old.cancel();
+    }
+
+    /// Pause, second half: waits until the starts in progress ended (each removes what it
+    /// created).
+    pub(super) async fn wait_for_starts(&self) {
+        self.starts.close();
+        self.starts.wait().await;
+        self.starts.reopen();
+    }
+
+    /// Starts may begin again.
+    pub(super) fn unpause(&self) {
+        self.paused.store(false, Ordering::Release);
+    }
+
     /// Runs one cold start to its end (spawned by the request that claimed the key).
     pub(super) async fn cold_start(
         self: Arc<Self>,
@@ -93,7 +167,7 @@ impl Executor {
         } else {
             tokio::select! {
                 result = self.start_container(&key, &cancel) => result,
-                _ = self.closing.cancelled() => Err(ExecError::ShuttingDown),
+                _ = self.ctx.closing.cancelled() => Err(ExecError::ShuttingDown),
             }
         };
         match started {
@@ -104,7 +178,7 @@ impl Executor {
                     Ok(lease) => drop(starter.send(Ok(lease))),
                     Err(container) => {
                         let _ = starter.send(Err(ExecError::Paused));
-                        self.retire(container, Duration::ZERO).await;
+                        self.removals.retire(container, Duration::ZERO).await;
                     }
                 }
             }
@@ -125,13 +199,18 @@ impl Executor {
         key: &TaskKey,
         cancel: &CancellationToken,
     ) -> Result<Arc<Container>, ExecError> {
-        let config = self.config();
-        let mut phases = Phases::new(&self.metrics);
-        unless_paused(cancel, self.ensure_image(&key.image, config.pull_timeout)).await?;
+        let config = self.ctx.config();
+        let mut phases = Phases::new(&self.ctx.metrics);
+        unless_paused(
+            cancel,
+            self.pulls.ensure_image(&key.image, config.pull_timeout),
+        )
+        .await?;
         phases.lap("image");
         let reservation = unless_paused(
             cancel,
-            self.reserve(key.demand, key.gpu_count, config.queue_timeout),
+            self.room
+                .reserve(key.demand, key.gpu_count, config.queue_timeout),
         )
         .await?;
         phases.lap("reserve");
@@ -150,19 +229,19 @@ impl Executor {
         cancel: &CancellationToken,
     ) -> Result<Arc<Container>, ExecError> {
         let spec = self.container_spec(key, config, reservation.gpus());
+        let engine = &self.ctx.engine;
         // Not cancelled half-way: once created, the container is removed on every path.
-        let id = self.engine.create(&spec).await?;
+        let id = engine.create(&spec).await?;
         phases.lap("create");
         let started = unless_paused(
             cancel,
-            self.engine
-                .start_and_wait_ready(&id, &spec, config.start_timeout),
+            engine.start_and_wait_ready(&id, &spec, config.start_timeout),
         )
         .await;
         phases.lap("start");
         match started {
             Ok(addr) => {
-                let client = self.engine.task_client(&id, addr, config.max_answer_bytes);
+                let client = engine.task_client(&id, addr, config.max_answer_bytes);
                 let prewarmed = config.prewarm.iter().any(|p| &p.key == key);
                 Ok(Arc::new(Container::new(
                     id,
@@ -175,7 +254,9 @@ impl Executor {
             }
             Err(e) => {
                 // The reservation stays with the container until it is gone.
-                self.remove_or_keep_trying(&id, Box::new(reservation)).await;
+                self.removals
+                    .remove_or_keep_trying(&id, Box::new(reservation))
+                    .await;
                 match e {
                     ExecError::Engine(EngineError::GpuDriverMissing(detail)) => {
                         Err(ExecError::NoGpu(format!(
@@ -189,184 +270,10 @@ impl Executor {
         }
     }
 
-    /// Makes sure the image is present, pulling it if not. Concurrent starts needing the same
-    /// image share one pull; a pull longer than `pull_timeout` fails.
-    pub(super) async fn ensure_image(
-        &self,
-        image: &str,
-        pull_timeout: Duration,
-    ) -> Result<(), EngineError> {
-        if self.engine.image_present(image).await? {
-            return Ok(());
-        }
-        let pull = {
-            let mut pulls = self.pulls.lock().unwrap_or_else(|e| e.into_inner());
-            pulls
-                .entry(image.to_string())
-                .or_insert_with(|| {
-                    let engine = Arc::clone(&self.engine);
-                    let image = image.to_string();
-                    let pulls = self.metrics.pulls.clone();
-                    let pull_seconds = self.metrics.pull_seconds.clone();
-                    let slots = Arc::clone(&self.pull_slots);
-                    async move {
-                        let started = Instant::now();
-                        // The wait for a pull slot counts against the pull's timeout.
-                        let pull = async {
-                            let _slot = slots
-                                .acquire()
-                                .await
-                                .expect("the semaphore is never closed");
-                            // Another pull of this image may have finished meanwhile.
-                            if engine.image_present(&image).await.unwrap_or(false) {
-                                return Ok(());
-                            }
-                            engine.pull(&image).await
-                        };
-                        let result = match tokio::time::timeout(pull_timeout, pull).await {
-                            Ok(result) => result,
-                            Err(_) => Err(EngineError::PullTimeout {
-                                image,
-                                after: pull_timeout,
-                            }),
-                        };
-                        pull_seconds.observe(started.elapsed().as_secs_f64());
-                        let outcome = if result.is_ok() { "success" } else { "failure" };
-                        pulls
-                            .get_or_create(&crate::metrics::OutcomeLabel { outcome })
-                            .inc();
-                        result
-                    }
-                    .boxed()
-                    .shared()
-                })
-                .clone()
-        };
-        let result = pull.clone().await;
-        let mut pulls = self.pulls.lock().unwrap_or_else(|e| e.into_inner());
-        if pulls.get(image).is_some_and(|p| p.ptr_eq(&pull)) {
-            pulls.remove(image);
-        }
-        result
-    }
-
-    /// Reserves `demand` and `gpus` GPUs: at once if they fit, else after evicting idle
-    /// containers (least recently used first), else after waiting up to `queue_timeout` for
-    /// releases (and, for GPUs, for their utilisation to drop).
-    async fn reserve(
-        &self,
-        demand: Demand,
-        gpus: u32,
-        queue_timeout: Duration,
-    ) -> Result<Reservation, ExecError> {
-        let deadline = tokio::time::Instant::now() + queue_timeout;
-        let entered = Instant::now();
-        // While a start waits for room, prewarming stays out of its way.
-        self.waiting_for_room
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        let _done = scopeguard(|| {
-            self.waiting_for_room
-                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-            self.metrics
-                .queue_wait_seconds
-                .observe(entered.elapsed().as_secs_f64());
-            self.prewarm_wake.notify_one();
-        });
-        let monitor = self.gpu_monitor();
-        let gpu_idle = |uuid: &str| monitor.as_ref().is_some_and(|m| m.is_idle(uuid));
-        // First come, first served: while an earlier start waits for room, this one takes none.
-        let place = self.room_queue.join();
-        loop {
-            // Room appears when a reservation is released, when a busy container goes idle
-            // (it can be evicted then), or when an earlier start stops waiting: listen for
-            // all of them before looking.
-            let released = self.budget.released();
-            let became_idle = self.pool.became_idle();
-            let queue_moved = self.room_queue.changed();
-            tokio::pin!(released, became_idle, queue_moved);
-            released.as_mut().enable();
-            became_idle.as_mut().enable();
-            queue_moved.as_mut().enable();
-            let first_in_line = !place.behind_someone();
-            if first_in_line {
-                if let Some(reservation) = self.budget.try_reserve_with_gpus(demand, gpus, gpu_idle)
-                {
-                    return Ok(reservation);
-                }
-                if self.eviction_can_help(demand, gpus) {
-                    if let Some(victim) = self.pool.take_lru_idle() {
-                        self.metrics.evictions.inc();
-                        tracing::info!(container = %victim.id, key = %victim.key, "evicting idle container to make room");
-                        self.retire(victim, Duration::ZERO).await;
-                        continue;
-                    }
-                }
-            }
-            // Waiting only for GPUs (CPU and memory fit), this start holds nobody up.
-            place.holds_up(!first_in_line || !self.budget.fits_now(demand));
-            if !self.budget.can_ever_fit(demand, gpus) {
-                let total = self.budget.snapshot().total;
-                return Err(ExecError::ExceedsMaximum(format!(
-                    "the task asks for {}; the task budget is {}",
-                    describe(demand),
-                    describe(total)
-                )));
-            }
-            // GPUs also become free when their utilisation drops: look again now and then.
-            let recheck = if gpus > 0 {
-                crate::gpu::SAMPLE_PERIOD
-            } else {
-                queue_timeout
-            };
-            let wake = tokio::time::Instant::now() + recheck;
-            let woken = async {
-                tokio::select! {
-                    _ = released => {}
-                    _ = became_idle => {}
-                    _ = queue_moved => {}
-                }
-            };
-            match tokio::time::timeout_at(deadline.min(wake), woken).await {
-                Ok(()) => {}
-                Err(_) if tokio::time::Instant::now() < deadline => {}
-                Err(_) => {
-                    let snapshot = self.budget.snapshot();
-                    let with_gpus = |d: Demand, n: usize| {
-                        if gpus > 0 {
-                            format!("{} and {n} GPUs", describe(d))
-                        } else {
-                            describe(d)
-                        }
-                    };
-                    return Err(ExecError::QueueTimeout {
-                        waited: humantime::format_duration(queue_timeout).to_string(),
-                        wanted: with_gpus(demand, gpus as usize),
-                        total: with_gpus(snapshot.total, snapshot.gpus_total),
-                        reserved: with_gpus(snapshot.used, snapshot.gpus_used),
-                    });
-                }
-            }
-        }
-    }
-
-    /// Whether removing every idle container would make `demand` fit (GPUs: assumed so).
-    /// Otherwise evicting only loses warm containers: the request has to wait anyway.
-    fn eviction_can_help(&self, demand: Demand, gpus: u32) -> bool {
-        if gpus > 0 {
-            return true;
-        }
-        let budget = self.budget.snapshot();
-        let idle = self.pool.idle_demand();
-        let busy_cpu = budget.used.milli_cpu.saturating_sub(idle.milli_cpu);
-        let busy_mem = budget.used.mem_mb.saturating_sub(idle.mem_mb);
-        busy_cpu + demand.milli_cpu <= budget.total.milli_cpu
-            && busy_mem + demand.mem_mb <= budget.total.mem_mb
-    }
-
     fn container_spec(&self, key: &TaskKey, config: &Config, gpus: &[String]) -> ContainerSpec {
         let labels = HashMap::from([
             (LABEL_EXECUTOR.to_string(), config.name.clone()),
-            (LABEL_INSTANCE.to_string(), self.instance.clone()),
+            (LABEL_INSTANCE.to_string(), self.ctx.instance.to_string()),
             (LABEL_TASK_KEY.to_string(), key.to_string()),
             (LABEL_CPU.to_string(), key.demand.cores().to_string()),
             (LABEL_MEM.to_string(), key.demand.mem_mb.to_string()),
@@ -390,64 +297,5 @@ impl Executor {
             hardening: config.hardening.clone(),
             tty: config.task_tty,
         }
-    }
-
-    /// Removes a container that is out of the pool, after at most `drain` for its
-    /// in-flight requests. Its reservation is released when the last reference goes: after
-    /// the engine removed it. A removal that fails is retried in the background, the
-    /// container (and so its reservation) kept until it succeeds.
-    pub(super) async fn retire(&self, container: Arc<Container>, drain: Duration) {
-        // Counted in /stats until it is gone: its resources stay reserved until then.
-        self.retiring
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        let _counted = scopeguard(|| {
-            self.retiring
-                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-        });
-        if !drain.is_zero() && !container.wait_drained(drain).await {
-            tracing::warn!(container = %container.id, "requests still in flight; removing anyway");
-        }
-        let id = container.id.clone();
-        self.remove_or_keep_trying(&id, Box::new(container)).await;
-    }
-
-    /// Removes container `id`; if the engine fails to, keeps `hold` (what reserves the
-    /// container's resources) and retries in the background until it is gone or the
-    /// executor stops (whose final sweep removes it by label).
-    pub(super) async fn remove_or_keep_trying(&self, id: &str, hold: Box<dyn Send>) {
-        let Err(e) = self.engine.remove(id).await else {
-            tracing::debug!(container = %id, "task container removed");
-            return;
-        };
-        tracing::error!(container = %id, error = %e, "could not remove task container; its resources stay reserved, retrying");
-        let engine = Arc::clone(&self.engine);
-        let closing = self.closing.clone();
-        let failed = Arc::clone(&self.removal_failed);
-        let id = id.to_string();
-        failed.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        self.work.spawn(async move {
-            let _hold = hold;
-            let mut delay = REMOVAL_RETRY_FIRST;
-            loop {
-                tokio::select! {
-                    _ = closing.cancelled() => break,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-                match engine.remove(&id).await {
-                    Ok(()) => {
-                        tracing::info!(container = %id, "task container removed after retrying");
-                        break;
-                    }
-                    Err(e) => tracing::warn!(container = %id, error = %e, "still cannot remove task container"),
-                }
-                delay = (delay * 2).min(REMOVAL_RETRY_MAX);
-            }
-            failed.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-        });
-    }
-
-    /// Removes several containers concurrently.
-    pub(super) async fn retire_all(&self, containers: Vec<Arc<Container>>, drain: Duration) {
-        futures_util::future::join_all(containers.into_iter().map(|c| self.retire(c, drain))).await;
     }
 }

@@ -2,6 +2,9 @@
 //! (a task killed or removed from outside, `docker rm -f`), and after every (re)connection to
 //! the engine reconciles the pool with the containers that are running. A dropped container
 //! leaves the pool at once, its budget is released, and the next request starts a fresh one.
+//!
+//! Owns no state but its loop. It only takes containers out of the pool (those the engine
+//! says are gone) and hands them to [`Removals`]; it never starts, leases or reserves.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -9,26 +12,40 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 
-use super::Executor;
+use super::context::Context;
+use super::removals::Removals;
 use crate::engine::LABEL_INSTANCE;
+use crate::pool::Pool;
 
 /// Wait between attempts to reconnect to an unreachable engine.
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 
-impl Executor {
+pub(super) struct Watcher {
+    ctx: Context,
+    pool: Arc<Pool>,
+    removals: Arc<Removals>,
+}
+
+impl Watcher {
+    pub(super) fn new(ctx: Context, pool: Arc<Pool>, removals: Arc<Removals>) -> Watcher {
+        Watcher {
+            ctx,
+            pool,
+            removals,
+        }
+    }
+
     pub(super) async fn watch_containers(self: Arc<Self>) {
+        let engine = &self.ctx.engine;
+        let instance = &*self.ctx.instance;
         let mut connected = true;
         loop {
-            let mut exits = self.engine.container_exits(LABEL_INSTANCE, &self.instance);
+            let mut exits = engine.container_exits(LABEL_INSTANCE, instance);
             // Whatever happened while the stream was down, reconcile now. Only containers
             // ready before the engine is asked are candidates: one that becomes ready while
             // the answer travels is not in it, yet runs.
             let candidates = self.pool.ready_ids();
-            match self
-                .engine
-                .running_labelled(LABEL_INSTANCE, &self.instance)
-                .await
-            {
+            match engine.running_labelled(LABEL_INSTANCE, instance).await {
                 Ok(running) => {
                     if !connected {
                         tracing::info!("container engine reachable again");
@@ -37,11 +54,11 @@ impl Executor {
                     let running: HashSet<String> = running.into_iter().collect();
                     for container in self.pool.take_unless_running(&candidates, &running) {
                         tracing::warn!(container = %container.id, key = %container.key, "task container is gone; dropping it from the pool");
-                        self.retire(container, Duration::ZERO).await;
+                        self.removals.retire(container, Duration::ZERO).await;
                     }
                     loop {
                         tokio::select! {
-                            _ = self.closing.cancelled() => return,
+                            _ = self.ctx.closing.cancelled() => return,
                             event = exits.next() => match event {
                                 Some(Ok(id)) => self.forget(&id).await,
                                 Some(Err(e)) => {
@@ -61,7 +78,7 @@ impl Executor {
                 }
             }
             tokio::select! {
-                _ = self.closing.cancelled() => return,
+                _ = self.ctx.closing.cancelled() => return,
                 _ = tokio::time::sleep(RECONNECT_DELAY) => {}
             }
         }
@@ -71,7 +88,7 @@ impl Executor {
     async fn forget(&self, id: &str) {
         if let Some(container) = self.pool.take_by_id(id) {
             tracing::warn!(container = %id, key = %container.key, "task container stopped outside the executor; dropping it from the pool");
-            self.retire(container, Duration::ZERO).await;
+            self.removals.retire(container, Duration::ZERO).await;
         }
     }
 }

@@ -1,0 +1,58 @@
+//! The handles every part of the executor shares: the engine, the configuration, the
+//! metrics, the stop signal, the tracker of work that shutdown waits for, and this process's
+//! instance id.
+//!
+//! Owns nothing but these handles; cloning a [`Context`] clones `Arc`s and tokens. It makes
+//! no decision and holds no policy state (the pool, the budget, pauses and pulls belong to
+//! the components that use them). The configuration is replaced whole (by
+//! `/update-config`), never changed in place, so a reader's snapshot stays consistent.
+
+use std::sync::{Arc, RwLock};
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::metrics::Metrics;
+
+#[derive(Clone)]
+pub(super) struct Context {
+    pub(super) engine: Arc<dyn Engine>,
+    config: Arc<RwLock<Arc<Config>>>,
+    pub(super) metrics: Arc<Metrics>,
+    /// Cancelled at shutdown: refuse new work, background loops end.
+    pub(super) closing: CancellationToken,
+    /// Cold starts and removals in progress; shutdown waits for them.
+    pub(super) work: TaskTracker,
+    /// This process's id, on the label of every container it creates.
+    pub(super) instance: Arc<str>,
+}
+
+impl Context {
+    pub(super) fn new(engine: Arc<dyn Engine>, config: Config) -> Context {
+        Context {
+            engine,
+            config: Arc::new(RwLock::new(Arc::new(config))),
+            metrics: Arc::new(Metrics::new()),
+            closing: CancellationToken::new(),
+            work: TaskTracker::new(),
+            instance: uuid::Uuid::new_v4().to_string().into(),
+        }
+    }
+
+    /// The current configuration (a shared snapshot: cheap on the request path).
+    pub(super) fn config(&self) -> Arc<Config> {
+        Arc::clone(&self.config.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Replaces the configuration with a copy changed by `change`, under the write lock (so
+    /// two updates cannot lose each other's changes); returns what `change` returns.
+    pub(super) fn update_config<R>(&self, change: impl FnOnce(&mut Config) -> R) -> R {
+        let mut shared = self.config.write().unwrap_or_else(|e| e.into_inner());
+        let mut config = Config::clone(&shared);
+        let result = change(&mut config);
+        *shared = Arc::new(config);
+        result
+    }
+}

@@ -1,0 +1,99 @@
+//! Images: makes sure a start's image is present, pulling it if not.
+//!
+//! Owns the pulls in progress (by image, shared by every start that needs the image) and the
+//! pull slots (`max_concurrent_pulls`). A pull waits for a slot within its `pull_timeout`.
+//! It never reserves budget (a pull never holds room) and never touches the pool.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::future::{BoxFuture, Shared};
+use futures_util::FutureExt;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use super::context::Context;
+use crate::engine::EngineError;
+
+/// A pull in progress, awaited by every start that needs its image.
+type SharedPull = Shared<BoxFuture<'static, Result<(), EngineError>>>;
+
+pub(super) struct Pulls {
+    ctx: Context,
+    /// Pulls in progress, by image: starts that need the same image share one.
+    pulls: Mutex<HashMap<String, SharedPull>>,
+    /// Pull slots (`max_concurrent_pulls`): a pull waits for one within its timeout.
+    slots: Arc<Semaphore>,
+}
+
+impl Pulls {
+    pub(super) fn new(ctx: Context, max_concurrent: usize) -> Pulls {
+        Pulls {
+            ctx,
+            pulls: Mutex::new(HashMap::new()),
+            slots: Arc::new(Semaphore::new(max_concurrent)),
+        }
+    }
+
+    /// Makes sure the image is present, pulling it if not. Concurrent starts needing the same
+    /// image share one pull; a pull longer than `pull_timeout` fails.
+    pub(super) async fn ensure_image(
+        &self,
+        image: &str,
+        pull_timeout: Duration,
+    ) -> Result<(), EngineError> {
+        if self.ctx.engine.image_present(image).await? {
+            return Ok(());
+        }
+        let pull = {
+            let mut pulls = self.pulls.lock().unwrap_or_else(|e| e.into_inner());
+            pulls
+                .entry(image.to_string())
+                .or_insert_with(|| {
+                    let engine = Arc::clone(&self.ctx.engine);
+                    let image = image.to_string();
+                    let pulls = self.ctx.metrics.pulls.clone();
+                    let pull_seconds = self.ctx.metrics.pull_seconds.clone();
+                    let slots = Arc::clone(&self.slots);
+                    async move {
+                        let started = Instant::now();
+                        // The wait for a pull slot counts against the pull's timeout.
+                        let pull = async {
+                            let _slot = slots
+                                .acquire()
+                                .await
+                                .expect("the semaphore is never closed");
+                            // Another pull of this image may have finished meanwhile.
+                            if engine.image_present(&image).await.unwrap_or(false) {
+                                return Ok(());
+                            }
+                            engine.pull(&image).await
+                        };
+                        let result = match tokio::time::timeout(pull_timeout, pull).await {
+                            Ok(result) => result,
+                            Err(_) => Err(EngineError::PullTimeout {
+                                image,
+                                after: pull_timeout,
+                            }),
+                        };
+                        pull_seconds.observe(started.elapsed().as_secs_f64());
+                        let outcome = if result.is_ok() { "success" } else { "failure" };
+                        pulls
+                            .get_or_create(&crate::metrics::OutcomeLabel { outcome })
+                            .inc();
+                        result
+                    }
+                    .boxed()
+                    .shared()
+                })
+                .clone()
+        };
+        let result = pull.clone().await;
+        let mut pulls = self.pulls.lock().unwrap_or_else(|e| e.into_inner());
+        if pulls.get(image).is_some_and(|p| p.ptr_eq(&pull)) {
+            pulls.remove(image);
+        }
+        result
+    }
+}

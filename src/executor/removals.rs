@@ -1,0 +1,168 @@
+//! Taking containers down: removing containers that are out of the pool (retired, evicted,
+//! reaped, broken), and retrying in the background a removal the engine failed.
+//!
+//! Owns the counts of containers being removed (`retiring`) and of those the engine failed
+//! to remove (`removal_failed`). A container reaches this module only after the pool handed
+//! it out (`take_*`), so nobody can lease it any more; this module never puts anything into
+//! the pool and never reserves. What a container holds (its reservation) is kept until the
+//! engine removed it, so a failed removal keeps its resources reserved.
+//!
+//! Broken containers are handled here too: a call to a ready task failed at the transport
+//! level (timeout, reset, refused, garbage). The container is taken out of service, the
+//! engine asked why it failed, and it is removed, so the next request starts a fresh one.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::context::Context;
+use super::scopeguard;
+use crate::engine::{EngineError, ExitState};
+use crate::pool::{Container, Lease, Pool};
+use crate::task_client::CallError;
+
+/// The first and the longest wait between attempts to remove a container the engine failed
+/// to remove.
+const REMOVAL_RETRY_FIRST: Duration = Duration::from_secs(1);
+const REMOVAL_RETRY_MAX: Duration = Duration::from_secs(30);
+
+pub(super) struct Removals {
+    ctx: Context,
+    pool: Arc<Pool>,
+    /// Containers out of the pool whose removal is in progress.
+    retiring: AtomicUsize,
+    /// Containers the engine failed to remove, still reserved, removal retried.
+    removal_failed: Arc<AtomicUsize>,
+}
+
+impl Removals {
+    pub(super) fn new(ctx: Context, pool: Arc<Pool>) -> Removals {
+        Removals {
+            ctx,
+            pool,
+            retiring: AtomicUsize::new(0),
+            removal_failed: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Containers out of the pool whose removal is in progress.
+    pub(super) fn retiring(&self) -> usize {
+        self.retiring.load(Ordering::Acquire)
+    }
+
+    /// Containers the engine failed to remove (still reserved, removal retried).
+    pub(super) fn removal_failed(&self) -> usize {
+        self.removal_failed.load(Ordering::Acquire)
+    }
+
+    /// Removes a container that is out of the pool, after at most `drain` for its
+    /// in-flight requests. Its reservation is released when the last reference goes: after
+    /// the engine removed it. A removal that fails is retried in the background, the
+    /// container (and so its reservation) kept until it succeeds.
+    pub(super) async fn retire(&self, container: Arc<Container>, drain: Duration) {
+        // Counted in /stats until it is gone: its resources stay reserved until then.
+        self.retiring.fetch_add(1, Ordering::AcqRel);
+        let _counted = scopeguard(|| {
+            self.retiring.fetch_sub(1, Ordering::AcqRel);
+        });
+        if !drain.is_zero() && !container.wait_drained(drain).await {
+            tracing::warn!(container = %container.id, "requests still in flight; removing anyway");
+        }
+        let id = container.id.clone();
+        self.remove_or_keep_trying(&id, Box::new(container)).await;
+    }
+
+    /// Removes container `id`; if the engine fails to, keeps `hold` (what reserves the
+    /// container's resources) and retries in the background until it is gone or the
+    /// executor stops (whose final sweep removes it by label).
+    pub(super) async fn remove_or_keep_trying(&self, id: &str, hold: Box<dyn Send>) {
+        let Err(e) = self.ctx.engine.remove(id).await else {
+            tracing::debug!(container = %id, "task container removed");
+            return;
+        };
+        tracing::error!(container = %id, error = %e, "could not remove task container; its resources stay reserved, retrying");
+        let engine = Arc::clone(&self.ctx.engine);
+        let closing = self.ctx.closing.clone();
+        let failed = Arc::clone(&self.removal_failed);
+        let id = id.to_string();
+        failed.fetch_add(1, Ordering::AcqRel);
+        self.ctx.work.spawn(async move {
+            let _hold = hold;
+            let mut delay = REMOVAL_RETRY_FIRST;
+            loop {
+                tokio::select! {
+                    _ = closing.cancelled() => break,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                match engine.remove(&id).await {
+                    Ok(()) => {
+                        tracing::info!(container = %id, "task container removed after retrying");
+                        break;
+                    }
+                    Err(e) => tracing::warn!(container = %id, error = %e, "still cannot remove task container"),
+                }
+                delay = (delay * 2).min(REMOVAL_RETRY_MAX);
+            }
+            failed.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+
+    /// Removes several containers concurrently.
+    pub(super) async fn retire_all(&self, containers: Vec<Arc<Container>>, drain: Duration) {
+        futures_util::future::join_all(containers.into_iter().map(|c| self.retire(c, drain))).await;
+    }
+
+    /// Takes the container out of service at once (no new request gets it), then finds out
+    /// why it failed and removes it. That work runs as a tracked task of its own, so it
+    /// completes even if the caller goes away. Returns the message for the caller.
+    pub(super) async fn discard_broken(self: &Arc<Self>, lease: Lease, error: CallError) -> String {
+        let container = Arc::clone(lease.container());
+        drop(lease);
+        let ours = self.pool.take_if_current(&container);
+        let removals = Arc::clone(self);
+        let diagnosis = self.ctx.work.spawn(async move {
+            let message = if matches!(error, CallError::Timeout(_)) {
+                format!("{error}; its container was removed and will not be reused")
+            } else {
+                match removals.exit_state_settled(&container.id).await {
+                    Ok(Some(state)) => {
+                        format!("task container {state} while handling the request")
+                    }
+                    Err(EngineError::NoSuchContainer(_)) => {
+                        "task container was stopped or removed outside the executor while \
+                         handling the request"
+                            .to_string()
+                    }
+                    _ => format!("{error}; its container was removed"),
+                }
+            };
+            tracing::warn!(container = %container.id, key = %container.key, %message, "discarding task container");
+            // Only one of the requests that saw it break removes it.
+            if ours {
+                removals.retire(container, Duration::ZERO).await;
+            }
+            message
+        });
+        diagnosis
+            .await
+            .unwrap_or_else(|e| format!("the task container failed ({e})"))
+    }
+
+    /// The container's exit state, allowing Docker a moment to notice an exit that just broke
+    /// a connection: its state lags the process by a few milliseconds, and the OOM flag can lag
+    /// the exit itself.
+    async fn exit_state_settled(&self, id: &str) -> Result<Option<ExitState>, EngineError> {
+        let mut state = None;
+        for _ in 0..10 {
+            state = self.ctx.engine.exit_state(id).await?;
+            match state {
+                None => {}
+                // Killed by SIGKILL without the OOM flag (yet): look once more shortly.
+                Some(s) if s.code == 137 && !s.oom_killed => {}
+                Some(_) => break,
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(state)
+    }
+}
