@@ -4,8 +4,9 @@
 //! Ties the pool, the budget and the engine together through components that each own
 //! their state and do one job: `Context` (shared handles), `Admission`, `Gpus`, `Pulls`,
 //! `Room` (reserving, eviction, the idle reaper), `Starter` (cold starts and their pause),
-//! `Removals` (taking containers down, broken containers), `Watcher` and `Prewarmer`. [`Executor`] composes them, serves requests and the control
-//! operations, and starts the background tasks, each holding only the component it runs.
+//! `Removals` (taking containers down, broken containers), `Watcher` and `Prewarmer`.
+//! [`Executor`] composes them, serves requests and the control operations, and starts the
+//! background tasks, each holding only the component it runs.
 //! Nothing holds a lock across an `.await`: the pool and the budget are synchronous, and
 //! each cold start runs as its own task so that no key ever waits for another. HTTP lives in
 //! `api`, Docker in `engine`; this module sees neither wire format.
