@@ -87,6 +87,7 @@ struct RawConfig {
     max_requests_in_flight: Option<u32>,
     header_read_timeout: Option<String>,
     idle_connection_timeout: Option<String>,
+    log_format: Option<LogFormat>,
 }
 
 /// One `prewarm:` entry as written.
@@ -178,6 +179,17 @@ pub struct Config {
     pub header_read_timeout: Duration,
     /// How long a keep-alive client connection may sit without a request.
     pub idle_connection_timeout: Duration,
+    /// Log lines as text for people, or one JSON object per line for log collectors.
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written (`log_format`, `--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// The default API address: loopback only. Exposing the executor is a decision (see README).
@@ -239,6 +251,7 @@ impl Default for Config {
             max_requests_in_flight: 512,
             header_read_timeout: Duration::from_secs(10),
             idle_connection_timeout: Duration::from_secs(60),
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -537,6 +550,7 @@ impl Config {
         if let Some(d) = raw.idle_connection_timeout {
             c.idle_connection_timeout = duration("idle_connection_timeout", &d)?;
         }
+        c.log_format = raw.log_format.unwrap_or_default();
         if c.internal_network && c.publish_task_ports {
             return Err(invalid(
                 "internal_network",

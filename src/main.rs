@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use mecanywhere_executor::config::Config;
+use mecanywhere_executor::config::{Config, LogFormat};
 use mecanywhere_executor::engine::docker::DockerEngine;
 use mecanywhere_executor::executor::{Executor, GpuLoader};
 use mecanywhere_executor::gpu::nvml::NvmlInventory;
@@ -27,6 +27,10 @@ struct Cli {
     /// Address to serve the API on [default: `listen` in the config, else 127.0.0.1:2591]
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Log format: `text` for people, `json` (one object per line) for log collectors
+    /// [default: `log_format` in the config, else text]
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -110,20 +114,31 @@ async fn shutdown_signal(stop: CancellationToken) {
     stop.cancel();
 }
 
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`), as text or JSON lines.
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        // Each line one JSON object: the event's fields, its level and target, and the
+        // spans it happened in (the request span carries the request id).
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse_from(normalize_args(std::env::args_os()));
     if let Some(Command::Gpus) = cli.command {
         return print_gpus();
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-
     let (config, path) = match Config::load(cli.config.as_deref()) {
         Ok(loaded) => loaded,
         Err(e) => {
@@ -131,6 +146,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    init_logging(cli.log_format.unwrap_or(config.log_format));
     match &path {
         Some(p) => tracing::info!(file = %p.display(), "config loaded"),
         None => tracing::info!("no config file: using defaults"),

@@ -1,7 +1,9 @@
-//! `/metrics` and prewarming, end to end against the real Docker daemon.
+//! `/metrics`, logs an operator can ship, and prewarming, end to end against the real Docker
+//! daemon.
 
 mod common;
 
+use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -182,4 +184,68 @@ fn prewarmed_containers_are_evicted_first_and_come_back_when_room_frees() {
         );
         std::thread::sleep(Duration::from_millis(250));
     }
+}
+
+/// Sends a request with `headers` on a fresh connection; returns the answer's head.
+fn answer_head(ex: &Executor, path: &str, body: &str, headers: &str) -> String {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", ex.port)).unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{headers}\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer.split("\r\n\r\n").next().unwrap().to_lowercase()
+}
+
+#[test]
+fn json_logs_carry_the_request_id_in_every_line_about_the_request() {
+    let ex = Executor::start("json-logs", "log_format: json");
+    let body = json!({"id": "meca-test-crash:latest", "input": "secret-input-xyz"}).to_string();
+    let head = answer_head(&ex, "/", &body, "X-Request-Id: req-abc-123\r\n");
+    assert!(head.contains("x-request-id: req-abc-123"), "{head}");
+    // Without one, the executor makes one up and says which.
+    let head = answer_head(&ex, "/pause", "", "");
+    let id = head
+        .lines()
+        .find_map(|l| l.strip_prefix("x-request-id: "))
+        .unwrap_or_else(|| panic!("no request id: {head}"));
+    assert!(
+        id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{id}"
+    );
+
+    let log = ex.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let about = |id: &str| -> Vec<String> {
+        lines
+            .iter()
+            .filter(|l| l["span"]["id"] == json!(id))
+            .map(|l| l["fields"]["message"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    let messages = about("req-abc-123");
+    // The request, its cold start and its broken container, all under its id.
+    for expected in [
+        "execute",
+        "task container ready",
+        "discarding task container",
+    ] {
+        assert!(
+            messages.iter().any(|m| m == expected),
+            "no {expected:?} line with the request id; lines with it: {messages:?}\n{log}"
+        );
+    }
+    assert!(about(id).iter().any(|m| m == "paused"), "{log}");
+    assert!(
+        !log.contains("secret-input-xyz"),
+        "task input was logged:\n{log}"
+    );
 }

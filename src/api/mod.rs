@@ -59,7 +59,37 @@ pub fn router(executor: Arc<Executor>, stop: CancellationToken) -> Router {
     protected
         .route("/health", get(health))
         .layer(DefaultBodyLimit::max(config.max_request_bytes))
+        .layer(middleware::from_fn(request_id))
         .with_state(AppState { executor, stop })
+}
+
+/// The header that carries a request's id, in and out.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// Gives every request an id, the client's `X-Request-Id` when it sent a sane one (at most
+/// 128 visible ASCII characters), else a new one. Every log line about the request carries
+/// it (a `request` span), and so does the answer's `X-Request-Id` header.
+async fn request_id(request: Request, next: Next) -> Response {
+    let given = request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()));
+    let id = match given {
+        Some(id) => id.to_string(),
+        None => uuid::Uuid::new_v4().simple().to_string(),
+    };
+    let span = tracing::info_span!(
+        "request",
+        id = %id,
+        method = %request.method(),
+        path = %request.uri().path()
+    );
+    let mut response = tracing::Instrument::instrument(next.run(request), span).await;
+    if let Ok(value) = header::HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    response
 }
 
 /// Serves the request if fewer than `max` are being served, else answers 503 at once.

@@ -30,6 +30,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use bytes::Bytes;
+use tracing::Instrument;
 
 pub use error::ExecError;
 pub use gpus::GpuLoader;
@@ -325,7 +326,9 @@ impl Executor {
                 Lookup::Claimed(ticket) => {
                     let (tx, rx) = tokio::sync::oneshot::channel();
                     let starter = Arc::clone(&self.starter);
-                    self.starter.spawn_start(starter.cold_start(ticket, tx));
+                    // The start logs as part of the request that claimed it.
+                    self.starter
+                        .spawn_start(starter.cold_start(ticket, tx).in_current_span());
                     return match rx.await {
                         Ok(result) => result.map(|lease| (lease, true)),
                         Err(_) => Err(ExecError::StartCancelled),

@@ -13,7 +13,9 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+
 use std::time::Duration;
+use tracing::Instrument;
 
 use super::context::Context;
 use super::scopeguard;
@@ -136,13 +138,15 @@ impl Removals {
                     _ => format!("{error}; its container was removed"),
                 }
             };
-            tracing::warn!(container = %container.id, key = %container.key, %message, "discarding task container");
+            tracing::warn!(container = %container.id, key = %container.key, reason = %message, "discarding task container");
             // Only one of the requests that saw it break removes it.
             if ours {
                 removals.retire(container, Duration::ZERO).await;
             }
             message
-        });
+        }
+        // It logs as part of the request that found the container broken.
+        .in_current_span());
         diagnosis
             .await
             .unwrap_or_else(|e| format!("the task container failed ({e})"))
