@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+
+mod ctl;
 use tokio_util::sync::CancellationToken;
 
 use mecanywhere_executor::config::{Config, LogFormat};
@@ -39,6 +41,8 @@ struct Cli {
 enum Command {
     /// Print the NVIDIA GPUs NVML sees (count, model, UUIDs, utilisation, memory) and exit.
     Gpus,
+    /// Talk to a running executor: stats, pause, unpause, update-config, stop, run a task.
+    Ctl(ctl::CtlArgs),
 }
 
 /// The `gpus` subcommand.
@@ -136,8 +140,10 @@ fn init_logging(format: LogFormat) {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse_from(normalize_args(std::env::args_os()));
-    if let Some(Command::Gpus) = cli.command {
-        return print_gpus();
+    match cli.command {
+        Some(Command::Gpus) => return print_gpus(),
+        Some(Command::Ctl(args)) => return ctl::run(args).await,
+        None => {}
     }
     let (config, path) = match Config::load(cli.config.as_deref()) {
         Ok(loaded) => loaded,
