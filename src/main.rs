@@ -43,6 +43,8 @@ enum Command {
     Gpus,
     /// Talk to a running executor: stats, pause, unpause, update-config, stop, run a task.
     Ctl(ctl::CtlArgs),
+    /// Print the API's OpenAPI document (as served at /openapi.json) and exit.
+    Openapi,
 }
 
 /// The `gpus` subcommand.
@@ -143,6 +145,10 @@ async fn main() -> ExitCode {
     match cli.command {
         Some(Command::Gpus) => return print_gpus(),
         Some(Command::Ctl(args)) => return ctl::run(args).await,
+        Some(Command::Openapi) => {
+            println!("{}", mecanywhere_executor::api::openapi::document());
+            return ExitCode::SUCCESS;
+        }
         None => {}
     }
     let (config, path) = match Config::load(cli.config.as_deref()) {

@@ -5,6 +5,7 @@
 //! decision the executor should make; read a handler top to bottom to see a request's path.
 
 pub mod fields;
+pub mod openapi;
 pub mod request;
 pub mod server;
 
@@ -18,10 +19,10 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::executor::{ExecError, Executor, Stats};
+use openapi::{Health, Outcome, StatsAnswer};
 use request::RequestError;
 
 #[derive(Clone)]
@@ -32,7 +33,7 @@ struct AppState {
 }
 
 /// The router of all endpoints. With an `auth_token` configured, every endpoint but
-/// `/health` requires `Authorization: Bearer <token>`.
+/// `/health` and `/openapi.json` requires `Authorization: Bearer <token>`.
 pub fn router(executor: Arc<Executor>, stop: CancellationToken) -> Router {
     let config = executor.config();
     let in_flight = Arc::new(tokio::sync::Semaphore::new(
@@ -58,6 +59,7 @@ pub fn router(executor: Arc<Executor>, stop: CancellationToken) -> Router {
     }
     protected
         .route("/health", get(health))
+        .route("/openapi.json", get(openapi_json))
         .layer(DefaultBodyLimit::max(config.max_request_bytes))
         .layer(middleware::from_fn(request_id))
         .with_state(AppState { executor, stop })
@@ -144,12 +146,6 @@ async fn require_token(token: Arc<[u8]>, request: Request, next: Next) -> Respon
     }
 }
 
-#[derive(Serialize)]
-struct Outcome<'a> {
-    success: bool,
-    msg: &'a str,
-}
-
 fn outcome(status: StatusCode, success: bool, msg: &str) -> Response {
     let body = serde_json::to_vec(&Outcome { success, msg }).expect("plain struct serializes");
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
@@ -163,6 +159,20 @@ fn body_rejected(rejection: BytesRejection) -> Response {
     outcome(rejection.status(), false, &rejection.body_text())
 }
 
+/// Runs a task.
+#[utoipa::path(
+    post,
+    path = "/",
+    request_body(content = openapi::ExecuteRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The task's answer (`success: true`), or why it failed: a failure of the task is still HTTP 200", body = Outcome),
+        (status = 400, description = "Malformed request, missing `id`, or two spellings of one field that disagree", body = Outcome),
+        (status = 401, description = "Missing or wrong bearer token (with `auth_token` set)", body = Outcome),
+        (status = 503, description = "Busy: `max_requests_in_flight` requests are being served", body = Outcome),
+        (status = 413, description = "Request body over `max_request_bytes`", body = Outcome),
+    ),
+    security((), ("bearer" = []))
+)]
 async fn execute(State(app): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
     let body = match body {
         Ok(body) => body,
@@ -207,31 +217,53 @@ fn number(x: f64) -> serde_json::Value {
     }
 }
 
-fn stats_json(s: &Stats) -> serde_json::Value {
-    serde_json::json!({
-        "total_cpu": s.host.cores,
-        "total_mem": s.host.mem_mb,
-        "used_cpu": s.host_cpu_percent,
-        "used_mem": s.host_mem_percent,
-        "task_cpu": number(s.task_cpu),
-        "task_mem": s.task_mem_mb,
-        "task_used_cpu": s.task_used_cpu_percent,
-        "task_used_mem": s.task_used_mem_percent,
-        "gpu_model": s.gpu_model,
-        "task_gpu": s.task_gpu,
-        "task_used_gpu": s.task_used_gpu,
-        "containers": s.containers,
-        "runtimes": s.runtimes,
-    })
+fn stats_answer(s: &Stats) -> StatsAnswer {
+    StatsAnswer {
+        total_cpu: s.host.cores,
+        total_mem: s.host.mem_mb,
+        used_cpu: s.host_cpu_percent,
+        used_mem: s.host_mem_percent,
+        task_cpu: number(s.task_cpu),
+        task_mem: s.task_mem_mb,
+        task_used_cpu: s.task_used_cpu_percent,
+        task_used_mem: s.task_used_mem_percent,
+        gpu_model: s.gpu_model.clone(),
+        task_gpu: s.task_gpu,
+        task_used_gpu: s.task_used_gpu,
+        containers: s.containers,
+        runtimes: s.runtimes.clone(),
+    }
 }
 
+/// Host, budget and container figures.
+#[utoipa::path(
+    get,
+    path = "/stats",
+    responses(
+        (status = 200, description = "The figures, or `{\"success\": false, \"msg\": \"failed to retrieve resource stats\"}` while paused", body = openapi::StatsReply),
+        (status = 401, description = "Missing or wrong bearer token (with `auth_token` set)", body = Outcome),
+        (status = 503, description = "Busy: `max_requests_in_flight` requests are being served", body = Outcome),
+    ),
+    security((), ("bearer" = []))
+)]
 async fn stats(State(app): State<AppState>) -> Response {
     match app.executor.stats() {
-        Some(s) => axum::Json(stats_json(&s)).into_response(),
+        Some(s) => axum::Json(stats_answer(&s)).into_response(),
         None => failure("failed to retrieve resource stats"),
     }
 }
 
+/// Prometheus / OpenMetrics text.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    responses(
+        (status = 200, description = "The metrics", body = String, content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        (status = 401, description = "Missing or wrong bearer token (with `auth_token` set)", body = Outcome),
+        (status = 503, description = "Busy: `max_requests_in_flight` requests are being served", body = Outcome),
+    ),
+    security((), ("bearer" = []))
+)]
 async fn metrics(State(app): State<AppState>) -> Response {
     (
         [(
@@ -243,20 +275,59 @@ async fn metrics(State(app): State<AppState>) -> Response {
         .into_response()
 }
 
+/// Whether the executor answers (never needs a token).
+#[utoipa::path(get, path = "/health", responses((status = 200, description = "Up", body = Health)))]
 async fn health() -> Response {
-    axum::Json(serde_json::json!({"status": "ok"})).into_response()
+    axum::Json(Health { status: "ok" }).into_response()
 }
 
+/// Refuses new tasks, cancels starts in progress and removes every task container.
+#[utoipa::path(
+    post,
+    path = "/pause",
+    responses(
+        (status = 200, description = "Paused, task containers removed", body = Outcome),
+        (status = 401, description = "Missing or wrong bearer token (with `auth_token` set)", body = Outcome),
+        (status = 503, description = "Busy: `max_requests_in_flight` requests are being served", body = Outcome),
+    ),
+    security((), ("bearer" = []))
+)]
 async fn pause(State(app): State<AppState>) -> Response {
     app.executor.pause().await;
     outcome(StatusCode::OK, true, "executor paused")
 }
 
+/// Accepts tasks again.
+#[utoipa::path(
+    post,
+    path = "/unpause",
+    responses(
+        (status = 200, description = "Unpaused", body = Outcome),
+        (status = 401, description = "Missing or wrong bearer token (with `auth_token` set)", body = Outcome),
+        (status = 503, description = "Busy: `max_requests_in_flight` requests are being served", body = Outcome),
+    ),
+    security((), ("bearer" = []))
+)]
 async fn unpause(State(app): State<AppState>) -> Response {
     app.executor.unpause();
     outcome(StatusCode::OK, true, "executor unpaused")
 }
 
+/// Changes the budget, idle timeout, GPUs or micro-VM runtime; only while paused.
+#[utoipa::path(
+    post,
+    path = "/update-config",
+    request_body(content = openapi::UpdateConfig, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Updated (`success: true`), or `executor is running` (`success: false`)", body = Outcome),
+        (status = 400, description = "A value out of range, an unknown key, or not JSON", body = Outcome),
+        (status = 409, description = "The new budget cannot hold what containers not yet removed still hold", body = Outcome),
+        (status = 401, description = "Missing or wrong bearer token (with `auth_token` set)", body = Outcome),
+        (status = 503, description = "Busy: `max_requests_in_flight` requests are being served", body = Outcome),
+        (status = 413, description = "Request body over `max_request_bytes`", body = Outcome),
+    ),
+    security((), ("bearer" = []))
+)]
 async fn update_config(
     State(app): State<AppState>,
     body: Result<Bytes, BytesRejection>,
@@ -281,6 +352,17 @@ async fn update_config(
     }
 }
 
+/// Removes every task container and stops the executor.
+#[utoipa::path(
+    post,
+    path = "/stop",
+    responses(
+        (status = 200, description = "Stopping", body = Outcome),
+        (status = 401, description = "Missing or wrong bearer token (with `auth_token` set)", body = Outcome),
+        (status = 503, description = "Busy: `max_requests_in_flight` requests are being served", body = Outcome),
+    ),
+    security((), ("bearer" = []))
+)]
 async fn stop_executor(State(app): State<AppState>) -> Response {
     tracing::info!("stop requested");
     app.stop.cancel();
@@ -289,4 +371,20 @@ async fn stop_executor(State(app): State<AppState>) -> Response {
         true,
         "executor stopping: removing task containers",
     )
+}
+
+/// This API's OpenAPI document (never needs a token).
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json"))
+)]
+async fn openapi_json() -> Response {
+    static DOCUMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let document = DOCUMENT.get_or_init(openapi::document);
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        document.clone(),
+    )
+        .into_response()
 }

@@ -1,0 +1,211 @@
+//! The API description: an OpenAPI 3.1 document generated (utoipa) from the answer types the
+//! handlers really serialize and from the request shapes the parsers accept, served at
+//! `GET /openapi.json` and shipped as `openapi.json` in the repository.
+//!
+//! Owns the documentation types of the requests (the parsers in `request.rs` and
+//! `fields.rs` read JSON themselves, so these mirror them, every accepted spelling
+//! included) and the document itself. It handles no request.
+
+use serde::Serialize;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+/// The answer of `POST /` and of the control endpoints: the Go executor's shape, kept
+/// byte for byte (clients hash it).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Outcome<'a> {
+    /// Whether the task (or the operation) succeeded.
+    pub success: bool,
+    /// On success, the task's answer byte for byte (as a JSON string); otherwise why not.
+    pub msg: &'a str,
+}
+
+/// `GET /stats` while running.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StatsAnswer {
+    /// Host cores.
+    pub total_cpu: u32,
+    /// Host memory, MB.
+    pub total_mem: u64,
+    /// Host CPU busy, percent.
+    pub used_cpu: f64,
+    /// Host memory used, percent.
+    pub used_mem: f64,
+    /// Task CPU budget, cores (an integer when whole).
+    #[schema(value_type = f64)]
+    pub task_cpu: serde_json::Value,
+    /// Task memory budget, MB.
+    pub task_mem: u64,
+    /// Percent of the CPU budget reserved by task containers.
+    pub task_used_cpu: f64,
+    /// Percent of the memory budget reserved by task containers.
+    pub task_used_mem: f64,
+    /// Model of the GPUs tasks may use ("" without GPUs).
+    pub gpu_model: String,
+    /// GPUs usable by tasks.
+    pub task_gpu: u32,
+    /// GPUs reserved now.
+    pub task_used_gpu: u32,
+    /// Task containers starting, warm, being removed, or whose removal is retried.
+    pub containers: usize,
+    /// The `runtime` values requests may use on this host.
+    pub runtimes: Vec<&'static str>,
+}
+
+/// `GET /stats`: the figures while running, `{"success": false, "msg": ...}` while paused.
+#[derive(ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum StatsReply<'a> {
+    Running(StatsAnswer),
+    Paused(Outcome<'a>),
+}
+
+/// `GET /health`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// Always `ok`.
+    pub status: &'static str,
+}
+
+/// `POST /`: runs a task. The resource fields are accepted under every spelling real
+/// MECAnywhere clients send (two spellings with different values are a 400).
+#[derive(ToSchema)]
+#[allow(dead_code, non_snake_case)]
+pub struct ExecuteRequest {
+    /// The image to run, e.g. `sampleserver:latest`.
+    id: String,
+    /// Passed to the task unchanged as the body of `POST /` (absent or null: empty).
+    input: Option<String>,
+    /// `container` (default) or `microVM`.
+    runtime: Option<String>,
+    /// Run as an SGX task.
+    use_sgx: Option<bool>,
+    /// Same as `use_sgx` (the desktop app).
+    useSgx: Option<bool>,
+    /// Same as `resource.use_gpu` (the desktop app).
+    useGpu: Option<bool>,
+    use_gpu: Option<bool>,
+    /// Same as `resource.gpu_count` (the desktop app).
+    gpuCount: Option<i64>,
+    gpu_count: Option<i64>,
+    /// Limits; absent, null, or cpu and mem both 0: 1 core and 128 MB.
+    resource: Option<Resource>,
+}
+
+/// The limits of a task. A missing limit takes its default (1 core, 128 MB).
+#[derive(ToSchema)]
+#[allow(dead_code, non_snake_case)]
+pub struct Resource {
+    /// Cores (0.5 = half a core).
+    cpu: Option<f64>,
+    /// Same as `cpu` (the desktop app).
+    task_cpu: Option<f64>,
+    /// Memory, MB.
+    mem: Option<i64>,
+    /// Same as `mem` (older clients, the SGX example task).
+    memory: Option<i64>,
+    /// Same as `mem` (the desktop app).
+    task_mem: Option<i64>,
+    /// The task needs GPUs.
+    use_gpu: Option<bool>,
+    useGpu: Option<bool>,
+    /// How many whole GPUs (at least 1 when `use_gpu`).
+    gpu_count: Option<i64>,
+    gpuCount: Option<i64>,
+    use_sgx: Option<bool>,
+    useSgx: Option<bool>,
+    /// A task's whole `config.json` (the pymeca host): its `resource`.
+    resource: Option<TaskConfigResource>,
+}
+
+/// The `resource` of a task's `config.json`, nested as the pymeca host sends it.
+#[derive(ToSchema)]
+#[allow(dead_code, non_snake_case)]
+pub struct TaskConfigResource {
+    cpu: Option<f64>,
+    task_cpu: Option<f64>,
+    mem: Option<i64>,
+    memory: Option<i64>,
+    task_mem: Option<i64>,
+    use_gpu: Option<bool>,
+    useGpu: Option<bool>,
+    gpu_count: Option<i64>,
+    gpuCount: Option<i64>,
+    use_sgx: Option<bool>,
+    useSgx: Option<bool>,
+}
+
+/// `POST /update-config` (only while paused); any subset of the fields.
+#[derive(ToSchema)]
+#[allow(dead_code, non_snake_case)]
+pub struct UpdateConfig {
+    /// Idle timeout of a warm container, minutes (1 to 525600).
+    timeout: Option<i64>,
+    /// Task CPU budget, cores (above 0, at most 4096).
+    cpu: Option<f64>,
+    /// Task memory budget, MB (1 to 16777216).
+    mem: Option<i64>,
+    /// Schedule NVIDIA GPUs (a boolean, or 0 / 1).
+    has_gpu: Option<HasGpu>,
+    /// Docker runtime used for `runtime: microVM` ("" to unset).
+    microVM_runtime: Option<String>,
+}
+
+#[derive(ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum HasGpu {
+    Flag(bool),
+    Number(i64),
+}
+
+/// Declares the bearer token (`auth_token`).
+struct BearerToken;
+
+impl Modify for BearerToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "mecanywhere-executor",
+        description = "Runs MECAnywhere tasks in isolated containers. With `auth_token` set, every endpoint but /health and /openapi.json needs `Authorization: Bearer <token>`."
+    ),
+    paths(
+        super::execute,
+        super::stats,
+        super::metrics,
+        super::health,
+        super::pause,
+        super::unpause,
+        super::update_config,
+        super::stop_executor,
+        super::openapi_json,
+    ),
+    components(schemas(
+        Outcome,
+        StatsAnswer,
+        Health,
+        ExecuteRequest,
+        Resource,
+        TaskConfigResource,
+        UpdateConfig
+    )),
+    modifiers(&BearerToken)
+)]
+pub struct ApiDoc;
+
+/// The document, as served and shipped (pretty-printed JSON).
+pub fn document() -> String {
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .expect("the document serializes")
+}
