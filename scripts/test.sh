@@ -29,6 +29,8 @@ scripts/build-python-task-images.sh
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked --all-targets
+# The Debian package: contents, systemd unit, install into a clean Debian root and run.
+scripts/test-package.sh
 
 left="$(docker ps -aq --filter label=org.mecanywhere.executor)"
 if [ -n "$left" ]; then
