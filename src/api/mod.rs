@@ -167,8 +167,7 @@ fn body_rejected(rejection: BytesRejection) -> Response {
     responses(
         (status = 200, description = "The task's answer (`success: true`), or why it failed: a failure of the task is still HTTP 200", body = Outcome),
         (status = 400, description = "Malformed request, missing `id`, or two spellings of one field that disagree", body = Outcome),
-        (status = 401, description = "Missing or wrong bearer token (with `auth_token` set)", body = Outcome),
-        (status = 503, description = "Busy: `max_requests_in_flight` requests are being served", body = Outcome),
+        openapi::Refusals,
         (status = 413, description = "Request body over `max_request_bytes`", body = Outcome),
     ),
     security((), ("bearer" = []))
@@ -241,8 +240,7 @@ fn stats_answer(s: &Stats) -> StatsAnswer {
     path = "/stats",
     responses(
         (status = 200, description = "The figures, or `{\"success\": false, \"msg\": \"failed to retrieve resource stats\"}` while paused", body = openapi::StatsReply),
-        (status = 401, description = "Missing or wrong bearer token (with `auth_token` set)", body = Outcome),
-        (status = 503, description = "Busy: `max_requests_in_flight` requests are being served", body = Outcome),
+        openapi::Refusals,
     ),
     security((), ("bearer" = []))
 )]
@@ -259,8 +257,7 @@ async fn stats(State(app): State<AppState>) -> Response {
     path = "/metrics",
     responses(
         (status = 200, description = "The metrics", body = String, content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8"),
-        (status = 401, description = "Missing or wrong bearer token (with `auth_token` set)", body = Outcome),
-        (status = 503, description = "Busy: `max_requests_in_flight` requests are being served", body = Outcome),
+        openapi::Refusals,
     ),
     security((), ("bearer" = []))
 )]
@@ -287,8 +284,7 @@ async fn health() -> Response {
     path = "/pause",
     responses(
         (status = 200, description = "Paused, task containers removed", body = Outcome),
-        (status = 401, description = "Missing or wrong bearer token (with `auth_token` set)", body = Outcome),
-        (status = 503, description = "Busy: `max_requests_in_flight` requests are being served", body = Outcome),
+        openapi::Refusals,
     ),
     security((), ("bearer" = []))
 )]
@@ -303,8 +299,7 @@ async fn pause(State(app): State<AppState>) -> Response {
     path = "/unpause",
     responses(
         (status = 200, description = "Unpaused", body = Outcome),
-        (status = 401, description = "Missing or wrong bearer token (with `auth_token` set)", body = Outcome),
-        (status = 503, description = "Busy: `max_requests_in_flight` requests are being served", body = Outcome),
+        openapi::Refusals,
     ),
     security((), ("bearer" = []))
 )]
@@ -322,8 +317,7 @@ async fn unpause(State(app): State<AppState>) -> Response {
         (status = 200, description = "Updated (`success: true`), or `executor is running` (`success: false`)", body = Outcome),
         (status = 400, description = "A value out of range, an unknown key, or not JSON", body = Outcome),
         (status = 409, description = "The new budget cannot hold what containers not yet removed still hold", body = Outcome),
-        (status = 401, description = "Missing or wrong bearer token (with `auth_token` set)", body = Outcome),
-        (status = 503, description = "Busy: `max_requests_in_flight` requests are being served", body = Outcome),
+        openapi::Refusals,
         (status = 413, description = "Request body over `max_request_bytes`", body = Outcome),
     ),
     security((), ("bearer" = []))
@@ -358,8 +352,7 @@ async fn update_config(
     path = "/stop",
     responses(
         (status = 200, description = "Stopping", body = Outcome),
-        (status = 401, description = "Missing or wrong bearer token (with `auth_token` set)", body = Outcome),
-        (status = 503, description = "Busy: `max_requests_in_flight` requests are being served", body = Outcome),
+        openapi::Refusals,
     ),
     security((), ("bearer" = []))
 )]

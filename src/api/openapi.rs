@@ -8,7 +8,7 @@
 
 use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
 
 /// The answer of `POST /` and of the control endpoints: the Go executor's shape, kept
 /// byte for byte (clients hash it).
@@ -95,8 +95,19 @@ pub struct ExecuteRequest {
 
 /// The limits of a task. A missing limit takes its default (1 core, 128 MB).
 #[derive(ToSchema)]
-#[allow(dead_code, non_snake_case)]
+#[allow(dead_code)]
 pub struct Resource {
+    #[serde(flatten)]
+    limits: TaskConfigResource,
+    /// A task's whole `config.json` (the pymeca host): its `resource`.
+    resource: Option<TaskConfigResource>,
+}
+
+/// The limits and flags of a task, under every accepted spelling; the `resource` of a task's
+/// `config.json` has the same shape.
+#[derive(ToSchema)]
+#[allow(dead_code, non_snake_case)]
+pub struct TaskConfigResource {
     /// Cores (0.5 = half a core).
     cpu: Option<f64>,
     /// Same as `cpu` (the desktop app).
@@ -111,25 +122,6 @@ pub struct Resource {
     use_gpu: Option<bool>,
     useGpu: Option<bool>,
     /// How many whole GPUs (at least 1 when `use_gpu`).
-    gpu_count: Option<i64>,
-    gpuCount: Option<i64>,
-    use_sgx: Option<bool>,
-    useSgx: Option<bool>,
-    /// A task's whole `config.json` (the pymeca host): its `resource`.
-    resource: Option<TaskConfigResource>,
-}
-
-/// The `resource` of a task's `config.json`, nested as the pymeca host sends it.
-#[derive(ToSchema)]
-#[allow(dead_code, non_snake_case)]
-pub struct TaskConfigResource {
-    cpu: Option<f64>,
-    task_cpu: Option<f64>,
-    mem: Option<i64>,
-    memory: Option<i64>,
-    task_mem: Option<i64>,
-    use_gpu: Option<bool>,
-    useGpu: Option<bool>,
     gpu_count: Option<i64>,
     gpuCount: Option<i64>,
     use_sgx: Option<bool>,
@@ -158,6 +150,19 @@ pub struct UpdateConfig {
 pub enum HasGpu {
     Flag(bool),
     Number(i64),
+}
+
+/// What the front answers instead of an endpoint, on every endpoint but `/health` and
+/// `/openapi.json`.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum Refusals<'a> {
+    /// Missing or wrong bearer token (with `auth_token` set).
+    #[response(status = 401)]
+    Unauthorized(Outcome<'a>),
+    /// Busy: `max_requests_in_flight` requests are being served.
+    #[response(status = 503)]
+    Busy(Outcome<'a>),
 }
 
 /// Declares the bearer token (`auth_token`).
