@@ -88,6 +88,8 @@ struct RawConfig {
     header_read_timeout: Option<String>,
     idle_connection_timeout: Option<String>,
     log_format: Option<LogFormat>,
+    background_eviction: Option<bool>,
+    body_read_timeout: Option<String>,
 }
 
 /// One `prewarm:` entry as written.
@@ -179,8 +181,13 @@ pub struct Config {
     pub header_read_timeout: Duration,
     /// How long a keep-alive client connection may sit without a request.
     pub idle_connection_timeout: Duration,
+    /// How long a client may take to send a request's body once its headers arrived.
+    pub body_read_timeout: Duration,
     /// Log lines as text for people, or one JSON object per line for log collectors.
     pub log_format: LogFormat,
+    /// An evicted container's room is reused once its processes are killed; its removal
+    /// finishes in the background (off the start's critical path).
+    pub background_eviction: bool,
 }
 
 /// How log lines are written (`log_format`, `--log-format`).
@@ -251,7 +258,9 @@ impl Default for Config {
             max_requests_in_flight: 512,
             header_read_timeout: Duration::from_secs(10),
             idle_connection_timeout: Duration::from_secs(60),
+            body_read_timeout: Duration::from_secs(30),
             log_format: LogFormat::Text,
+            background_eviction: true,
         }
     }
 }
@@ -550,7 +559,11 @@ impl Config {
         if let Some(d) = raw.idle_connection_timeout {
             c.idle_connection_timeout = duration("idle_connection_timeout", &d)?;
         }
+        if let Some(d) = raw.body_read_timeout {
+            c.body_read_timeout = duration("body_read_timeout", &d)?;
+        }
         c.log_format = raw.log_format.unwrap_or_default();
+        c.background_eviction = raw.background_eviction.unwrap_or(true);
         if c.internal_network && c.publish_task_ports {
             return Err(invalid(
                 "internal_network",

@@ -131,19 +131,19 @@ struct Target {
 
 impl Target {
     fn resolve(args: &CtlArgs) -> Result<Target, String> {
-        let config = load_config(args.config.as_deref())?;
         let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-        let url = args
-            .url
-            .clone()
-            .or_else(|| env(URL_ENV))
+        let url = args.url.clone().or_else(|| env(URL_ENV));
+        let token = args.token.clone().or_else(|| env(TOKEN_ENV));
+        // The config only for what flags and environment left open (it may be unreadable to
+        // this user when both are given).
+        let config = match (&url, &token) {
+            (Some(_), Some(_)) => None,
+            _ => load_config(args.config.as_deref())?,
+        };
+        let url = url
             .or_else(|| config.as_ref().map(|c| url_of_listen(c.listen)))
             .unwrap_or_else(|| "http://127.0.0.1:2591".to_string());
-        let token = args
-            .token
-            .clone()
-            .or_else(|| env(TOKEN_ENV))
-            .or_else(|| config.and_then(|c| c.auth_token));
+        let token = token.or_else(|| config.and_then(|c| c.auth_token));
         let url = url.trim_end_matches('/').to_string();
         url.parse::<Uri>()
             .map_err(|e| format!("bad executor URL {url:?}: {e}"))?;

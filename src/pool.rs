@@ -21,7 +21,8 @@ use crate::task::TaskKey;
 use crate::task_client::TaskCall;
 
 /// A ready task container. Holding its [`Reservation`], it keeps its resources reserved
-/// until the last reference to it is gone (after the engine removed it).
+/// until the last reference to it is gone (after the engine removed it), or until its
+/// processes are known dead ([`Container::release_reservation`], eviction).
 #[derive(Debug)]
 pub struct Container {
     pub id: String,
@@ -36,7 +37,7 @@ pub struct Container {
     idle: Arc<Notify>,
     /// Kept ready ahead of demand: never reaped when idle, evicted first under pressure.
     pub prewarmed: bool,
-    _reservation: Reservation,
+    reservation: std::sync::Mutex<Option<Reservation>>,
 }
 
 impl Container {
@@ -57,8 +58,20 @@ impl Container {
             epoch: Instant::now(),
             idle,
             prewarmed,
-            _reservation: reservation,
+            reservation: std::sync::Mutex::new(Some(reservation)),
         }
+    }
+
+    /// Gives the container's resources back before it is removed. Only for a container out
+    /// of the pool whose processes the engine killed: it holds no resources any more and
+    /// never runs again.
+    pub fn release_reservation(&self) {
+        let released = self
+            .reservation
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        drop(released);
     }
 
     pub fn addr(&self) -> SocketAddr {

@@ -76,6 +76,9 @@ impl Engine for Recording {
     async fn exit_state(&self, id: &str) -> Result<Option<ExitState>, EngineError> {
         self.docker.exit_state(id).await
     }
+    async fn kill(&self, id: &str) -> Result<(), EngineError> {
+        self.docker.kill(id).await
+    }
     async fn remove(&self, id: &str) -> Result<(), EngineError> {
         self.docker.remove(id).await
     }

@@ -298,3 +298,98 @@ async fn a_large_request_is_not_starved_by_a_stream_of_small_ones() {
         assert!(result.is_ok(), "{result:?}");
     }
 }
+
+/// Eviction off the critical path: removals can take seconds (Docker, a busy host); a start
+/// that evicts an idle container reuses its room once the container's processes are killed,
+/// and the removal finishes in the background. `background_eviction: false` waits for it.
+#[tokio::test(start_paused = true)]
+async fn an_evicted_containers_room_is_reused_once_it_is_killed_not_after_its_removal() {
+    for background in [true, false] {
+        let config = Config {
+            cpu: 1.0,
+            mem_mb: 1024,
+            background_eviction: background,
+            ..Config::default()
+        };
+        let (ex, engine) = executor(
+            config,
+            &[("a:v1", ready_after(100)), ("b:v1", ready_after(100))],
+        )
+        .await;
+        engine.set_delays(Duration::from_secs(5), Duration::from_millis(50));
+        ex.execute(request(&key("a:v1", 1000, 128), "ok"))
+            .await
+            .unwrap();
+        let started = Instant::now();
+        ex.execute(request(&key("b:v1", 1000, 128), "ok"))
+            .await
+            .unwrap();
+        let took = started.elapsed();
+        if background {
+            // 50 ms kill + 100 ms start, not the 5 s removal.
+            assert!(took < Duration::from_millis(500), "took {took:?}");
+            // The evicted container still exists, dead, while the new one runs.
+            let containers = engine.containers();
+            assert_eq!(containers.len(), 2, "{containers:?}");
+            assert!(containers.iter().any(|c| c.image == "a:v1"
+                && matches!(
+                    c.state,
+                    mecanywhere_executor::engine::memory::MemState::Exited(_)
+                )));
+            assert_eq!(
+                ex.budget().used,
+                Demand {
+                    milli_cpu: 1000,
+                    mem_mb: 128
+                }
+            );
+            tokio::time::sleep(Duration::from_secs(6)).await;
+            assert_eq!(engine.containers().len(), 1, "removed in the background");
+        } else {
+            assert!(took >= Duration::from_secs(5), "took {took:?}");
+        }
+        ex.shutdown().await;
+    }
+}
+
+/// Defect: a pull whose waiting starts were all cancelled (pause) stayed half-done, holding
+/// its pull slot for good: every later pull of another image timed out.
+#[tokio::test(start_paused = true)]
+async fn a_pause_during_a_pull_leaves_no_pull_slot_taken() {
+    let config = Config {
+        cpu: 4.0,
+        mem_mb: 4096,
+        max_concurrent_pulls: 1,
+        pull_timeout: Duration::from_secs(10),
+        ..Config::default()
+    };
+    let absent = |pull_ms: u64| ImageScript {
+        present: false,
+        pull: Some(Duration::from_millis(pull_ms)),
+        start: StartScript::Ready(Duration::from_millis(10)),
+    };
+    let (ex, engine) = executor(config, &[("x:v1", absent(3_000)), ("y:v1", absent(1_000))]).await;
+    let first = tokio::spawn({
+        let ex = Arc::clone(&ex);
+        async move { ex.execute(request(&key("x:v1", 1000, 128), "ok")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    ex.pause().await;
+    let cancelled = first.await.unwrap();
+    assert!(
+        matches!(&cancelled, Err(e) if e.outcome() == "rejected"),
+        "{cancelled:?}"
+    );
+    ex.unpause();
+    let started = Instant::now();
+    let second = ex.execute(request(&key("y:v1", 1000, 128), "ok")).await;
+    assert_eq!(second.map_err(|e| e.to_string()), Ok(Bytes::from("ok")));
+    // It waited for the first pull to finish (3 s), not for a slot that never came back.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(engine.pulls().0, 0, "no pull still running");
+    ex.shutdown().await;
+}

@@ -40,17 +40,23 @@ pub fn router(executor: Arc<Executor>, stop: CancellationToken) -> Router {
         config.max_requests_in_flight as usize,
     ));
     let max_in_flight = config.max_requests_in_flight;
+    // Only task runs count against max_requests_in_flight: an operator can always pause or
+    // stop a busy executor.
+    let execute_route = post(execute).layer(middleware::from_fn(move |request, next| {
+        limit_in_flight(Arc::clone(&in_flight), max_in_flight, request, next)
+    }));
     let mut protected = Router::new()
-        .route("/", post(execute))
+        .route("/", execute_route)
         .route("/stats", get(stats))
         .route("/metrics", get(metrics))
         .route("/pause", post(pause))
         .route("/unpause", post(unpause))
         .route("/update-config", post(update_config))
-        .route("/stop", post(stop_executor))
-        .layer(middleware::from_fn(move |request, next| {
-            limit_in_flight(Arc::clone(&in_flight), max_in_flight, request, next)
-        }));
+        .route("/stop", post(stop_executor));
+    let (read_limit, max_body) = (config.body_read_timeout, config.max_request_bytes);
+    protected = protected.layer(middleware::from_fn(move |request, next| {
+        body_in_time(read_limit, max_body, request, next)
+    }));
     if let Some(token) = config.auth_token.clone() {
         let token: Arc<[u8]> = token.into_bytes().into();
         protected = protected.layer(middleware::from_fn(move |request, next| {
@@ -92,6 +98,50 @@ async fn request_id(request: Request, next: Next) -> Response {
         response.headers_mut().insert(REQUEST_ID, value);
     }
     response
+}
+
+/// Reads the whole request body, at most `max` bytes, within `limit`: a client that trickles
+/// its body holds neither a connection nor a slot for long (HTTP 408, connection closed).
+async fn body_in_time(
+    limit: std::time::Duration,
+    max: usize,
+    request: Request,
+    next: Next,
+) -> Response {
+    use http_body_util::BodyExt;
+    let (parts, body) = request.into_parts();
+    let collect = http_body_util::Limited::new(body, max).collect();
+    match tokio::time::timeout(limit, collect).await {
+        Ok(Ok(body)) => {
+            let body = axum::body::Body::from(body.to_bytes());
+            next.run(Request::from_parts(parts, body)).await
+        }
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => outcome(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            false,
+            &format!("request body larger than max_request_bytes ({max} bytes)"),
+        ),
+        Ok(Err(e)) => outcome(
+            StatusCode::BAD_REQUEST,
+            false,
+            &format!("could not read the request body: {e}"),
+        ),
+        Err(_) => {
+            let mut response = outcome(
+                StatusCode::REQUEST_TIMEOUT,
+                false,
+                &format!(
+                    "request body not received within {} (body_read_timeout)",
+                    humantime::format_duration(limit)
+                ),
+            );
+            response.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+            response
+        }
+    }
 }
 
 /// Serves the request if fewer than `max` are being served, else answers 503 at once.
@@ -168,6 +218,7 @@ fn body_rejected(rejection: BytesRejection) -> Response {
         (status = 200, description = "The task's answer (`success: true`), or why it failed: a failure of the task is still HTTP 200", body = Outcome),
         (status = 400, description = "Malformed request, missing `id`, or two spellings of one field that disagree", body = Outcome),
         openapi::Refusals,
+        (status = 408, description = "Request body not received within `body_read_timeout`", body = Outcome),
         (status = 413, description = "Request body over `max_request_bytes`", body = Outcome),
     ),
     security((), ("bearer" = []))
@@ -240,7 +291,7 @@ fn stats_answer(s: &Stats) -> StatsAnswer {
     path = "/stats",
     responses(
         (status = 200, description = "The figures, or `{\"success\": false, \"msg\": \"failed to retrieve resource stats\"}` while paused", body = openapi::StatsReply),
-        openapi::Refusals,
+        openapi::Unauthorized,
     ),
     security((), ("bearer" = []))
 )]
@@ -257,7 +308,7 @@ async fn stats(State(app): State<AppState>) -> Response {
     path = "/metrics",
     responses(
         (status = 200, description = "The metrics", body = String, content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8"),
-        openapi::Refusals,
+        openapi::Unauthorized,
     ),
     security((), ("bearer" = []))
 )]
@@ -284,7 +335,7 @@ async fn health() -> Response {
     path = "/pause",
     responses(
         (status = 200, description = "Paused, task containers removed", body = Outcome),
-        openapi::Refusals,
+        openapi::Unauthorized,
     ),
     security((), ("bearer" = []))
 )]
@@ -299,7 +350,7 @@ async fn pause(State(app): State<AppState>) -> Response {
     path = "/unpause",
     responses(
         (status = 200, description = "Unpaused", body = Outcome),
-        openapi::Refusals,
+        openapi::Unauthorized,
     ),
     security((), ("bearer" = []))
 )]
@@ -317,7 +368,8 @@ async fn unpause(State(app): State<AppState>) -> Response {
         (status = 200, description = "Updated (`success: true`), or `executor is running` (`success: false`)", body = Outcome),
         (status = 400, description = "A value out of range, an unknown key, or not JSON", body = Outcome),
         (status = 409, description = "The new budget cannot hold what containers not yet removed still hold", body = Outcome),
-        openapi::Refusals,
+        openapi::Unauthorized,
+        (status = 408, description = "Request body not received within `body_read_timeout`", body = Outcome),
         (status = 413, description = "Request body over `max_request_bytes`", body = Outcome),
     ),
     security((), ("bearer" = []))
@@ -352,7 +404,7 @@ async fn update_config(
     path = "/stop",
     responses(
         (status = 200, description = "Stopping", body = Outcome),
-        openapi::Refusals,
+        openapi::Unauthorized,
     ),
     security((), ("bearer" = []))
 )]

@@ -152,17 +152,25 @@ pub enum HasGpu {
     Number(i64),
 }
 
-/// What the front answers instead of an endpoint, on every endpoint but `/health` and
-/// `/openapi.json`.
+/// What the front answers instead of `POST /`.
 #[derive(IntoResponses)]
 #[allow(dead_code)]
 pub enum Refusals<'a> {
     /// Missing or wrong bearer token (with `auth_token` set).
     #[response(status = 401)]
     Unauthorized(Outcome<'a>),
-    /// Busy: `max_requests_in_flight` requests are being served.
+    /// Busy: `max_requests_in_flight` task runs are being served.
     #[response(status = 503)]
     Busy(Outcome<'a>),
+}
+
+/// What the front answers instead of the other endpoints but `/health` and `/openapi.json`.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum Unauthorized<'a> {
+    /// Missing or wrong bearer token (with `auth_token` set).
+    #[response(status = 401)]
+    Unauthorized(Outcome<'a>),
 }
 
 /// Declares the bearer token (`auth_token`).

@@ -17,8 +17,8 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, EventsOptions, InspectContainerOptions,
-    InspectNetworkOptions, ListContainersOptions, LogsOptions, RemoveContainerOptions,
-    StartContainerOptions,
+    InspectNetworkOptions, KillContainerOptions, ListContainersOptions, LogsOptions,
+    RemoveContainerOptions, StartContainerOptions, WaitContainerOptions,
 };
 use bollard::Docker;
 use futures_util::stream::BoxStream;
@@ -470,6 +470,32 @@ impl Engine for DockerEngine {
                 message,
             }) if message.contains("already in progress") => Ok(()),
             Err(e) => Err(api_error(e)),
+        }
+    }
+
+    async fn kill(&self, id: &str) -> Result<(), EngineError> {
+        let options = KillContainerOptions {
+            signal: "SIGKILL".into(),
+        };
+        match self.docker.kill_container(id, Some(options)).await {
+            Ok(()) => {}
+            Err(e) if is_not_found(&e) => return Ok(()),
+            // Not running (any more).
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            }) => {}
+            Err(e) => return Err(api_error(e)),
+        }
+        // Docker answers the kill once the signal is sent: wait until the processes are gone.
+        let options = WaitContainerOptions {
+            condition: "not-running".into(),
+        };
+        match self.docker.wait_container(id, Some(options)).next().await {
+            None | Some(Ok(_)) => Ok(()),
+            // A non-zero exit code (137 here) comes as an error: it exited all the same.
+            Some(Err(bollard::errors::Error::DockerContainerWaitError { .. })) => Ok(()),
+            Some(Err(e)) if is_not_found(&e) => Ok(()),
+            Some(Err(e)) => Err(api_error(e)),
         }
     }
 

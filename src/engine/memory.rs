@@ -128,6 +128,9 @@ struct State {
     unreachable: bool,
     /// Removals that fail from now on, before they succeed again.
     failing_removals: u32,
+    /// How long a removal and a kill take.
+    remove_delay: Duration,
+    kill_delay: Duration,
     pulls_now: usize,
     pulls_max: usize,
     pulls_total: usize,
@@ -187,6 +190,13 @@ impl MemoryEngine {
         }
     }
 
+    /// Makes removals take `remove` and kills `kill` (Docker: tens of ms to seconds).
+    pub fn set_delays(&self, remove: Duration, kill: Duration) {
+        let mut state = self.lock();
+        state.remove_delay = remove;
+        state.kill_delay = kill;
+    }
+
     /// Makes the next `n` removals fail (the container stays).
     pub fn fail_removals(&self, n: u32) {
         self.lock().failing_removals = n;
@@ -230,11 +240,13 @@ impl MemoryEngine {
         (state.pulls_now, state.pulls_max, state.pulls_total)
     }
 
-    /// Milli-cores and MB of the containers in the engine (created and not removed).
+    /// Milli-cores and MB of the live containers: created or running, not exited (a killed
+    /// container holds no resources, even before it is removed).
     pub fn live_demand(&self) -> (u64, u64) {
         self.lock()
             .containers
             .values()
+            .filter(|x| !matches!(x.state, MemState::Exited(_)))
             .fold((0, 0), |(c, m), x| (c + x.milli_cpu, m + x.mem_mb))
     }
 
@@ -398,6 +410,8 @@ impl Engine for MemoryEngine {
     }
 
     async fn remove(&self, id: &str) -> Result<(), EngineError> {
+        let delay = self.lock().remove_delay;
+        tokio::time::sleep(delay).await;
         let mut state = self.lock();
         if state.unreachable {
             return Err(unreachable_error());
@@ -420,6 +434,23 @@ impl Engine for MemoryEngine {
             id: id.to_string(),
             labels,
         });
+        Ok(())
+    }
+
+    async fn kill(&self, id: &str) -> Result<(), EngineError> {
+        self.check_reachable()?;
+        let delay = self.lock().kill_delay;
+        tokio::time::sleep(delay).await;
+        if self.running(id) {
+            self.exit(
+                id,
+                ExitState {
+                    code: 137,
+                    oom_killed: false,
+                    memory_limit_mb: None,
+                },
+            );
+        }
         Ok(())
     }
 

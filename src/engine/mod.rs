@@ -144,6 +144,9 @@ pub trait Engine: Send + Sync + 'static {
     async fn exit_state(&self, id: &str) -> Result<Option<ExitState>, EngineError>;
     /// Removes the container (killing it if needed). Removing a missing container is Ok.
     async fn remove(&self, id: &str) -> Result<(), EngineError>;
+    /// Kills the container's processes and returns once they are dead; the container stays
+    /// until removed. Killing a stopped or missing container is Ok.
+    async fn kill(&self, id: &str) -> Result<(), EngineError>;
     /// Ids of all containers (running or not) whose label `key` equals `value`.
     async fn list_labelled(&self, key: &str, value: &str) -> Result<Vec<String>, EngineError>;
     /// Ids of the running containers whose label `key` equals `value`.

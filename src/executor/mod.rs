@@ -525,16 +525,25 @@ impl Executor {
     /// created (found by label, so nothing escapes), and return.
     pub async fn shutdown(&self) {
         self.ctx.closing.cancel();
+        // Starts in progress end as on pause: each removes what it created.
+        self.starter.pause_starts();
         let containers = self.pool.take_all();
         self.removals
             .retire_all(containers, SHUTDOWN_DRAIN_LIMIT)
             .await;
         self.ctx.work.close();
-        if tokio::time::timeout(Duration::from_secs(30), self.ctx.work.wait())
+        // Starts end at once on `closing`; removals and diagnoses finish.
+        let ended = async {
+            self.starter.wait_for_starts().await;
+            self.ctx.work.wait().await;
+        };
+        if tokio::time::timeout(Duration::from_secs(30), ended)
             .await
             .is_err()
         {
-            tracing::warn!("cold starts did not end within 30s; removing their containers anyway");
+            tracing::warn!(
+                "starts and removals did not end within 30s; removing their containers anyway"
+            );
         }
         let engine = &self.ctx.engine;
         match engine

@@ -115,10 +115,8 @@ impl Prewarmer {
             ticket.abandon();
             return;
         }
-        let started = tokio::select! {
-            result = self.prewarm_container(&key, &cancel) => result,
-            _ = self.ctx.closing.cancelled() => Err(Some(ExecError::ShuttingDown)),
-        };
+        // Pause and shutdown cancel `cancel`; the start then removes what it created.
+        let started = self.prewarm_container(&key, &cancel).await;
         let failures = || self.failures.lock().unwrap_or_else(|e| e.into_inner());
         match started {
             Ok(container) => {
@@ -159,7 +157,11 @@ impl Prewarmer {
             _ = cancel.cancelled() => return Err(Some(ExecError::Paused)),
         }
         phases.lap("image");
-        // Reserved only after the image is here: a pull never holds room.
+        // Reserved only after the image is here: a pull never holds room. A request that
+        // began waiting for room during the pull goes first.
+        if self.room.waiting_for_room() > 0 {
+            return Err(None);
+        }
         let reservation = self.room.budget().try_reserve(key.demand).ok_or(None)?;
         self.starter
             .launch(key, &config, reservation, phases, cancel)

@@ -74,6 +74,30 @@ impl Removals {
         self.remove_or_keep_trying(&id, Box::new(container)).await;
     }
 
+    /// Evicts an idle container taken out of the pool to make room. With `in_background`
+    /// (`background_eviction`), kills it, gives its room back once its processes are dead,
+    /// and removes it in the background, so the start that needs the room does not wait for
+    /// the removal; no two live containers hold the same room, as the killed one never runs
+    /// again. Otherwise, or if the kill fails, removes it first (the room comes back after).
+    pub(super) async fn evict(self: &Arc<Self>, victim: Arc<Container>, in_background: bool) {
+        if in_background {
+            match self.ctx.engine.kill(&victim.id).await {
+                Ok(()) => {
+                    victim.release_reservation();
+                    let removals = Arc::clone(self);
+                    self.ctx
+                        .work
+                        .spawn(async move { removals.retire(victim, Duration::ZERO).await });
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(container = %victim.id, error = %e, "could not kill the evicted container; removing it before its room is reused")
+                }
+            }
+        }
+        self.retire(victim, Duration::ZERO).await;
+    }
+
     /// Removes container `id`; if the engine fails to, keeps `hold` (what reserves the
     /// container's resources) and retries in the background until it is gone or the
     /// executor stops (whose final sweep removes it by label).
@@ -109,6 +133,15 @@ impl Removals {
         });
     }
 
+    /// [`retire`](Self::retire) as a tracked task of its own, which shutdown waits for:
+    /// the caller goes on at once, and its cancellation cannot cut the removal short.
+    pub(super) fn retire_later(self: &Arc<Self>, container: Arc<Container>) {
+        let removals = Arc::clone(self);
+        self.ctx
+            .work
+            .spawn(async move { removals.retire(container, Duration::ZERO).await });
+    }
+
     /// Removes several containers concurrently.
     pub(super) async fn retire_all(&self, containers: Vec<Arc<Container>>, drain: Duration) {
         futures_util::future::join_all(containers.into_iter().map(|c| self.retire(c, drain))).await;
@@ -139,9 +172,10 @@ impl Removals {
                 }
             };
             tracing::warn!(container = %container.id, key = %container.key, reason = %message, "discarding task container");
-            // Only one of the requests that saw it break removes it.
+            // Only one of the requests that saw it break removes it, in the background:
+            // the answer does not wait for the removal.
             if ours {
-                removals.retire(container, Duration::ZERO).await;
+                removals.retire_later(container);
             }
             message
         }

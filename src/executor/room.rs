@@ -133,7 +133,16 @@ impl Room {
                     if let Some(victim) = self.pool.take_lru_idle() {
                         self.ctx.metrics.evictions.inc();
                         tracing::info!(container = %victim.id, key = %victim.key, "evicting idle container to make room");
-                        self.removals.retire(victim, Duration::ZERO).await;
+                        // A task of its own: if this start is cancelled (pause, stop), the
+                        // eviction still ends with the victim dead and removed, never with
+                        // its room given back while it runs.
+                        let in_background = self.ctx.config().background_eviction;
+                        let removals = Arc::clone(&self.removals);
+                        let eviction = self
+                            .ctx
+                            .work
+                            .spawn(async move { removals.evict(victim, in_background).await });
+                        let _ = eviction.await;
                         continue;
                     }
                 }
@@ -207,10 +216,7 @@ impl Room {
             for container in expired {
                 self.ctx.metrics.reaped.inc();
                 tracing::info!(container = %container.id, key = %container.key, "removing idle container");
-                let removals = Arc::clone(&self.removals);
-                self.ctx
-                    .work
-                    .spawn(async move { removals.retire(container, Duration::ZERO).await });
+                self.removals.retire_later(container);
             }
             let sleep = async {
                 match next {

@@ -162,13 +162,18 @@ impl Starter {
     ) {
         let key = ticket.key().clone();
         let cancel = self.start_cancel();
+        // Pause and shutdown both cancel `cancel`: the start then ends cooperatively, removing
+        // what it created, instead of being dropped half-way.
         let started = if self.is_paused() {
             Err(ExecError::Paused)
         } else {
-            tokio::select! {
-                result = self.start_container(&key, &cancel) => result,
-                _ = self.ctx.closing.cancelled() => Err(ExecError::ShuttingDown),
+            self.start_container(&key, &cancel).await
+        };
+        let started = match started {
+            Err(ExecError::Paused) if self.ctx.closing.is_cancelled() => {
+                Err(ExecError::ShuttingDown)
             }
+            other => other,
         };
         match started {
             Ok(container) => {

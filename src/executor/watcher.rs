@@ -54,7 +54,7 @@ impl Watcher {
                     let running: HashSet<String> = running.into_iter().collect();
                     for container in self.pool.take_unless_running(&candidates, &running) {
                         tracing::warn!(container = %container.id, key = %container.key, "task container is gone; dropping it from the pool");
-                        self.removals.retire(container, Duration::ZERO).await;
+                        self.removals.retire_later(container);
                     }
                     loop {
                         tokio::select! {
@@ -88,7 +88,7 @@ impl Watcher {
     async fn forget(&self, id: &str) {
         if let Some(container) = self.pool.take_by_id(id) {
             tracing::warn!(container = %id, key = %container.key, "task container stopped outside the executor; dropping it from the pool");
-            self.removals.retire(container, Duration::ZERO).await;
+            self.removals.retire_later(container);
         }
     }
 }
