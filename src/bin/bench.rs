@@ -47,6 +47,9 @@ const PREWARM_MEM: u64 = 48;
 /// Keys of rows 3 and 4 (new keys by memory).
 const COLD_CPU: f64 = 0.1;
 const COLD_MEM_BASE: u64 = 40;
+/// Cold starts that each evict the previous one's idle container (row 3b), and their memory.
+const EVICT_RUNS: usize = 7;
+const EVICT_MEM_BASE: u64 = 60;
 const PARALLEL_MEM_BASE: u64 = 80;
 const PARALLEL: usize = 8;
 /// Pause before each cold start, so that the previous one's aftermath has settled.
@@ -72,6 +75,8 @@ struct Args {
     seconds: u64,
     json: Option<PathBuf>,
     cold_runs: usize,
+    /// `background_eviction` in the executor's config (`--background-eviction false`).
+    background_eviction: bool,
 }
 
 fn parse_args() -> Args {
@@ -79,6 +84,7 @@ fn parse_args() -> Args {
         seconds: 5,
         json: None,
         cold_runs: 11,
+        background_eviction: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -96,9 +102,16 @@ fn parse_args() -> Args {
             "--seconds" => args.seconds = number().max(1),
             "--cold-runs" => args.cold_runs = (number() as usize).max(5),
             "--json" => args.json = Some(PathBuf::from(&value)),
+            "--background-eviction" => {
+                args.background_eviction = value.parse().unwrap_or_else(|_| {
+                    eprintln!("bench: {flag} needs true or false, got {value:?}");
+                    std::process::exit(2)
+                })
+            }
             other => {
                 eprintln!(
-                    "bench: unknown flag {other} (use --seconds N, --json PATH, --cold-runs N)"
+                    "bench: unknown flag {other} (use --seconds N, --json PATH, --cold-runs N, \
+                     --background-eviction true|false)"
                 );
                 std::process::exit(2)
             }
@@ -1131,7 +1144,9 @@ async fn run(args: Args) -> Result<(), String> {
         &config,
         format!(
             "name: {name}\ncpu: {cores}\nmem: 4096\nidle_timeout: 10m\nprewarm:\n  \
-             - image: {IMAGE}\n    cpu: {PREWARM_CPU}\n    mem: {PREWARM_MEM}\n"
+             - image: {IMAGE}\n    cpu: {PREWARM_CPU}\n    mem: {PREWARM_MEM}\n\
+             background_eviction: {}\n",
+            args.background_eviction
         ),
     )
     .map_err(err(config.display()))?;
@@ -1280,6 +1295,24 @@ async fn run(args: Args) -> Result<(), String> {
             .map(|x| (x * 10.0).round() / 10.0)
             .collect::<Vec<_>>()
     );
+
+    // --- row 3b: a cold start that must evict an idle container first ----------------------
+    // Keys as large as the whole CPU budget: each run's container stays idle, and the next
+    // run's new key can only start after evicting it (the prewarmed one goes on the first).
+    let whole = cores as f64;
+    executor_cold(&mut ctl, &mut conn, whole, EVICT_MEM_BASE, INPUT).await?;
+    let mut evict_runs = Vec::new();
+    for i in 1..=EVICT_RUNS {
+        tokio::time::sleep(COLD_SETTLE).await;
+        evict_runs.push(
+            executor_cold(&mut ctl, &mut conn, whole, EVICT_MEM_BASE + i as u64, INPUT).await?,
+        );
+    }
+    let evict_totals: Vec<f64> = evict_runs.iter().map(|r| r.total_ms).collect();
+    let evict_median = median(&evict_totals);
+    let evict_phases = median_phases(evict_runs.iter().map(|r| &r.phases));
+    println!("bench: cold starts with an eviction (ms): {evict_totals:?}");
+    reset_executor(&mut ctl).await?;
 
     // --- row 7: prewarm --------------------------------------------------------------------
     let before = scrape(&mut ctl).await?;
@@ -1755,6 +1788,25 @@ async fn run(args: Args) -> Result<(), String> {
         "",
     ));
     rows.push(row(
+        "3b",
+        format!("cold start evicting an idle container first, median of {EVICT_RUNS}"),
+        ms(evict_median),
+        format!("{} row-3 engine", ms(engine_cold_median)),
+        signed_ms(evict_median - engine_cold_median),
+        "",
+    ));
+    rows.push(row(
+        "",
+        "  executor phases: image/reserve (eviction)/create/start/first call (ms)",
+        phases_text(
+            &evict_phases,
+            &["image", "reserve", "create", "start", "first_call"],
+        ),
+        "",
+        "",
+        "",
+    ));
+    rows.push(row(
         "4",
         format!("{PARALLEL} cold starts at once, wall"),
         ms(parallel_wall),
@@ -1885,6 +1937,16 @@ async fn run(args: Args) -> Result<(), String> {
         }),
     );
     results.insert("throughput".into(), Value::Object(throughput_json));
+    results.insert(
+        "cold_start_with_eviction".into(),
+        json!({
+            "runs": EVICT_RUNS,
+            "executor_ms": evict_totals,
+            "executor_median_ms": evict_median,
+            "engine_median_ms": engine_cold_median,
+            "executor_phases_median_ms": evict_phases,
+        }),
+    );
     results.insert(
         "cold_start".into(),
         json!({
