@@ -38,6 +38,10 @@ pub enum ExecError {
     /// The start a request waited for ended without a verdict.
     #[error("the task start was cancelled")]
     StartCancelled,
+    /// Containers were started for the key, but each was lost before this request could use
+    /// it, until the request's time to get one ran out.
+    #[error("no task container became available within {0}: the containers started for this task were lost (crashed, removed or stopped) before this request could use one")]
+    NoContainer(String),
     /// The call to a ready task failed; the container was removed.
     #[error("{0}")]
     TaskBroken(String),
@@ -60,7 +64,9 @@ impl ExecError {
             | ExecError::SgxUnavailable(_) => "refused",
             ExecError::QueueTimeout { .. } => "queue_timeout",
             ExecError::StartFailed(inner) => inner.outcome(),
-            ExecError::Engine(_) | ExecError::StartCancelled => "start_failed",
+            ExecError::Engine(_) | ExecError::StartCancelled | ExecError::NoContainer(_) => {
+                "start_failed"
+            }
             ExecError::TaskBroken(_) => "task_broken",
             ExecError::TaskStatus { .. } => "task_error",
             ExecError::BadAnswer(_) => "bad_answer",

@@ -313,14 +313,36 @@ impl Executor {
     /// A lease on a ready container for `key`, starting one if needed (single flight).
     /// The flag says whether the request had to wait for a start. A request that starts a
     /// container gets the first lease on it.
+    ///
+    /// A request gets a container within pull, queue and start timeouts of its arrival: when
+    /// the start it waited for ended with a container that was lost before this request
+    /// could use it, it looks again, but no longer than that.
     async fn lease(self: &Arc<Self>, key: &TaskKey) -> Result<(Lease, bool), ExecError> {
+        let config = self.config();
+        let patience = config.pull_timeout + config.queue_timeout + config.start_timeout;
+        let deadline = Instant::now() + patience;
+        let gave_up = || ExecError::NoContainer(humantime::format_duration(patience).to_string());
         let mut cold = false;
+        // A start this request waited for ended, yet no container is there for it now: it
+        // looks again, bounded by `deadline`.
+        let mut looking_again = false;
         loop {
             // Paused or stopping since admission (or while waiting): start nothing new.
             if cold {
                 self.starter.check_open()?;
+                looking_again = true;
             }
-            let mut outcome = match self.pool.lease_or_claim(key) {
+            let lookup = self.pool.lease_or_claim(key);
+            if looking_again && Instant::now() >= deadline {
+                match lookup {
+                    Lookup::Leased(lease) => return Ok((lease, cold)),
+                    // Requests that came meanwhile look again themselves.
+                    Lookup::Claimed(ticket) => ticket.abandon(),
+                    Lookup::Wait(_) => {}
+                }
+                return Err(gave_up());
+            }
+            let mut outcome = match lookup {
                 Lookup::Leased(lease) => return Ok((lease, cold)),
                 Lookup::Wait(outcome) => outcome,
                 Lookup::Claimed(ticket) => {
@@ -329,17 +351,31 @@ impl Executor {
                     // The start logs as part of the request that claimed it.
                     self.starter
                         .spawn_start(starter.cold_start(ticket, tx).in_current_span());
-                    return match rx.await {
+                    // A first start is bounded by its own phases' timeouts; one begun after
+                    // an earlier container was lost, by what is left of this request's time.
+                    let started = if looking_again {
+                        tokio::time::timeout_at(deadline, rx)
+                            .await
+                            .map_err(|_| gave_up())?
+                    } else {
+                        rx.await
+                    };
+                    return match started {
                         Ok(result) => result.map(|lease| (lease, true)),
                         Err(_) => Err(ExecError::StartCancelled),
                     };
                 }
             };
+            let waited = outcome.wait_for(|o| !matches!(o, StartOutcome::Pending));
+            let result = if looking_again {
+                tokio::time::timeout_at(deadline, waited)
+                    .await
+                    .map_err(|_| gave_up())?
+            } else {
+                waited.await
+            }
+            .map(|o| o.clone());
             cold = true;
-            let result = outcome
-                .wait_for(|o| !matches!(o, StartOutcome::Pending))
-                .await
-                .map(|o| o.clone());
             match result {
                 Ok(StartOutcome::Failed(e)) => return Err(ExecError::StartFailed(e)),
                 Ok(StartOutcome::Refused) => return Err(ExecError::Paused),
