@@ -90,6 +90,10 @@ struct RawConfig {
     log_format: Option<LogFormat>,
     background_eviction: Option<bool>,
     body_read_timeout: Option<String>,
+    sandbox_pool: Option<u32>,
+    sandbox_memory_mb: Option<u64>,
+    spare_containers: Option<u32>,
+    spare_memory_mb: Option<u64>,
 }
 
 /// One `prewarm:` entry as written.
@@ -188,6 +192,16 @@ pub struct Config {
     /// An evicted container's room is reused once its processes are killed; its removal
     /// finishes in the background (off the start's critical path).
     pub background_eviction: bool,
+    /// Sandbox holders kept started ahead (network namespaces task containers join, so a
+    /// start skips the network setup); 0 = every task gets a network of its own.
+    pub sandbox_pool: u32,
+    /// Memory limit of one sandbox holder (outside the task budget).
+    pub sandbox_memory_mb: u64,
+    /// Spare containers kept of recently used images, resized when a new task key of the
+    /// image claims one; 0 = none.
+    pub spare_containers: u32,
+    /// Memory all spare containers together may hold (inside the task budget).
+    pub spare_memory_mb: u64,
 }
 
 /// How log lines are written (`log_format`, `--log-format`).
@@ -261,6 +275,10 @@ impl Default for Config {
             body_read_timeout: Duration::from_secs(30),
             log_format: LogFormat::Text,
             background_eviction: true,
+            sandbox_pool: 8,
+            sandbox_memory_mb: 6,
+            spare_containers: 4,
+            spare_memory_mb: 2048,
         }
     }
 }
@@ -564,6 +582,37 @@ impl Config {
         }
         c.log_format = raw.log_format.unwrap_or_default();
         c.background_eviction = raw.background_eviction.unwrap_or(true);
+        if let Some(n) = raw.sandbox_pool {
+            if n > 64 {
+                return Err(invalid("sandbox_pool", format!("{n}: use 0 (off) to 64")));
+            }
+            c.sandbox_pool = n;
+        }
+        if let Some(n) = raw.sandbox_memory_mb {
+            // Docker refuses memory limits under 6 MB.
+            if !(6..=256).contains(&n) {
+                return Err(invalid("sandbox_memory_mb", format!("{n}: use 6 to 256")));
+            }
+            c.sandbox_memory_mb = n;
+        }
+        if let Some(n) = raw.spare_containers {
+            if n > 64 {
+                return Err(invalid(
+                    "spare_containers",
+                    format!("{n}: use 0 (off) to 64"),
+                ));
+            }
+            c.spare_containers = n;
+        }
+        if let Some(n) = raw.spare_memory_mb {
+            if n > MAX_MEM_MB as u64 {
+                return Err(invalid(
+                    "spare_memory_mb",
+                    format!("{n}: use 0 (off) to {MAX_MEM_MB}"),
+                ));
+            }
+            c.spare_memory_mb = n;
+        }
         if c.internal_network && c.publish_task_ports {
             return Err(invalid(
                 "internal_network",

@@ -58,9 +58,13 @@ pub struct Metrics {
     pub pulls: Family<OutcomeLabel, Counter>,
     pub pull_seconds: Histogram,
     pub evictions: Counter,
+    /// Cold starts served by resizing a spare container.
+    pub spares_claimed: Counter,
     pub reaped: Counter,
     pub queue_wait_seconds: Histogram,
     pub containers: Family<StateLabel, Gauge>,
+    /// Pooled network sandboxes by state (`free`, `in_use`).
+    pub sandboxes: Family<StateLabel, Gauge>,
     pub budget_cpu_cores: Family<KindLabel, Gauge<f64, AtomicU64>>,
     pub budget_memory_mb: Family<KindLabel, Gauge>,
     pub budget_gpus: Family<KindLabel, Gauge>,
@@ -107,6 +111,12 @@ impl Metrics {
             "Image pull duration",
             pull_seconds.clone(),
         );
+        let spares_claimed = Counter::default();
+        registry.register(
+            "spares_claimed",
+            "Cold starts served by a spare container of the image, resized to the key's limits",
+            spares_claimed.clone(),
+        );
         let evictions = Counter::default();
         registry.register(
             "evictions",
@@ -127,6 +137,12 @@ impl Metrics {
         );
         let containers = Family::<StateLabel, Gauge>::default();
         registry.register("containers", "Task containers by state", containers.clone());
+        let sandboxes = Family::<StateLabel, Gauge>::default();
+        registry.register(
+            "sandboxes",
+            "Pooled network sandboxes (holder containers) by state",
+            sandboxes.clone(),
+        );
         let budget_cpu_cores = Family::<KindLabel, Gauge<f64, AtomicU64>>::default();
         registry.register(
             "budget_cpu_cores",
@@ -163,9 +179,11 @@ impl Metrics {
             pulls,
             pull_seconds,
             evictions,
+            spares_claimed,
             reaped,
             queue_wait_seconds,
             containers,
+            sandboxes,
             budget_cpu_cores,
             budget_memory_mb,
             budget_gpus,

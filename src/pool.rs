@@ -38,6 +38,8 @@ pub struct Container {
     /// Kept ready ahead of demand: never reaped when idle, evicted first under pressure.
     pub prewarmed: bool,
     reservation: std::sync::Mutex<Option<Reservation>>,
+    /// The pooled network sandbox it joined, if any: lent until the container is gone.
+    sandbox: Option<crate::executor::SandboxLease>,
 }
 
 impl Container {
@@ -48,6 +50,7 @@ impl Container {
         reservation: Reservation,
         prewarmed: bool,
         idle: Arc<Notify>,
+        sandbox: Option<crate::executor::SandboxLease>,
     ) -> Container {
         Container {
             id,
@@ -59,6 +62,39 @@ impl Container {
             idle,
             prewarmed,
             reservation: std::sync::Mutex::new(Some(reservation)),
+            sandbox,
+        }
+    }
+
+    /// Takes the container's reservation out (to resize it); the caller owns the room
+    /// until it puts it back ([`Container::rekeyed`]) or the container is gone.
+    pub fn take_reservation(&self) -> Option<Reservation> {
+        self.reservation
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
+    /// Puts a reservation (back) into the container.
+    pub fn put_reservation(&self, reservation: Reservation) {
+        *self.reservation.lock().unwrap_or_else(|e| e.into_inner()) = Some(reservation);
+    }
+
+    /// The same engine container (connections and sandbox included) serving `key` with
+    /// `reservation`: a spare whose limits the engine changed to the key's.
+    pub fn rekeyed(self, key: TaskKey, reservation: Reservation, prewarmed: bool) -> Container {
+        self.put_reservation(reservation);
+        Container {
+            key,
+            prewarmed,
+            ..self
+        }
+    }
+
+    /// The engine removed this container: the sandbox it joined may serve another task.
+    pub fn removed(&self) {
+        if let Some(sandbox) = &self.sandbox {
+            sandbox.mark_reusable();
         }
     }
 
@@ -541,6 +577,7 @@ mod tests {
             r,
             k.image.starts_with("pre"),
             Arc::new(Notify::new()),
+            None,
         ))
     }
 

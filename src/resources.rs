@@ -178,6 +178,30 @@ impl Reservation {
     pub fn gpus(&self) -> &[String] {
         &self.gpus
     }
+
+    /// Changes what this reservation holds to `demand`, atomically: what it gives back is
+    /// released, what it takes in addition must fit now. False (nothing changed) otherwise.
+    pub fn resize(&mut self, demand: Demand) -> bool {
+        let mut inner = self.budget.lock();
+        let cpu = inner.used.milli_cpu - self.demand.milli_cpu + demand.milli_cpu;
+        let mem = inner.used.mem_mb - self.demand.mem_mb + demand.mem_mb;
+        let grows = demand.milli_cpu > self.demand.milli_cpu || demand.mem_mb > self.demand.mem_mb;
+        if grows && (cpu > inner.total.milli_cpu || mem > inner.total.mem_mb) {
+            return false;
+        }
+        let shrinks =
+            demand.milli_cpu < self.demand.milli_cpu || demand.mem_mb < self.demand.mem_mb;
+        inner.used = Demand {
+            milli_cpu: cpu,
+            mem_mb: mem,
+        };
+        drop(inner);
+        self.demand = demand;
+        if shrinks {
+            self.budget.released.notify_waiters();
+        }
+        true
+    }
 }
 
 impl Drop for Reservation {
@@ -197,6 +221,51 @@ impl Drop for Reservation {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resize_grows_only_into_free_room_and_gives_back_what_it_shrinks() {
+        let budget = Budget::new(Demand {
+            milli_cpu: 2000,
+            mem_mb: 1000,
+        });
+        let mut r = budget
+            .try_reserve(Demand {
+                milli_cpu: 1000,
+                mem_mb: 500,
+            })
+            .unwrap();
+        let _other = budget
+            .try_reserve(Demand {
+                milli_cpu: 500,
+                mem_mb: 250,
+            })
+            .unwrap();
+        // 500 m and 250 MB are free: growing past that fails and changes nothing.
+        assert!(!r.resize(Demand {
+            milli_cpu: 1600,
+            mem_mb: 500
+        }));
+        assert_eq!(budget.snapshot().used.milli_cpu, 1500);
+        assert!(r.resize(Demand {
+            milli_cpu: 1500,
+            mem_mb: 750
+        }));
+        assert_eq!(
+            budget.snapshot().used,
+            Demand {
+                milli_cpu: 2000,
+                mem_mb: 1000
+            }
+        );
+        // Shrinking always fits, even in a full budget.
+        assert!(r.resize(Demand {
+            milli_cpu: 100,
+            mem_mb: 10
+        }));
+        assert_eq!(r.demand().mem_mb, 10);
+        drop(r);
+        assert_eq!(budget.snapshot().used.mem_mb, 250);
+    }
 
     fn d(milli_cpu: u64, mem_mb: u64) -> Demand {
         Demand { milli_cpu, mem_mb }

@@ -108,6 +108,23 @@ impl Engine for Recording {
     async fn remove_network(&self, name: &str) -> Result<(), EngineError> {
         self.docker.remove_network(name).await
     }
+    async fn ensure_holder_image(&self, name: &str) -> Result<(), EngineError> {
+        self.docker.ensure_holder_image(name).await
+    }
+    async fn start_holder(
+        &self,
+        spec: &mecanywhere_executor::engine::HolderSpec,
+    ) -> Result<mecanywhere_executor::engine::SandboxRef, EngineError> {
+        self.docker.start_holder(spec).await
+    }
+    async fn update_limits(
+        &self,
+        id: &str,
+        nano_cpus: i64,
+        memory_bytes: i64,
+    ) -> Result<(), EngineError> {
+        self.docker.update_limits(id, nano_cpus, memory_bytes).await
+    }
 }
 
 /// Removes this test's labelled containers, also when the test fails.
@@ -183,7 +200,7 @@ async fn gpu_tasks_get_a_device_request_for_idle_gpus_by_uuid() {
     let message = error.to_string();
     assert!(message.contains("not enough GPU available"), "{message}");
     assert!(message.contains("NVIDIA container toolkit"), "{message}");
-    assert!(common::containers_of(&name).is_empty());
+    assert!(common::tasks_of(&name).is_empty());
     let stats = executor.stats().unwrap();
     assert_eq!(stats.task_used_gpu, 0, "GPUs released on the failure path");
     assert_eq!(stats.task_used_cpu_percent, 0.0);

@@ -92,7 +92,7 @@ fn orphans_are_removed_by_the_next_instance_of_the_same_name_only() {
     crashed.signal("KILL");
     crashed.reap_killed();
     assert_eq!(
-        containers_of(&name),
+        tasks_of(&name),
         orphans,
         "the container should outlive the killed executor"
     );
@@ -102,14 +102,14 @@ fn orphans_are_removed_by_the_next_instance_of_the_same_name_only() {
     echo(&other, 1.0, 128, "other executor");
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(
-        containers_of(&name),
+        tasks_of(&name),
         orphans,
         "an executor with another name removed the orphan; its log:\n{}",
         other.log()
     );
     assert_eq!(inspect(&orphan, "{{.State.Running}}"), "true");
     drop(other);
-    assert_eq!(containers_of(&name), orphans);
+    assert_eq!(tasks_of(&name), orphans);
 
     // The next instance of the same name removes it.
     let restarted = Executor::start_named(&name, "");
@@ -276,7 +276,7 @@ fn executor_runs_as_a_container_on_a_user_network() {
     let config = write_config(
         dir.path(),
         &format!(
-            "network: {network}\nname: {}\ncpu: 1\nmem: 512\n",
+            "network: {network}\nname: {}\ncpu: 1\nmem: 512\nspare_containers: 0\n",
             deployment.executor_name
         ),
     );
@@ -330,6 +330,16 @@ fn executor_runs_as_a_container_on_a_user_network() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
+    // Holders are started in the background: wait for one, so the task runs in a sandbox.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while free_sandboxes(&client.request("GET", &url("/metrics"), None).unwrap().raw) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no free sandbox within 30s; logs:\n{}",
+            logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let input = "hello from the executor container";
     let body = json!({"id": ECHO, "input": input}).to_string();
     let reply = client
@@ -338,16 +348,27 @@ fn executor_runs_as_a_container_on_a_user_network() {
     assert!(reply.success(), "{reply:?}; logs:\n{}", logs());
     assert_eq!(reply.msg(), input);
 
-    let tasks = containers_of(&deployment.executor_name);
+    let tasks = tasks_of(&deployment.executor_name);
     assert_eq!(tasks.len(), 1, "{tasks:?}");
+    // The task joined a pooled sandbox: the holder's network is the task's.
+    let mode = inspect(&tasks[0], "{{.HostConfig.NetworkMode}}");
+    let holder = mode
+        .strip_prefix("container:")
+        .unwrap_or_else(|| panic!("the task is not in a sandbox: network mode {mode:?}"));
+    assert!(
+        holders_of(&deployment.executor_name)
+            .iter()
+            .any(|h| holder.starts_with(h.as_str())),
+        "the task's sandbox {holder} is not one of the executor's holders"
+    );
     let networks = inspect(
-        &tasks[0],
+        holder,
         "{{range $name, $_ := .NetworkSettings.Networks}}{{$name}} {{end}}",
     );
     assert_eq!(
         networks.split_whitespace().collect::<Vec<_>>(),
         [network.as_str()],
-        "the task container is not (only) on the executor's network"
+        "the task's sandbox is not (only) on the executor's network"
     );
 
     let stopped = client.request("POST", &url("/stop"), None).unwrap();

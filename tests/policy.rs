@@ -46,6 +46,10 @@ async fn executor(config: Config, images: &[(&str, ImageScript)]) -> (Arc<Execut
         host,
         Config {
             name: "policy".into(),
+            // These scenarios count the engine's containers: no sandbox holders or spares
+            // beside the tasks (the simulator runs with both).
+            sandbox_pool: 0,
+            spare_containers: 0,
             ..config
         },
         Arc::new(engine.clone()),

@@ -11,7 +11,8 @@
 //!   + start_timeout + request_timeout + slack.
 //! - **Starter served**: a container that became ready served a request before the executor
 //!   removed it, unless the executor was paused or stopped meanwhile.
-//! - **Nothing left** after stop.
+//! - **Nothing left** after stop (sandbox holders and spares included), and no task was
+//!   ever created in a sandbox another task still occupied.
 //! - **Metrics** count every answer once, by outcome.
 //!
 //! The order in which waiting starts get room (a large request is not starved by small ones)
@@ -30,11 +31,22 @@ use tokio::time::Instant;
 
 use mecanywhere_executor::config::Config;
 use mecanywhere_executor::engine::memory::{ImageScript, MemoryEngine, StartScript};
-use mecanywhere_executor::engine::LABEL_TASK_KEY;
+use mecanywhere_executor::engine::{LABEL_ROLE, LABEL_TASK_KEY, ROLE_SPARE};
 use mecanywhere_executor::executor::{ConfigUpdate, ExecError, Executor, TaskRequest};
 use mecanywhere_executor::host::{Host, HostCapacity};
 use mecanywhere_executor::resources::{cores_to_milli, Demand};
 use mecanywhere_executor::task::{Runtime, TaskKey};
+
+/// Log timestamps in virtual time: since the first line logged.
+#[derive(Default)]
+struct VirtualTime(std::sync::OnceLock<Instant>);
+
+impl tracing_subscriber::fmt::time::FormatTime for VirtualTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        let start = *self.0.get_or_init(Instant::now);
+        write!(w, "{:>10.3?}", Instant::now() - start)
+    }
+}
 
 /// Extra time an answer may take beyond the sum of the configured timeouts.
 const SLACK: Duration = Duration::from_secs(5);
@@ -369,6 +381,13 @@ async fn simulate(scenario: Scenario) -> Result<(), String> {
     if !engine.containers().is_empty() {
         return Err(format!("left after stop: {:?}", engine.containers()));
     }
+    // A sandbox holder never served two live tasks at once.
+    if engine.sandbox_conflicts() > 0 {
+        return Err(format!(
+            "{} tasks were created in a sandbox another task still occupied",
+            engine.sandbox_conflicts()
+        ));
+    }
     let budget = executor.budget();
     if budget.used.milli_cpu != 0 || budget.used.mem_mb != 0 {
         return Err(format!("reserved at rest after stop: {:?}", budget.used));
@@ -381,8 +400,11 @@ async fn simulate(scenario: Scenario) -> Result<(), String> {
     };
     for gone in engine.removed() {
         let c = &gone.container;
+        // Sandbox holders and spares are started ahead of any request.
+        let ahead = c.holder || c.labels.get(LABEL_ROLE).map(String::as_str) == Some(ROLE_SPARE);
         if c.became_ready
             && c.calls == 0
+            && !ahead
             && !gone.from_outside
             && !paused_during(c.created_at, gone.removed_at)
         {
@@ -428,6 +450,7 @@ fn simulated_workloads_keep_the_invariants() {
         let seed: u64 = seed.parse().expect("SIM_SEED is a number");
         let _ = tracing_subscriber::fmt()
             .with_env_filter("mecanywhere_executor=debug")
+            .with_timer(VirtualTime::default())
             .with_test_writer()
             .try_init();
         println!("{:#?}", generate(seed));

@@ -11,9 +11,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bollard::container::LogOutput;
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, DeviceMapping, DeviceRequest, EndpointSettings,
-    HostConfig, HostConfigLogConfig, NetworkCreateRequest, NetworkingConfig, PortBinding,
-    ResourcesUlimits,
+    ContainerCreateBody, ContainerInspectResponse, ContainerUpdateBody, DeviceMapping,
+    DeviceRequest, EndpointSettings, HostConfig, HostConfigLogConfig, NetworkCreateRequest,
+    NetworkingConfig, PortBinding, ResourcesUlimits,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, EventsOptions, InspectContainerOptions,
@@ -25,7 +25,9 @@ use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 
 use super::ready::{OutputScanner, Stream};
-use super::{ContainerSpec, Engine, EngineError, ExitState, TASK_PORT};
+use super::{
+    holder, ContainerSpec, Engine, EngineError, ExitState, HolderSpec, SandboxRef, TASK_PORT,
+};
 
 /// The Docker engine.
 #[derive(Clone)]
@@ -153,13 +155,14 @@ impl DockerEngine {
     /// Docker published on 127.0.0.1.
     fn task_address(
         info: &ContainerInspectResponse,
-        spec: &ContainerSpec,
+        network: Option<&str>,
+        publish_port: bool,
     ) -> Result<SocketAddr, EngineError> {
         let settings = info
             .network_settings
             .as_ref()
             .ok_or_else(|| EngineError::Api("container has no network settings".into()))?;
-        if spec.publish_port {
+        if publish_port {
             let port = settings
                 .ports
                 .as_ref()
@@ -169,7 +172,7 @@ impl DockerEngine {
                 .ok_or_else(|| EngineError::Api("Docker published no port for the task".into()))?;
             return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
         }
-        let network = spec.network.as_deref().unwrap_or("bridge");
+        let network = network.unwrap_or("bridge");
         let ip = settings
             .networks
             .as_ref()
@@ -270,6 +273,27 @@ fn exit_state_of(info: &ContainerInspectResponse) -> Option<ExitState> {
     })
 }
 
+/// Port 8080 published on an ephemeral port of 127.0.0.1.
+fn published_task_port() -> HashMap<String, Option<Vec<PortBinding>>> {
+    HashMap::from([(
+        format!("{TASK_PORT}/tcp"),
+        Some(vec![PortBinding {
+            host_ip: Some("127.0.0.1".into()),
+            host_port: Some(String::new()),
+        }]),
+    )])
+}
+
+/// Joining network `name` at create time.
+fn joined(name: &str) -> NetworkingConfig {
+    NetworkingConfig {
+        endpoints_config: Some(HashMap::from([(
+            name.to_string(),
+            EndpointSettings::default(),
+        )])),
+    }
+}
+
 fn label_filter(key: &str, value: &str) -> (String, Vec<String>) {
     ("label".to_string(), vec![format!("{key}={value}")])
 }
@@ -297,7 +321,10 @@ impl Engine for DockerEngine {
             // No swap beyond the memory limit: a task gets exactly the memory it asked for.
             memory_swap: Some(spec.memory_bytes),
             runtime: spec.runtime.clone(),
-            network_mode: spec.network.clone(),
+            network_mode: match &spec.sandbox {
+                Some(sandbox) => Some(format!("container:{}", sandbox.id)),
+                None => spec.network.clone(),
+            },
             // Untrusted code: no privilege gain, no capabilities (a task serving on port
             // 8080 needs none), bounded processes, files and logs.
             privileged: Some(false),
@@ -325,14 +352,10 @@ impl Engine for DockerEngine {
                 "rw,nosuid,nodev,size=64m".to_string(),
             )]));
         }
-        if spec.publish_port {
-            host_config.port_bindings = Some(HashMap::from([(
-                port_key.clone(),
-                Some(vec![PortBinding {
-                    host_ip: Some("127.0.0.1".into()),
-                    host_port: Some(String::new()),
-                }]),
-            )]));
+        // In a sandbox, the network (its ports included) is the holder's.
+        let own_network = spec.sandbox.is_none();
+        if spec.publish_port && own_network {
+            host_config.port_bindings = Some(published_task_port());
         }
         if let Some(sgx) = &spec.sgx {
             host_config.devices = Some(vec![DeviceMapping {
@@ -352,13 +375,15 @@ impl Engine for DockerEngine {
                 ..Default::default()
             }]);
         }
-        let networking_config = spec.network.as_ref().map(|n| NetworkingConfig {
-            endpoints_config: Some(HashMap::from([(n.clone(), EndpointSettings::default())])),
-        });
+        let networking_config = spec
+            .network
+            .as_ref()
+            .filter(|_| own_network)
+            .map(|n| joined(n));
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
             labels: Some(spec.labels.clone()),
-            exposed_ports: Some(HashMap::from([(port_key, HashMap::new())])),
+            exposed_ports: own_network.then(|| HashMap::from([(port_key, HashMap::new())])),
             // A terminal makes C stdio and CPython line-buffer stdout, so a task's plain
             // `print("meca-init-done")` reaches the log at once (on a pipe it would wait in
             // a 4-8 KiB buffer).
@@ -424,7 +449,10 @@ impl Engine for DockerEngine {
         if let Some(state) = exit_state_of(&info) {
             return Err(EngineError::ExitedAfterReady(state));
         }
-        let addr = Self::task_address(&info, spec)?;
+        let addr = match &spec.sandbox {
+            Some(sandbox) => sandbox.addr,
+            None => Self::task_address(&info, spec.network.as_deref(), spec.publish_port)?,
+        };
         let left = deadline.saturating_sub(started.elapsed());
         match tokio::time::timeout(
             left,
@@ -581,6 +609,116 @@ impl Engine for DockerEngine {
         match self.docker.remove_network(name).await {
             Ok(()) => Ok(()),
             Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(api_error(e)),
+        }
+    }
+
+    async fn ensure_holder_image(&self, name: &str) -> Result<(), EngineError> {
+        if self.image_present(name).await? {
+            return Ok(());
+        }
+        let program = holder::holder_program().ok_or_else(|| {
+            EngineError::Api(format!(
+                "no sandbox holder program for this architecture ({})",
+                std::env::consts::ARCH
+            ))
+        })?;
+        let (repo, tag) = name.rsplit_once(':').unwrap_or((name, "latest"));
+        let options = CreateImageOptions {
+            from_src: Some("-".into()),
+            repo: Some(repo.to_string()),
+            tag: Some(tag.to_string()),
+            changes: vec![format!("CMD [\"{}\"]", holder::HOLDER_PATH)],
+            ..Default::default()
+        };
+        let body = bollard::body_full(holder::rootfs_tar(&program).into());
+        let mut progress = self.docker.create_image(Some(options), Some(body), None);
+        while let Some(item) = progress.next().await {
+            let info = item.map_err(api_error)?;
+            if let Some(detail) = info.error_detail.and_then(|d| d.message) {
+                return Err(EngineError::Api(format!(
+                    "could not import the sandbox holder image: {detail}"
+                )));
+            }
+        }
+        tracing::info!(image = %name, "imported the sandbox holder image");
+        Ok(())
+    }
+
+    async fn start_holder(&self, spec: &HolderSpec) -> Result<SandboxRef, EngineError> {
+        let mut host_config = HostConfig {
+            memory: Some(spec.memory_bytes),
+            memory_swap: Some(spec.memory_bytes),
+            // It never runs: it sleeps in pause(2) until it is removed.
+            nano_cpus: Some(10_000_000),
+            network_mode: spec.network.clone(),
+            privileged: Some(false),
+            security_opt: Some(vec!["no-new-privileges".into()]),
+            cap_drop: Some(vec!["ALL".into()]),
+            pids_limit: Some(4),
+            readonly_rootfs: Some(true),
+            log_config: Some(HostConfigLogConfig {
+                typ: Some("none".into()),
+                config: None,
+            }),
+            ..Default::default()
+        };
+        if spec.publish_port {
+            host_config.port_bindings = Some(published_task_port());
+        }
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            labels: Some(spec.labels.clone()),
+            exposed_ports: spec
+                .publish_port
+                .then(|| HashMap::from([(format!("{TASK_PORT}/tcp"), HashMap::new())])),
+            host_config: Some(host_config),
+            networking_config: spec.network.as_deref().map(joined),
+            ..Default::default()
+        };
+        let id = self
+            .docker
+            .create_container(None::<CreateContainerOptions>, body)
+            .await
+            .map_err(api_error)?
+            .id;
+        let started = async {
+            self.docker
+                .start_container(&id, None::<StartContainerOptions>)
+                .await
+                .map_err(api_error)?;
+            let info = self.inspect(&id).await?;
+            if exit_state_of(&info).is_some() {
+                return Err(EngineError::Api("the sandbox holder exited at once".into()));
+            }
+            Self::task_address(&info, spec.network.as_deref(), spec.publish_port)
+        };
+        match started.await {
+            Ok(addr) => Ok(SandboxRef { id, addr }),
+            Err(e) => {
+                if let Err(removal) = self.remove(&id).await {
+                    tracing::warn!(container = %id, error = %removal, "could not remove a failed sandbox holder");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn update_limits(
+        &self,
+        id: &str,
+        nano_cpus: i64,
+        memory_bytes: i64,
+    ) -> Result<(), EngineError> {
+        let update = ContainerUpdateBody {
+            nano_cpus: Some(nano_cpus),
+            memory: Some(memory_bytes),
+            memory_swap: Some(memory_bytes),
+            ..Default::default()
+        };
+        match self.docker.update_container(id, update).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Err(EngineError::NoSuchContainer(id.to_string())),
             Err(e) => Err(api_error(e)),
         }
     }

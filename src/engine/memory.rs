@@ -19,7 +19,7 @@ use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use tokio::sync::broadcast;
 
-use super::{ContainerSpec, Engine, EngineError, ExitState};
+use super::{ContainerSpec, Engine, EngineError, ExitState, HolderSpec, SandboxRef};
 use crate::task::Call;
 use crate::task_client::{Answer, CallError, TaskCall};
 
@@ -101,6 +101,10 @@ pub struct MemContainer {
     pub became_ready: bool,
     /// When it was created (virtual time under a paused clock).
     pub created_at: tokio::time::Instant,
+    /// A sandbox holder (outside the task budget), not a task.
+    pub holder: bool,
+    /// The sandbox holder whose network it joined.
+    pub sandbox: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -134,6 +138,8 @@ struct State {
     pulls_now: usize,
     pulls_max: usize,
     pulls_total: usize,
+    /// Tasks created in a sandbox that another task still occupied.
+    sandbox_conflicts: u64,
 }
 
 /// What the event stream carries: a container that stopped or left, or a lost connection.
@@ -240,13 +246,20 @@ impl MemoryEngine {
         (state.pulls_now, state.pulls_max, state.pulls_total)
     }
 
-    /// Milli-cores and MB of the live containers: created or running, not exited (a killed
-    /// container holds no resources, even before it is removed).
+    /// How often a task was created in a sandbox another task still occupied (never, if
+    /// the executor's sandbox pool is right).
+    pub fn sandbox_conflicts(&self) -> u64 {
+        self.lock().sandbox_conflicts
+    }
+
+    /// Milli-cores and MB of the live task containers: created or running, not exited (a
+    /// killed container holds no resources, even before it is removed). Sandbox holders are
+    /// outside the task budget and not counted.
     pub fn live_demand(&self) -> (u64, u64) {
         self.lock()
             .containers
             .values()
-            .filter(|x| !matches!(x.state, MemState::Exited(_)))
+            .filter(|x| !x.holder && !matches!(x.state, MemState::Exited(_)))
             .fold((0, 0), |(c, m), x| (c + x.milli_cpu, m + x.mem_mb))
     }
 
@@ -329,6 +342,22 @@ impl Engine for MemoryEngine {
         if !state.images.get(&spec.image).is_some_and(|s| s.present) {
             return Err(EngineError::Api(format!("No such image: {}", spec.image)));
         }
+        let sandbox = spec.sandbox.as_ref().map(|s| s.id.clone());
+        if let Some(sandbox) = &sandbox {
+            if !state.containers.get(sandbox).is_some_and(|h| h.holder) {
+                return Err(EngineError::Api(format!("no such sandbox {sandbox}")));
+            }
+            if state
+                .containers
+                .values()
+                .any(|c| c.sandbox.as_ref() == Some(sandbox))
+            {
+                state.sandbox_conflicts += 1;
+                return Err(EngineError::Api(format!(
+                    "sandbox {sandbox} already holds a task"
+                )));
+            }
+        }
         state.next_id += 1;
         let id = format!("mem-{:04}", state.next_id);
         state.containers.insert(
@@ -343,6 +372,8 @@ impl Engine for MemoryEngine {
                 calls: 0,
                 became_ready: false,
                 created_at: tokio::time::Instant::now(),
+                holder: false,
+                sandbox,
             },
         );
         Ok(id)
@@ -452,6 +483,57 @@ impl Engine for MemoryEngine {
             );
         }
         Ok(())
+    }
+
+    async fn ensure_holder_image(&self, _name: &str) -> Result<(), EngineError> {
+        self.check_reachable()
+    }
+
+    async fn start_holder(&self, spec: &HolderSpec) -> Result<SandboxRef, EngineError> {
+        self.check_reachable()?;
+        let mut state = self.lock();
+        state.next_id += 1;
+        let id = format!("mem-{:04}", state.next_id);
+        state.containers.insert(
+            id.clone(),
+            MemContainer {
+                id: id.clone(),
+                image: spec.image.clone(),
+                labels: spec.labels.clone(),
+                milli_cpu: 0,
+                mem_mb: (spec.memory_bytes / (1024 * 1024)) as u64,
+                state: MemState::Running,
+                calls: 0,
+                became_ready: true,
+                created_at: tokio::time::Instant::now(),
+                holder: true,
+                sandbox: None,
+            },
+        );
+        let n: u16 = state.next_id.try_into().unwrap_or(0);
+        Ok(SandboxRef {
+            id,
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, n)),
+        })
+    }
+
+    async fn update_limits(
+        &self,
+        id: &str,
+        nano_cpus: i64,
+        memory_bytes: i64,
+    ) -> Result<(), EngineError> {
+        self.check_reachable()?;
+        let mut state = self.lock();
+        match state.containers.get_mut(id) {
+            Some(c) if c.state == MemState::Running => {
+                c.milli_cpu = (nano_cpus / 1_000_000) as u64;
+                c.mem_mb = (memory_bytes / (1024 * 1024)) as u64;
+                Ok(())
+            }
+            Some(_) => Err(EngineError::Api(format!("container {id} is not running"))),
+            None => Err(EngineError::NoSuchContainer(id.to_string())),
+        }
     }
 
     async fn list_labelled(&self, key: &str, value: &str) -> Result<Vec<String>, EngineError> {

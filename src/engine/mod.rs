@@ -7,6 +7,7 @@
 //! trait, without touching the executor.
 
 pub mod docker;
+pub mod holder;
 pub mod memory;
 pub mod ready;
 
@@ -28,6 +29,13 @@ pub const LABEL_TASK_KEY: &str = "org.mecanywhere.task-key";
 /// Labels: the resources reserved for the container.
 pub const LABEL_CPU: &str = "org.mecanywhere.cpu";
 pub const LABEL_MEM: &str = "org.mecanywhere.mem-mb";
+/// Label: what a container is for when it is not a task's own: [`ROLE_SANDBOX`].
+pub const LABEL_ROLE: &str = "org.mecanywhere.role";
+/// [`LABEL_ROLE`] of a sandbox holder.
+pub const ROLE_SANDBOX: &str = "sandbox";
+/// [`LABEL_ROLE`] of a container started as a spare (kept after it is claimed: Docker cannot
+/// change labels).
+pub const ROLE_SPARE: &str = "spare";
 
 /// The port a task listens on inside its container.
 pub const TASK_PORT: u16 = 8080;
@@ -62,6 +70,31 @@ pub struct ContainerSpec {
     /// Give the task a terminal as stdout and stderr (one merged stream), so C stdio and
     /// CPython line-buffer what it prints.
     pub tty: bool,
+    /// Join this sandbox's network namespace instead of getting one of its own (`network`
+    /// and `publish_port` then apply to the sandbox, not to the container).
+    pub sandbox: Option<SandboxRef>,
+}
+
+/// A started sandbox holder: a container that only holds a network namespace, which a task
+/// container joins; the task answers at the holder's address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxRef {
+    pub id: String,
+    /// Where a task listening on port 8080 inside the sandbox answers.
+    pub addr: SocketAddr,
+}
+
+/// Everything needed to start one sandbox holder.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HolderSpec {
+    /// The holder image ([`Engine::ensure_holder_image`]).
+    pub image: String,
+    pub labels: HashMap<String, String>,
+    /// Network the sandbox (and so its task) joins; `None` = the engine's default.
+    pub network: Option<String>,
+    /// Publish port 8080 of the sandbox on 127.0.0.1 and reach its task there.
+    pub publish_port: bool,
+    pub memory_bytes: i64,
 }
 
 /// How a container ended.
@@ -169,6 +202,20 @@ pub trait Engine: Send + Sync + 'static {
         labels: &HashMap<String, String>,
     ) -> Result<bool, EngineError>;
     async fn remove_network(&self, name: &str) -> Result<(), EngineError>;
+    /// Makes sure the sandbox holder image `name` is present, importing it when absent.
+    /// Fails when the holder program does not exist for this architecture.
+    async fn ensure_holder_image(&self, name: &str) -> Result<(), EngineError>;
+    /// Creates and starts a sandbox holder; returns it once its network namespace exists.
+    /// A holder that fails half-way is removed.
+    async fn start_holder(&self, spec: &HolderSpec) -> Result<SandboxRef, EngineError>;
+    /// Changes the CPU quota and memory limit (swap: none beyond memory) of a running
+    /// container.
+    async fn update_limits(
+        &self,
+        id: &str,
+        nano_cpus: i64,
+        memory_bytes: i64,
+    ) -> Result<(), EngineError>;
     /// The client that calls the task of a ready container at `addr`: HTTP by default.
     fn task_client(
         &self,

@@ -20,6 +20,8 @@ mod pulls;
 mod queue;
 mod removals;
 mod room;
+mod sandboxes;
+mod spares;
 mod start;
 mod watcher;
 
@@ -34,6 +36,7 @@ use tracing::Instrument;
 
 pub use error::ExecError;
 pub use gpus::GpuLoader;
+pub use sandboxes::SandboxLease;
 
 use crate::config::Config;
 use crate::engine::{Engine, LABEL_EXECUTOR};
@@ -50,6 +53,8 @@ use prewarm::Prewarmer;
 use pulls::Pulls;
 use removals::Removals;
 use room::Room;
+use sandboxes::Sandboxes;
+use spares::Spares;
 use start::Starter;
 use watcher::Watcher;
 
@@ -114,6 +119,8 @@ pub struct Executor {
     room: Arc<Room>,
     starter: Arc<Starter>,
     removals: Arc<Removals>,
+    sandboxes: Arc<Sandboxes>,
+    spares: Arc<Spares>,
     /// The internal task network this executor owns (removed at shutdown).
     created_network: Option<String>,
 }
@@ -167,24 +174,42 @@ impl Executor {
         let admission = Arc::new(Admission::new(ctx.clone(), Arc::clone(&budget), runtimes));
         let pulls = Arc::new(Pulls::new(ctx.clone(), pull_slots));
         let removals = Arc::new(Removals::new(ctx.clone(), Arc::clone(&pool)));
+        let spares = Arc::new(Spares::new(ctx.clone(), Arc::clone(&removals)));
         let room = Arc::new(Room::new(
             ctx.clone(),
             Arc::clone(&pool),
             Arc::clone(&budget),
             Arc::clone(&gpus),
             Arc::clone(&removals),
+            Arc::clone(&spares),
         ));
+        let sandboxes = Arc::new(Sandboxes::new(ctx.clone()));
         let starter = Arc::new(Starter::new(
             ctx.clone(),
             Arc::clone(&pool),
             Arc::clone(&pulls),
             Arc::clone(&room),
             Arc::clone(&removals),
+            Arc::clone(&sandboxes),
+            Arc::clone(&spares),
         ));
         admission.check_microvm_runtime();
         gpus.set_enabled(has_gpu, &budget);
         spawn_supervised(&ctx, "idle_reaper", Arc::clone(&room), Room::reap_idle);
-        let watcher = Watcher::new(ctx.clone(), Arc::clone(&pool), Arc::clone(&removals));
+        spawn_supervised(
+            &ctx,
+            "sandbox_keeper",
+            Arc::clone(&sandboxes),
+            Sandboxes::keep_filled,
+        );
+        spawn_supervised(&ctx, "spare_reaper", Arc::clone(&spares), Spares::reap);
+        let watcher = Watcher::new(
+            ctx.clone(),
+            Arc::clone(&pool),
+            Arc::clone(&removals),
+            Arc::clone(&sandboxes),
+            Arc::clone(&spares),
+        );
         spawn_supervised(
             &ctx,
             "container_watcher",
@@ -225,6 +250,8 @@ impl Executor {
             room,
             starter,
             removals,
+            sandboxes,
+            spares,
             created_network,
         }))
     }
@@ -398,8 +425,15 @@ impl Executor {
             ("busy", counts.busy),
             ("removing", self.removals.retiring()),
             ("removal_failed", self.removals.removal_failed()),
+            ("spare", self.spares.count()),
         ] {
             m.containers
+                .get_or_create(&StateLabel { state })
+                .set(n as i64);
+        }
+        let (free, in_use) = self.sandboxes.counts();
+        for (state, n) in [("free", free), ("in_use", in_use)] {
+            m.sandboxes
                 .get_or_create(&StateLabel { state })
                 .set(n as i64);
         }
@@ -440,14 +474,19 @@ impl Executor {
     /// When it returns, nothing is reserved but containers the engine failed to remove.
     pub async fn pause(self: &Arc<Self>) {
         self.starter.pause_starts();
-        let containers = self.pool.take_all();
+        self.sandboxes.disable();
+        let mut containers = self.pool.take_all();
+        containers.extend(self.spares.disable_and_take_all());
         tracing::info!(removing = containers.len(), "paused");
         // A tracked task of its own: the removals finish even if the caller goes away.
         let removals = Arc::clone(&self.removals);
         let starter = Arc::clone(&self.starter);
+        let sandboxes = Arc::clone(&self.sandboxes);
         let removal = self.ctx.work.spawn(async move {
             removals.retire_all(containers, PAUSE_DRAIN_LIMIT).await;
             starter.wait_for_starts().await;
+            // Last: the starts and removals above gave their sandboxes back.
+            sandboxes.drain().await;
         });
         let _ = removal.await;
     }
@@ -455,6 +494,8 @@ impl Executor {
     /// `/unpause`: accept tasks again.
     pub fn unpause(&self) {
         self.starter.unpause();
+        self.sandboxes.enable();
+        self.spares.enable();
         self.room.wake_prewarm();
         tracing::info!("unpaused");
     }
@@ -547,6 +588,7 @@ impl Executor {
             task_used_gpu: budget.gpus_used as u32,
             containers: counts.ready
                 + counts.starting
+                + self.spares.count()
                 + self.removals.retiring()
                 + self.removals.removal_failed(),
             runtimes: if self.admission.microvm_runtime(&self.config()).is_ok() {
@@ -563,7 +605,9 @@ impl Executor {
         self.ctx.closing.cancel();
         // Starts in progress end as on pause: each removes what it created.
         self.starter.pause_starts();
-        let containers = self.pool.take_all();
+        self.sandboxes.disable();
+        let mut containers = self.pool.take_all();
+        containers.extend(self.spares.disable_and_take_all());
         self.removals
             .retire_all(containers, SHUTDOWN_DRAIN_LIMIT)
             .await;
@@ -572,6 +616,10 @@ impl Executor {
         let ended = async {
             self.starter.wait_for_starts().await;
             self.ctx.work.wait().await;
+        };
+        let ended = async {
+            ended.await;
+            self.sandboxes.drain().await;
         };
         if tokio::time::timeout(Duration::from_secs(30), ended)
             .await

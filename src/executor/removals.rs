@@ -71,7 +71,11 @@ impl Removals {
             tracing::warn!(container = %container.id, "requests still in flight; removing anyway");
         }
         let id = container.id.clone();
-        self.remove_or_keep_trying(&id, Box::new(container)).await;
+        if self.remove(&id).await {
+            container.removed();
+        } else {
+            self.keep_trying(&id, Box::new(container));
+        }
     }
 
     /// Evicts an idle container taken out of the pool to make room. With `in_background`
@@ -102,11 +106,27 @@ impl Removals {
     /// container's resources) and retries in the background until it is gone or the
     /// executor stops (whose final sweep removes it by label).
     pub(super) async fn remove_or_keep_trying(&self, id: &str, hold: Box<dyn Send>) {
-        let Err(e) = self.ctx.engine.remove(id).await else {
-            tracing::debug!(container = %id, "task container removed");
-            return;
-        };
-        tracing::error!(container = %id, error = %e, "could not remove task container; its resources stay reserved, retrying");
+        if !self.remove(id).await {
+            self.keep_trying(id, hold);
+        }
+    }
+
+    /// Asks the engine to remove container `id`; false when it failed to.
+    async fn remove(&self, id: &str) -> bool {
+        match self.ctx.engine.remove(id).await {
+            Ok(()) => {
+                tracing::debug!(container = %id, "task container removed");
+                true
+            }
+            Err(e) => {
+                tracing::error!(container = %id, error = %e, "could not remove task container; its resources stay reserved, retrying");
+                false
+            }
+        }
+    }
+
+    /// Retries removing container `id` in the background, keeping `hold` until it is gone.
+    fn keep_trying(&self, id: &str, hold: Box<dyn Send>) {
         let engine = Arc::clone(&self.ctx.engine);
         let closing = self.ctx.closing.clone();
         let failed = Arc::clone(&self.removal_failed);

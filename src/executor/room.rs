@@ -20,6 +20,7 @@ use super::context::Context;
 use super::gpus::Gpus;
 use super::queue::RoomQueue;
 use super::removals::Removals;
+use super::spares::Spares;
 use super::{scopeguard, ExecError};
 use crate::pool::Pool;
 use crate::resources::{Budget, Demand, Reservation};
@@ -34,6 +35,7 @@ pub(super) struct Room {
     budget: Arc<Budget>,
     gpus: Arc<Gpus>,
     removals: Arc<Removals>,
+    spares: Arc<Spares>,
     /// Starts now waiting for budget room; prewarming yields to them.
     waiting_for_room: AtomicUsize,
     /// The order in which waiting starts get room.
@@ -49,6 +51,7 @@ impl Room {
         budget: Arc<Budget>,
         gpus: Arc<Gpus>,
         removals: Arc<Removals>,
+        spares: Arc<Spares>,
     ) -> Room {
         Room {
             ctx,
@@ -56,6 +59,7 @@ impl Room {
             budget,
             gpus,
             removals,
+            spares,
             waiting_for_room: AtomicUsize::new(0),
             queue: RoomQueue::default(),
             prewarm_wake: Notify::new(),
@@ -130,7 +134,12 @@ impl Room {
                     return Ok(reservation);
                 }
                 if self.eviction_can_help(demand, gpus) {
-                    if let Some(victim) = self.pool.take_lru_idle() {
+                    // Spares first: they serve no key yet.
+                    let victim = self
+                        .spares
+                        .take_oldest()
+                        .or_else(|| self.pool.take_lru_idle());
+                    if let Some(victim) = victim {
                         self.ctx.metrics.evictions.inc();
                         tracing::info!(container = %victim.id, key = %victim.key, "evicting idle container to make room");
                         // A task of its own: if this start is cancelled (pause, stop), the
@@ -201,7 +210,12 @@ impl Room {
             return true;
         }
         let budget = self.budget.snapshot();
-        let idle = self.pool.idle_demand();
+        let pooled = self.pool.idle_demand();
+        let spares = self.spares.demand();
+        let idle = Demand {
+            milli_cpu: pooled.milli_cpu + spares.milli_cpu,
+            mem_mb: pooled.mem_mb + spares.mem_mb,
+        };
         let busy_cpu = budget.used.milli_cpu.saturating_sub(idle.milli_cpu);
         let busy_mem = budget.used.mem_mb.saturating_sub(idle.mem_mb);
         busy_cpu + demand.milli_cpu <= budget.total.milli_cpu

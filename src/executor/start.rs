@@ -23,14 +23,16 @@ use super::context::Context;
 use super::pulls::Pulls;
 use super::removals::Removals;
 use super::room::Room;
+use super::sandboxes::Sandboxes;
+use super::spares::Spares;
 use super::ExecError;
 use crate::config::Config;
 use crate::engine::{
-    ContainerSpec, EngineError, SgxMounts, LABEL_CPU, LABEL_EXECUTOR, LABEL_INSTANCE, LABEL_MEM,
-    LABEL_TASK_KEY,
+    ContainerSpec, EngineError, SandboxRef, SgxMounts, LABEL_CPU, LABEL_EXECUTOR, LABEL_INSTANCE,
+    LABEL_MEM, LABEL_ROLE, LABEL_TASK_KEY, ROLE_SPARE,
 };
 use crate::pool::{Container, Lease, Pool, StartTicket};
-use crate::resources::Reservation;
+use crate::resources::{Demand, Reservation};
 use crate::task::{Runtime, TaskKey};
 
 /// Times the phases of one cold start into the metrics.
@@ -55,6 +57,20 @@ impl<'a> Phases<'a> {
     }
 }
 
+/// How long after a start a spare of its image is started: out of the way of the starts of
+/// a burst.
+const SPARE_DELAY: Duration = Duration::from_millis(500);
+
+/// `demand`'s CPU as a container quota (10⁻⁹ cores).
+fn nano_cpus(demand: Demand) -> i64 {
+    demand.milli_cpu as i64 * 1_000_000
+}
+
+/// `demand`'s memory as a container limit in bytes.
+fn memory_bytes(demand: Demand) -> i64 {
+    demand.mem_mb as i64 * 1024 * 1024
+}
+
 /// `f`, unless the executor is paused first (`cancel`): then [`ExecError::Paused`].
 async fn unless_paused<T, E: Into<ExecError>>(
     cancel: &CancellationToken,
@@ -72,6 +88,8 @@ pub(super) struct Starter {
     pulls: Arc<Pulls>,
     room: Arc<Room>,
     removals: Arc<Removals>,
+    sandboxes: Arc<Sandboxes>,
+    spares: Arc<Spares>,
     paused: AtomicBool,
     /// Cancelled (and replaced) by pause: starts in progress give up and remove what they
     /// created.
@@ -87,6 +105,8 @@ impl Starter {
         pulls: Arc<Pulls>,
         room: Arc<Room>,
         removals: Arc<Removals>,
+        sandboxes: Arc<Sandboxes>,
+        spares: Arc<Spares>,
     ) -> Starter {
         Starter {
             ctx,
@@ -94,6 +114,8 @@ impl Starter {
             pulls,
             room,
             removals,
+            sandboxes,
+            spares,
             paused: AtomicBool::new(false),
             start_cancel: RwLock::new(CancellationToken::new()),
             starts: TaskTracker::new(),
@@ -178,6 +200,7 @@ impl Starter {
         match started {
             Ok(container) => {
                 tracing::info!(container = %container.id, key = %key, addr = %container.addr(), "task container ready");
+                self.maybe_start_spare(&key);
                 match ticket.ready(container) {
                     // If the starter went away, dropping its lease leaves the container idle.
                     Ok(lease) => drop(starter.send(Ok(lease))),
@@ -212,6 +235,10 @@ impl Starter {
         )
         .await?;
         phases.lap("image");
+        if let Some(container) = self.claim_spare(key, &config).await {
+            phases.lap("resize");
+            return Ok(container);
+        }
         let reservation = unless_paused(
             cancel,
             self.room
@@ -222,6 +249,98 @@ impl Starter {
         self.launch(key, &config, reservation, phases, cancel).await
     }
 
+    /// The spare of `key`'s image, resized to `key`'s limits, if there is one and the budget
+    /// has room for what `key` adds. Throughout, the spare's reservation covers the larger of
+    /// its old and new limits, so what runs never exceeds what is reserved.
+    async fn claim_spare(&self, key: &TaskKey, config: &Config) -> Option<Arc<Container>> {
+        if !Spares::eligible(key) {
+            return None;
+        }
+        let (spare, started) = self.spares.take(&key.image)?;
+        let spare = match Arc::try_unwrap(spare) {
+            Ok(spare) => spare,
+            Err(shared) => {
+                self.removals.retire_later(shared);
+                return None;
+            }
+        };
+        let Some(mut reservation) = spare.take_reservation() else {
+            self.removals.retire_later(Arc::new(spare));
+            return None;
+        };
+        let old = reservation.demand();
+        let peak = Demand {
+            milli_cpu: old.milli_cpu.max(key.demand.milli_cpu),
+            mem_mb: old.mem_mb.max(key.demand.mem_mb),
+        };
+        if !reservation.resize(peak) {
+            // No free room to grow into: it stays a spare (evicted first if room is needed).
+            spare.put_reservation(reservation);
+            self.spares.put_back(Arc::new(spare), started);
+            return None;
+        }
+        let resized = self
+            .ctx
+            .engine
+            .update_limits(&spare.id, nano_cpus(key.demand), memory_bytes(key.demand))
+            .await;
+        if let Err(e) = resized {
+            tracing::warn!(container = %spare.id, key = %key, error = %e, "could not resize the spare container; starting afresh");
+            spare.put_reservation(reservation);
+            self.removals.retire_later(Arc::new(spare));
+            return None;
+        }
+        let shrunk = reservation.resize(key.demand);
+        debug_assert!(shrunk, "shrinking a reservation always fits");
+        tracing::info!(container = %spare.id, key = %key, "spare container resized for the key");
+        self.ctx.metrics.spares_claimed.inc();
+        let prewarmed = config.prewarm.iter().any(|p| &p.key == key);
+        Some(Arc::new(spare.rekeyed(key.clone(), reservation, prewarmed)))
+    }
+
+    /// After a container of `key` started: starts a spare of its image in the background,
+    /// if the spares' bounds allow one.
+    fn maybe_start_spare(self: &Arc<Self>, key: &TaskKey) {
+        if !self.spares.wants(key) {
+            return;
+        }
+        let starter = Arc::clone(self);
+        let key = key.clone();
+        self.spawn_start(async move {
+            let _ended = super::scopeguard(|| starter.spares.start_ended(&key));
+            starter.start_spare(&key).await;
+        });
+    }
+
+    /// Starts a spare with `template`'s limits, from free room only, out of the way of
+    /// requests: after a pause of its own, never while a start waits for room.
+    async fn start_spare(&self, template: &TaskKey) {
+        let cancel = self.start_cancel();
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(SPARE_DELAY) => {}
+        }
+        if self.is_paused() || self.room.waiting_for_room() > 0 {
+            return;
+        }
+        let Some(reservation) = self.room.budget().try_reserve(template.demand) else {
+            return;
+        };
+        let config = self.ctx.config();
+        let phases = Phases::new(&self.ctx.metrics);
+        let started = self.launch_as(template, &config, reservation, phases, &cancel, true);
+        match started.await {
+            Ok(container) => {
+                if let Err(container) = self.spares.put(container) {
+                    self.removals.retire(container, Duration::ZERO).await;
+                }
+            }
+            Err(e) => {
+                tracing::info!(image = %template.image, error = %e, "spare container could not be started")
+            }
+        }
+    }
+
     /// Creates and starts the container of `key` with its `reservation`, and waits until it
     /// is ready. A container that fails is removed.
     /// A pause (`cancel`) while it starts ends the start: the container is removed.
@@ -230,10 +349,36 @@ impl Starter {
         key: &TaskKey,
         config: &Config,
         reservation: Reservation,
-        mut phases: Phases<'_>,
+        phases: Phases<'_>,
         cancel: &CancellationToken,
     ) -> Result<Arc<Container>, ExecError> {
-        let spec = self.container_spec(key, config, reservation.gpus());
+        self.launch_as(key, config, reservation, phases, cancel, false)
+            .await
+    }
+
+    /// [`launch`](Self::launch), of a spare (labelled so) when `spare`.
+    async fn launch_as(
+        &self,
+        key: &TaskKey,
+        config: &Config,
+        reservation: Reservation,
+        mut phases: Phases<'_>,
+        cancel: &CancellationToken,
+        spare: bool,
+    ) -> Result<Arc<Container>, ExecError> {
+        let sandbox = self.sandboxes.take(key);
+        let mut spec = self.container_spec(
+            key,
+            config,
+            reservation.gpus(),
+            sandbox.as_ref().map(|s| s.holder().clone()),
+        );
+        if spare {
+            // Docker cannot change labels later: a claimed spare keeps this one (and the
+            // task key and size labels of the key it was started for).
+            spec.labels
+                .insert(LABEL_ROLE.to_string(), ROLE_SPARE.to_string());
+        }
         let engine = &self.ctx.engine;
         // Not cancelled half-way: once created, the container is removed on every path.
         let id = engine.create(&spec).await?;
@@ -255,12 +400,14 @@ impl Starter {
                     reservation,
                     prewarmed,
                     self.pool.idle_signal(),
+                    sandbox,
                 )))
             }
             Err(e) => {
-                // The reservation stays with the container until it is gone.
+                // The reservation stays with the container until it is gone. The sandbox,
+                // its state unknown after a failed start, is discarded with it.
                 self.removals
-                    .remove_or_keep_trying(&id, Box::new(reservation))
+                    .remove_or_keep_trying(&id, Box::new((reservation, sandbox)))
                     .await;
                 match e {
                     ExecError::Engine(EngineError::GpuDriverMissing(detail)) => {
@@ -275,7 +422,13 @@ impl Starter {
         }
     }
 
-    fn container_spec(&self, key: &TaskKey, config: &Config, gpus: &[String]) -> ContainerSpec {
+    fn container_spec(
+        &self,
+        key: &TaskKey,
+        config: &Config,
+        gpus: &[String],
+        sandbox: Option<SandboxRef>,
+    ) -> ContainerSpec {
         let labels = HashMap::from([
             (LABEL_EXECUTOR.to_string(), config.name.clone()),
             (LABEL_INSTANCE.to_string(), self.ctx.instance.to_string()),
@@ -285,8 +438,8 @@ impl Starter {
         ]);
         ContainerSpec {
             image: key.image.clone(),
-            nano_cpus: key.demand.milli_cpu as i64 * 1_000_000,
-            memory_bytes: key.demand.mem_mb as i64 * 1024 * 1024,
+            nano_cpus: nano_cpus(key.demand),
+            memory_bytes: memory_bytes(key.demand),
             runtime: match key.runtime {
                 Runtime::Container => None,
                 Runtime::MicroVm => config.microvm_runtime.clone(),
@@ -301,6 +454,7 @@ impl Starter {
             gpus: gpus.to_vec(),
             hardening: config.hardening.clone(),
             tty: config.task_tty,
+            sandbox,
         }
     }
 }

@@ -14,6 +14,8 @@ use futures_util::StreamExt;
 
 use super::context::Context;
 use super::removals::Removals;
+use super::sandboxes::Sandboxes;
+use super::spares::Spares;
 use crate::engine::LABEL_INSTANCE;
 use crate::pool::Pool;
 
@@ -24,14 +26,24 @@ pub(super) struct Watcher {
     ctx: Context,
     pool: Arc<Pool>,
     removals: Arc<Removals>,
+    sandboxes: Arc<Sandboxes>,
+    spares: Arc<Spares>,
 }
 
 impl Watcher {
-    pub(super) fn new(ctx: Context, pool: Arc<Pool>, removals: Arc<Removals>) -> Watcher {
+    pub(super) fn new(
+        ctx: Context,
+        pool: Arc<Pool>,
+        removals: Arc<Removals>,
+        sandboxes: Arc<Sandboxes>,
+        spares: Arc<Spares>,
+    ) -> Watcher {
         Watcher {
             ctx,
             pool,
             removals,
+            sandboxes,
+            spares,
         }
     }
 
@@ -45,6 +57,8 @@ impl Watcher {
             // ready before the engine is asked are candidates: one that becomes ready while
             // the answer travels is not in it, yet runs.
             let candidates = self.pool.ready_ids();
+            let free_holders = self.sandboxes.free_ids();
+            let spares = self.spares.ids();
             match engine.running_labelled(LABEL_INSTANCE, instance).await {
                 Ok(running) => {
                     if !connected {
@@ -55,6 +69,10 @@ impl Watcher {
                     for container in self.pool.take_unless_running(&candidates, &running) {
                         tracing::warn!(container = %container.id, key = %container.key, "task container is gone; dropping it from the pool");
                         self.removals.retire_later(container);
+                    }
+                    self.sandboxes.drop_unless_running(&free_holders, &running);
+                    for id in spares.difference(&running) {
+                        self.spares.forget(id);
                     }
                     loop {
                         tokio::select! {
@@ -84,11 +102,14 @@ impl Watcher {
         }
     }
 
-    /// A container stopped or was removed: if it is in the pool, drop it from there.
+    /// A container stopped or was removed: if it is in the pool, drop it from there; if it
+    /// is a sandbox holder, from the sandbox pool.
     async fn forget(&self, id: &str) {
         if let Some(container) = self.pool.take_by_id(id) {
             tracing::warn!(container = %id, key = %container.key, "task container stopped outside the executor; dropping it from the pool");
             self.removals.retire_later(container);
+        } else if !self.spares.forget(id) {
+            self.sandboxes.holder_gone(id);
         }
     }
 }

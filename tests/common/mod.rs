@@ -42,6 +42,49 @@ pub fn containers_of(name: &str) -> Vec<String> {
         .collect()
 }
 
+/// Label naming what a container is for when it is not a task (`sandbox` for holders).
+pub const ROLE_LABEL: &str = "org.mecanywhere.role";
+
+/// Ids and roles of all containers (any state) labelled as created by executor `name`.
+fn containers_with_roles(name: &str) -> Vec<(String, String)> {
+    let filter = format!("label={LABEL}={name}");
+    let format = format!("{{{{.ID}}}} {{{{.Label \"{ROLE_LABEL}\"}}}}");
+    docker(&["ps", "-a", "--filter", &filter, "--format", &format])
+        .lines()
+        .filter_map(|l| {
+            let (id, role) = l.split_once(' ').unwrap_or((l, ""));
+            (!id.is_empty()).then(|| (id.to_string(), role.trim().to_string()))
+        })
+        .collect()
+}
+
+/// Ids of the task containers (not sandbox holders) of executor `name`, any state.
+pub fn tasks_of(name: &str) -> Vec<String> {
+    containers_with_roles(name)
+        .into_iter()
+        .filter(|(_, role)| role != "sandbox")
+        .map(|(id, _)| id)
+        .collect()
+}
+
+/// Ids of the sandbox holders of executor `name`, any state.
+pub fn holders_of(name: &str) -> Vec<String> {
+    containers_with_roles(name)
+        .into_iter()
+        .filter(|(_, role)| role == "sandbox")
+        .map(|(id, _)| id)
+        .collect()
+}
+
+/// `meca_sandboxes{state="free"}` in a `/metrics` text.
+pub fn free_sandboxes(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("meca_sandboxes{state=\"free\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// `docker inspect -f FORMAT ID`.
 pub fn inspect(id: &str, format: &str) -> String {
     docker(&["inspect", "-f", format, id])
@@ -242,6 +285,11 @@ impl Executor {
         let config = dir.path().join("mecanywhere_executor.yaml");
         let mut f = std::fs::File::create(&config).unwrap();
         writeln!(f, "{yaml}\nname: {name}").unwrap();
+        // Spare containers are tested on their own (tests/cold_path.rs): elsewhere they would
+        // add containers the tests do not expect.
+        if !yaml.contains("spare_containers") {
+            writeln!(f, "spare_containers: 0").unwrap();
+        }
         let port = free_port();
         let log = std::fs::File::create(dir.path().join("executor.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_mecanywhere-executor"))
@@ -368,11 +416,17 @@ impl Executor {
     }
 
     /// Containers carrying this executor's label.
+    /// This executor's task containers (sandbox holders left out).
     pub fn containers(&self) -> Vec<String> {
-        containers_of(&self.name)
+        tasks_of(&self.name)
     }
 
-    /// Waits up to `limit` until this executor's container count equals `n`.
+    /// This executor's sandbox holders.
+    pub fn holders(&self) -> Vec<String> {
+        holders_of(&self.name)
+    }
+
+    /// Waits up to `limit` until this executor's task container count equals `n`.
     pub fn wait_containers(&self, n: usize, limit: Duration) -> Vec<String> {
         let deadline = Instant::now() + limit;
         loop {
