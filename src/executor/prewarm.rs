@@ -134,6 +134,9 @@ impl Prewarmer {
                 tracing::warn!(key = %key, error = %e, "prewarming failed; retrying in 30s");
                 failures().insert(key, Instant::now());
                 ticket.abandon();
+                // The keeper arms its retry timer only while a failure is on record: wake it
+                // so it does (else only a budget release would bring the retry).
+                self.room.wake_prewarm();
             }
         }
     }
