@@ -31,8 +31,10 @@ use crate::engine::{
 };
 use crate::task::{Runtime, TaskKey};
 
-/// After the holder image or a holder fails to start, wait this long before trying again.
-const FAILURE_BACKOFF: Duration = Duration::from_secs(30);
+/// After the holder image or a holder fails to start, wait before trying again: 1 s,
+/// doubling with each failure in a row, at most 30 s.
+const FAILURE_BACKOFF_FIRST: Duration = Duration::from_secs(1);
+const FAILURE_BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How long after a holder was taken the pool is refilled: the starts of a burst get the
 /// CPU first, and holders whose tasks leave meanwhile are reused instead of replaced.
 const REFILL_DELAY: Duration = Duration::from_secs(2);
@@ -287,6 +289,7 @@ impl Sandboxes {
             return;
         };
         let mut failed = false;
+        let mut backoff_delay = FAILURE_BACKOFF_FIRST;
         loop {
             let woken = self.shared.wake.notified();
             tokio::pin!(woken);
@@ -336,6 +339,7 @@ impl Sandboxes {
                         Ok(Ok(holder)) if state.enabled && state.free.len() < target => {
                             tracing::debug!(container = %holder.id, addr = %holder.addr, "sandbox holder ready");
                             state.free.push(holder);
+                            backoff_delay = FAILURE_BACKOFF_FIRST;
                         }
                         Ok(Ok(holder)) => state.discard.push(holder.id),
                         Ok(Err(e)) => {
@@ -352,7 +356,7 @@ impl Sandboxes {
             }
             let backoff = async {
                 if failed {
-                    tokio::time::sleep(FAILURE_BACKOFF).await
+                    tokio::time::sleep(backoff_delay).await
                 } else if let Some(at) = refill_at {
                     tokio::time::sleep_until(at).await
                 } else {
@@ -362,7 +366,12 @@ impl Sandboxes {
             tokio::select! {
                 _ = self.ctx.closing.cancelled() => return,
                 _ = woken => {}
-                _ = backoff => failed = false,
+                _ = backoff => {
+                    if failed {
+                        backoff_delay = (backoff_delay * 2).min(FAILURE_BACKOFF_MAX);
+                    }
+                    failed = false;
+                }
             }
         }
     }
