@@ -1,9 +1,10 @@
 //! Prewarming: keeps the configured task keys started and ready ahead of demand.
 //!
 //! A prewarmed container is counted against the budget like any other, is never reaped for
-//! idleness, and is the first to be evicted under pressure. The keeper takes only room that
-//! is free (it never evicts and never waits), yields while requests wait for room, and wakes
-//! on budget releases, not on a timer.
+//! idleness, and is the first task container evicted under pressure (spares go before it).
+//! The keeper takes only room that is free or held by spare containers (it evicts nothing
+//! else and never waits), yields while requests wait for room, and wakes on budget
+//! releases, not on a timer.
 //!
 //! Owns only when each prewarm key last failed. Its starts run through the [`Starter`] (so
 //! pause cancels and waits for them) and pass the same [`Admission`] as a request; room it
@@ -151,7 +152,8 @@ impl Prewarmer {
     ) -> Result<Arc<Container>, Option<ExecError>> {
         self.starter.check_open().map_err(Some)?;
         let config = self.admission.admit(key).map_err(Some)?;
-        if !self.room.budget().fits_now(key.demand) {
+        // Free room, or room held by spares (prewarm keys come first).
+        if !self.room.room_from_spares(key.demand).await {
             return Err(None);
         }
         let mut phases = Phases::new(&self.ctx.metrics);

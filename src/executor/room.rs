@@ -203,6 +203,34 @@ impl Room {
         }
     }
 
+    /// Prewarm keys come before spares: evicts spares (oldest first) until `demand` fits,
+    /// if removing every spare would make it fit. True when it fits now.
+    pub(super) async fn room_from_spares(&self, demand: Demand) -> bool {
+        let budget = self.budget.snapshot();
+        let spares = self.spares.demand();
+        let fits_without_spares = budget.used.milli_cpu - spares.milli_cpu + demand.milli_cpu
+            <= budget.total.milli_cpu
+            && budget.used.mem_mb - spares.mem_mb + demand.mem_mb <= budget.total.mem_mb;
+        if !fits_without_spares {
+            return self.budget.fits_now(demand);
+        }
+        while !self.budget.fits_now(demand) {
+            let Some(victim) = self.spares.take_oldest() else {
+                return false;
+            };
+            self.ctx.metrics.evictions.inc();
+            tracing::info!(container = %victim.id, image = %victim.key.image, "evicting a spare container for a prewarm key");
+            let in_background = self.ctx.config().background_eviction;
+            let removals = Arc::clone(&self.removals);
+            let eviction = self
+                .ctx
+                .work
+                .spawn(async move { removals.evict(victim, in_background).await });
+            let _ = eviction.await;
+        }
+        true
+    }
+
     /// Whether removing every idle container would make `demand` fit (GPUs: assumed so).
     /// Otherwise evicting only loses warm containers: the request has to wait anyway.
     fn eviction_can_help(&self, demand: Demand, gpus: u32) -> bool {
