@@ -185,3 +185,26 @@ fn holders_and_spares_are_removed_at_stop_and_after_a_crash() {
     assert!(left.is_empty(), "left after /stop: {left:?}");
     drop(crashed);
 }
+
+#[test]
+fn a_task_in_a_sandbox_is_reached_through_the_port_the_holder_publishes() {
+    let ex = Executor::start(
+        "sandbox-publish",
+        "publish_task_ports: true\nsandbox_pool: 1",
+    );
+    wait_until(&ex, "a free sandbox", || {
+        metric(&ex, "meca_sandboxes{state=\"free\"}") >= 1.0
+    });
+    let holder = ex.holders().pop().expect("a holder");
+    let published = docker(&["port", &holder, "8080"]);
+    assert!(
+        published.starts_with("127.0.0.1:"),
+        "the holder publishes the task port on loopback only: {published:?}"
+    );
+    let reply = ex.execute(&json!({"id": ECHO, "input": "via the published port"}));
+    assert!(reply.success(), "{reply:?}");
+    assert_eq!(reply.msg(), "via the published port");
+    let tasks = ex.containers();
+    assert_eq!(tasks.len(), 1, "{tasks:?}");
+    assert!(sandbox_of(&tasks[0]).starts_with(&holder));
+}

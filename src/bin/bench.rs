@@ -77,6 +77,9 @@ struct Args {
     cold_runs: usize,
     /// `background_eviction` in the executor's config (`--background-eviction false`).
     background_eviction: bool,
+    /// `sandbox_pool` and `spare_containers` in the executor's config; `None` = its defaults.
+    sandbox_pool: Option<u64>,
+    spare_containers: Option<u64>,
 }
 
 fn parse_args() -> Args {
@@ -85,6 +88,8 @@ fn parse_args() -> Args {
         json: None,
         cold_runs: 11,
         background_eviction: true,
+        sandbox_pool: None,
+        spare_containers: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -102,6 +107,8 @@ fn parse_args() -> Args {
             "--seconds" => args.seconds = number().max(1),
             "--cold-runs" => args.cold_runs = (number() as usize).max(5),
             "--json" => args.json = Some(PathBuf::from(&value)),
+            "--sandbox-pool" => args.sandbox_pool = Some(number().min(64)),
+            "--spare-containers" => args.spare_containers = Some(number().min(64)),
             "--background-eviction" => {
                 args.background_eviction = value.parse().unwrap_or_else(|_| {
                     eprintln!("bench: {flag} needs true or false, got {value:?}");
@@ -111,7 +118,7 @@ fn parse_args() -> Args {
             other => {
                 eprintln!(
                     "bench: unknown flag {other} (use --seconds N, --json PATH, --cold-runs N, \
-                     --background-eviction true|false)"
+                     --background-eviction true|false, --sandbox-pool N, --spare-containers N)"
                 );
                 std::process::exit(2)
             }
@@ -421,7 +428,11 @@ impl Conn {
 }
 
 fn execute_body(cpu: Option<f64>, mem: Option<u64>, input: &str) -> Bytes {
-    let mut v = json!({"id": IMAGE, "input": input});
+    execute_body_of(IMAGE, cpu, mem, input)
+}
+
+fn execute_body_of(image: &str, cpu: Option<f64>, mem: Option<u64>, input: &str) -> Bytes {
+    let mut v = json!({"id": image, "input": input});
     if let (Some(cpu), Some(mem)) = (cpu, mem) {
         v["resource"] = json!({"cpu": cpu, "mem": mem});
     }
@@ -678,11 +689,14 @@ async fn wait_settled(ctl: &mut Conn, idle: f64, limit: Duration) -> Result<(), 
     }
 }
 
-/// Removes every warm container (pause), then lets the prewarm keeper start its key again.
-async fn reset_executor(ctl: &mut Conn) -> Result<(), String> {
+/// Removes every warm container and spare (pause), then lets the prewarm keeper start its
+/// key again and the sandbox pool (`sandbox_pool` holders) refill: every cold start measured
+/// after it meets the same host, in the executor's steady state.
+async fn reset_executor(ctl: &mut Conn, sandbox_pool: f64) -> Result<(), String> {
     ctl.control(Method::POST, "/pause").await?;
     ctl.control(Method::POST, "/unpause").await?;
     wait_settled(ctl, 1.0, Duration::from_secs(60)).await?;
+    wait_gauge(ctl, FREE_SANDBOXES, sandbox_pool).await?;
     // Let dockerd finish its own cleanup of the removed containers.
     tokio::time::sleep(Duration::from_millis(300)).await;
     Ok(())
@@ -708,7 +722,19 @@ async fn executor_cold(
     mem: u64,
     input: &str,
 ) -> Result<ExecCold, String> {
-    let body = execute_body(Some(cpu), Some(mem), input);
+    executor_cold_of(ctl, conn, IMAGE, cpu, mem, input).await
+}
+
+/// [`executor_cold`] of a key of `image`.
+async fn executor_cold_of(
+    ctl: &mut Conn,
+    conn: &mut Conn,
+    image: &str,
+    cpu: f64,
+    mem: u64,
+    input: &str,
+) -> Result<ExecCold, String> {
+    let body = execute_body_of(image, Some(cpu), Some(mem), input);
     let expect = execute_answer(input);
     let before = scrape(ctl).await?;
     let busy0 = host_busy_ticks();
@@ -1145,8 +1171,14 @@ async fn run(args: Args) -> Result<(), String> {
         format!(
             "name: {name}\ncpu: {cores}\nmem: 4096\nidle_timeout: 10m\nprewarm:\n  \
              - image: {IMAGE}\n    cpu: {PREWARM_CPU}\n    mem: {PREWARM_MEM}\n\
-             background_eviction: {}\n",
-            args.background_eviction
+             background_eviction: {}\n{}{}",
+            args.background_eviction,
+            args.sandbox_pool
+                .map(|n| format!("sandbox_pool: {n}\n"))
+                .unwrap_or_default(),
+            args.spare_containers
+                .map(|n| format!("spare_containers: {n}\n"))
+                .unwrap_or_default(),
         ),
     )
     .map_err(err(config.display()))?;
@@ -1237,9 +1269,13 @@ async fn run(args: Args) -> Result<(), String> {
         rss_idle_kb as f64 / 1024.0
     );
 
+    // Holders the executor keeps free (its default unless set).
+    let pool = args.sandbox_pool.unwrap_or(8) as f64;
+
     // --- row 3: cold starts, executor vs engine --------------------------------------------
     let mut conn = Conn::open(addr).await?;
     let input = Bytes::from_static(INPUT.as_bytes());
+    wait_gauge(&mut ctl, FREE_SANDBOXES, pool).await?;
     // Warm-up of the baseline's Docker connection (the executor's is warm already).
     let (_, id) = engine_cold(&docker, &bench_label, COLD_CPU, COLD_MEM_BASE, &input).await?;
     remove_baseline(&docker, &id).await?;
@@ -1255,7 +1291,7 @@ async fn run(args: Args) -> Result<(), String> {
                 exec_runs.push(executor_cold(&mut ctl, &mut conn, COLD_CPU, mem, INPUT).await?);
                 // Remove it again (the baseline removes its own), so that every run starts
                 // from the same host: only the prewarmed container running.
-                reset_executor(&mut ctl).await?;
+                reset_executor(&mut ctl, pool).await?;
             } else {
                 let (run, id) = engine_cold(&docker, &bench_label, COLD_CPU, mem, &input).await?;
                 remove_baseline(&docker, &id).await?;
@@ -1312,7 +1348,7 @@ async fn run(args: Args) -> Result<(), String> {
     let evict_median = median(&evict_totals);
     let evict_phases = median_phases(evict_runs.iter().map(|r| &r.phases));
     println!("bench: cold starts with an eviction (ms): {evict_totals:?}");
-    reset_executor(&mut ctl).await?;
+    reset_executor(&mut ctl, pool).await?;
 
     // --- row 7: prewarm --------------------------------------------------------------------
     let before = scrape(&mut ctl).await?;
@@ -1334,7 +1370,7 @@ async fn run(args: Args) -> Result<(), String> {
     let fresh = executor_cold(&mut ctl, &mut conn, PREWARM_CPU, PREWARM_MEM + 1, INPUT).await?;
 
     // --- row 4: parallel cold starts --------------------------------------------------------
-    reset_executor(&mut ctl).await?;
+    reset_executor(&mut ctl, pool).await?;
     let conns = open_conns(addr, PARALLEL).await?;
     let before = scrape(&mut ctl).await?;
     let busy0 = host_busy_ticks();
@@ -1423,7 +1459,13 @@ async fn run(args: Args) -> Result<(), String> {
         }
         sums
     };
-    reset_executor(&mut ctl).await?;
+    reset_executor(&mut ctl, pool).await?;
+
+    // --- row 8: the cold path's pools ---------------------------------------------------------
+    let (pools_table, pools_json, pools_targets) =
+        pools_rows(&mut ctl, addr, &docker, &bench_label, &args).await?;
+    // The request connection sat idle meanwhile, longer than the executor keeps one open.
+    conn = Conn::open(addr).await?;
 
     // --- row 1: warm latency ----------------------------------------------------------------
     let bodies = Bodies {
@@ -1849,6 +1891,7 @@ async fn run(args: Args) -> Result<(), String> {
         "",
         "",
     ));
+    rows.extend(pools_table);
     let rss_met = rss_idle_kb as f64 / 1024.0 <= RSS_IDLE_TARGET_MB
         && rss_peak_kb as f64 / 1024.0 <= RSS_LOAD_TARGET_MB;
     rows.push(row(
@@ -1979,6 +2022,7 @@ async fn run(args: Args) -> Result<(), String> {
             "engine_phase_means_ms": engine_parallel_phase_means,
         }),
     );
+    results.insert("cold_path_pools".into(), pools_json);
     results.insert(
         "memory".into(),
         json!({
@@ -2031,6 +2075,7 @@ async fn run(args: Args) -> Result<(), String> {
     targets.push(json!({"name": "warm_p99_overhead", "target": format!("<= {P99_OVERHEAD_TARGET_US} us"), "value_us": p99_overhead, "met": p99_met}));
     targets.extend(throughput_targets);
     targets.push(json!({"name": "rss", "target": format!("idle <= {RSS_IDLE_TARGET_MB} MB, under load <= {RSS_LOAD_TARGET_MB} MB"), "idle_kb": rss_idle_kb, "peak_kb": rss_peak_kb, "met": rss_met}));
+    targets.extend(pools_targets);
     targets.push(json!({"name": "cold_start_vs_engine", "target": format!("executor median <= engine median + {COLD_TARGET_MS} ms"), "value_ms": cold_diff, "met": cold_met}));
     targets.push(json!({"name": "parallel_cold_starts", "target": format!("{PARALLEL} at once <= {PARALLEL_TARGET_RATIO} x single median"), "value_ratio": parallel_ratio, "met": parallel_met}));
     targets.push(json!({"name": "idle_cpu", "target": format!("<= {IDLE_CPU_TARGET_PERCENT}% of a core"), "value_percent": idle_cpu_percent, "met": idle_met}));
@@ -2051,4 +2096,247 @@ async fn run(args: Args) -> Result<(), String> {
         return Err("the executor did not stop cleanly (see above)".into());
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Row 8: the cold path's pools (pooled network sandboxes, spares resized on claim).
+
+/// Keys of row 8 (new keys by memory).
+const POOLS_MEM_BASE: u64 = 100;
+/// Images of row 8: tags of the sample image, so that each is an image the executor has or
+/// has not run, with the same content as the baseline's.
+const POOLS_REPO: &str = "meca-bench-cold";
+/// Targets of the cold path, as ratios to Docker's default start of the same image.
+const RECENT_TARGET_RATIO: f64 = 0.3;
+const PRESENT_TARGET_RATIO: f64 = 0.7;
+const BURST_TARGET_RATIO: f64 = 2.0;
+
+/// Tags [`IMAGE`] as `meca-bench-cold:<tag>` (removed at the end); returns the reference.
+async fn pools_tag(docker: &Docker, tag: &str) -> Result<String, String> {
+    let reference = format!("{POOLS_REPO}:{tag}");
+    leftovers().tags.push(reference.clone());
+    let options = TagImageOptions {
+        repo: Some(POOLS_REPO.into()),
+        tag: Some(tag.to_string()),
+    };
+    docker
+        .tag_image(IMAGE, Some(options))
+        .await
+        .map_err(err("docker tag"))?;
+    Ok(reference)
+}
+
+/// Waits until the executor's gauge `key` reads `value`.
+async fn wait_gauge(ctl: &mut Conn, key: &str, value: f64) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if gauge(&scrape(ctl).await?, key) == value {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{key} did not reach {value} within 60 s"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+const FREE_SANDBOXES: &str = "meca_sandboxes{state=\"free\"}";
+const SPARES: &str = "meca_containers{state=\"spare\"}";
+const SPARES_CLAIMED: &str = "meca_spares_claimed_total";
+
+/// Rows 8a-8c with their same-run baselines; the JSON of the section and its targets.
+async fn pools_rows(
+    ctl: &mut Conn,
+    addr: SocketAddr,
+    docker: &Docker,
+    bench_label: &str,
+    args: &Args,
+) -> Result<(Vec<Row>, Value, Vec<Value>), String> {
+    let pool = args.sandbox_pool.unwrap_or(8) as f64;
+    let spares_on = args.spare_containers.unwrap_or(4) > 0;
+    let runs = args.cold_runs;
+    let input = Bytes::from_static(INPUT.as_bytes());
+    // A fresh connection per start: waiting for the pools can outlast the executor's
+    // keep-alive of an idle connection.
+    let fresh = || Conn::open(addr);
+    let baseline = |mem: u64| {
+        let input = input.clone();
+        async move {
+            tokio::time::sleep(COLD_SETTLE).await;
+            let (run, id) = engine_cold(docker, bench_label, COLD_CPU, mem, &input).await?;
+            remove_baseline(docker, &id).await?;
+            Ok::<f64, String>(run.total_ms)
+        }
+    };
+
+    // 8a: first use of an image already present on the host: no spare of it can exist;
+    // the start joins a pooled sandbox (when the pool is on and refilled).
+    reset_executor(ctl, pool).await?;
+    let mut present = Vec::new();
+    let mut present_phases = Vec::new();
+    let mut present_base = Vec::new();
+    for i in 0..runs {
+        let image = pools_tag(docker, &format!("first-{i}")).await?;
+        wait_gauge(ctl, FREE_SANDBOXES, pool).await?;
+        tokio::time::sleep(COLD_SETTLE).await;
+        let mem = POOLS_MEM_BASE + i as u64;
+        let run = executor_cold_of(ctl, &mut fresh().await?, &image, COLD_CPU, mem, INPUT).await?;
+        present.push(run.total_ms);
+        present_phases.push(run.phases);
+        if spares_on {
+            // Let the spare of the image start before the baseline runs.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+        }
+        present_base.push(baseline(mem).await?);
+    }
+    // The recent image's spare needs a place among the spares (bounded in count).
+    reset_executor(ctl, pool).await?;
+
+    // 8b: a new key of an image used recently: its spare, resized.
+    let recent = pools_tag(docker, "recent").await?;
+    let mut recent_runs = Vec::new();
+    let mut recent_phases = Vec::new();
+    let mut recent_base = Vec::new();
+    let claimed0 = gauge(&scrape(ctl).await?, SPARES_CLAIMED);
+    executor_cold_of(
+        ctl,
+        &mut fresh().await?,
+        &recent,
+        COLD_CPU,
+        POOLS_MEM_BASE - 1,
+        INPUT,
+    )
+    .await?;
+    for i in 0..runs {
+        if spares_on {
+            wait_gauge(ctl, SPARES, 1.0).await?;
+        }
+        wait_gauge(ctl, FREE_SANDBOXES, pool).await?;
+        tokio::time::sleep(COLD_SETTLE).await;
+        let mem = POOLS_MEM_BASE + 50 + i as u64;
+        let run = executor_cold_of(ctl, &mut fresh().await?, &recent, COLD_CPU, mem, INPUT).await?;
+        recent_runs.push(run.total_ms);
+        recent_phases.push(run.phases);
+        recent_base.push(baseline(mem).await?);
+    }
+    let claimed = gauge(&scrape(ctl).await?, SPARES_CLAIMED) - claimed0;
+
+    // 8c: eight new keys at once, of eight images the executor has not run.
+    reset_executor(ctl, pool).await?;
+    let mut images = Vec::new();
+    for i in 0..PARALLEL {
+        images.push(pools_tag(docker, &format!("burst-{i}")).await?);
+    }
+    wait_gauge(ctl, FREE_SANDBOXES, pool).await?;
+    tokio::time::sleep(COLD_SETTLE).await;
+    let conns = open_conns(addr, PARALLEL).await?;
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for (i, (mut c, image)) in conns.into_iter().zip(images).enumerate() {
+        let body = execute_body_of(&image, Some(COLD_CPU), Some(POOLS_MEM_BASE), INPUT);
+        let answer = execute_answer(INPUT);
+        tasks.push(tokio::spawn(async move {
+            let (status, got) = c.send(Method::POST, "/", body).await?;
+            if status != StatusCode::OK || got != answer {
+                return Err(format!(
+                    "burst start {i}: HTTP {status}: {}",
+                    String::from_utf8_lossy(&got)
+                ));
+            }
+            Ok::<(), String>(())
+        }));
+    }
+    for task in tasks {
+        task.await.map_err(err("burst client"))??;
+    }
+    let burst_wall = t.elapsed().as_secs_f64() * 1000.0;
+    reset_executor(ctl, pool).await?;
+
+    let present_median = median(&present);
+    let present_base_median = median(&present_base);
+    let recent_median = median(&recent_runs);
+    let recent_base_median = median(&recent_base);
+    let one_baseline = median(&[present_base.clone(), recent_base.clone()].concat());
+    let present_ratio = present_median / present_base_median;
+    let recent_ratio = recent_median / recent_base_median;
+    let burst_ratio = burst_wall / one_baseline;
+    let present_met = present_ratio <= PRESENT_TARGET_RATIO;
+    let recent_met = recent_ratio <= RECENT_TARGET_RATIO;
+    let burst_met = burst_ratio <= BURST_TARGET_RATIO;
+    println!("bench: first use of a present image (ms): {present:?}, engine {present_base:?}");
+    println!("bench: new key of a recent image (ms): {recent_runs:?}, engine {recent_base:?}");
+    let present_phase_median = median_phases(present_phases.iter());
+    let recent_phase_median = median_phases(recent_phases.iter());
+    let rows = vec![
+        row(
+            "8a",
+            format!("first use of an image present on the host, median of {runs}"),
+            ms(present_median),
+            format!("{} engine", ms(present_base_median)),
+            format!("{present_ratio:.2}×"),
+            format!("≤ {PRESENT_TARGET_RATIO}×: {}", verdict(present_met)),
+        ),
+        row(
+            "",
+            "  executor phases: image/reserve/create/start/first call (ms)",
+            phases_text(
+                &present_phase_median,
+                &["image", "reserve", "create", "start", "first_call"],
+            ),
+            "",
+            "",
+            "",
+        ),
+        row(
+            "8b",
+            format!(
+                "new key of an image used recently, median of {runs} ({claimed} spares claimed)"
+            ),
+            ms(recent_median),
+            format!("{} engine", ms(recent_base_median)),
+            format!("{recent_ratio:.2}×"),
+            format!("≤ {RECENT_TARGET_RATIO}×: {}", verdict(recent_met)),
+        ),
+        row(
+            "",
+            "  executor phases: image/resize/first call (ms)",
+            phases_text(&recent_phase_median, &["image", "resize", "first_call"]),
+            "",
+            "",
+            "",
+        ),
+        row(
+            "8c",
+            format!("{PARALLEL} new keys (images not run before) at once, wall"),
+            ms(burst_wall),
+            format!("{} one engine start", ms(one_baseline)),
+            format!("{burst_ratio:.2}×"),
+            format!("≤ {BURST_TARGET_RATIO}×: {}", verdict(burst_met)),
+        ),
+    ];
+    let section = json!({
+        "sandbox_pool": pool,
+        "spares": spares_on,
+        "first_use_present_image": {
+            "executor_ms": present, "engine_ms": present_base,
+            "executor_median_ms": present_median, "engine_median_ms": present_base_median,
+            "ratio": present_ratio, "executor_phases_median_ms": present_phase_median,
+        },
+        "new_key_recent_image": {
+            "executor_ms": recent_runs, "engine_ms": recent_base,
+            "executor_median_ms": recent_median, "engine_median_ms": recent_base_median,
+            "ratio": recent_ratio, "spares_claimed": claimed,
+            "executor_phases_median_ms": recent_phase_median,
+        },
+        "burst": {
+            "count": PARALLEL, "wall_ms": burst_wall, "one_engine_start_ms": one_baseline,
+            "ratio": burst_ratio,
+        },
+    });
+    let targets = vec![
+        json!({"name": "first_use_present_image", "target": format!("<= {PRESENT_TARGET_RATIO} x engine"), "value_ratio": present_ratio, "met": present_met}),
+        json!({"name": "new_key_recent_image", "target": format!("<= {RECENT_TARGET_RATIO} x engine"), "value_ratio": recent_ratio, "met": recent_met}),
+        json!({"name": "burst_of_new_keys", "target": format!("<= {BURST_TARGET_RATIO} x one engine start"), "value_ratio": burst_ratio, "met": burst_met}),
+    ];
+    Ok((rows, section, targets))
 }
