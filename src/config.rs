@@ -90,6 +90,7 @@ struct RawConfig {
     log_format: Option<LogFormat>,
     background_eviction: Option<bool>,
     body_read_timeout: Option<String>,
+    keep_alive: Option<String>,
 }
 
 /// One `prewarm:` entry as written.
@@ -188,6 +189,20 @@ pub struct Config {
     /// An evicted container's room is reused once its processes are killed; its removal
     /// finishes in the background (off the start's critical path).
     pub background_eviction: bool,
+    /// How long idle containers are kept: `idle_timeout` each, or learned per task key.
+    pub keep_alive: KeepAlivePolicy,
+}
+
+/// How long idle containers are kept (`keep_alive`).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum KeepAlivePolicy {
+    /// Every idle container is kept for `idle_timeout`.
+    #[default]
+    Fixed,
+    /// Per task key, learned from the idle times between its requests (see
+    /// [`crate::keepalive`]); `idle_timeout` caps every keep-alive. The YAML file selects
+    /// it with the paper's parameters; other parameters are for tests and simulations.
+    Adaptive(crate::keepalive::Params),
 }
 
 /// How log lines are written (`log_format`, `--log-format`).
@@ -261,6 +276,7 @@ impl Default for Config {
             body_read_timeout: Duration::from_secs(30),
             log_format: LogFormat::Text,
             background_eviction: true,
+            keep_alive: KeepAlivePolicy::Fixed,
         }
     }
 }
@@ -564,6 +580,18 @@ impl Config {
         }
         c.log_format = raw.log_format.unwrap_or_default();
         c.background_eviction = raw.background_eviction.unwrap_or(true);
+        if let Some(policy) = raw.keep_alive {
+            c.keep_alive = match policy.trim() {
+                "fixed" => KeepAlivePolicy::Fixed,
+                "adaptive" => KeepAlivePolicy::Adaptive(crate::keepalive::Params::default()),
+                other => {
+                    return Err(invalid(
+                        "keep_alive",
+                        format!("{other:?}: use \"fixed\" or \"adaptive\""),
+                    ))
+                }
+            };
+        }
         if c.internal_network && c.publish_task_ports {
             return Err(invalid(
                 "internal_network",
@@ -629,6 +657,19 @@ mod tests {
     }
 
     #[test]
+    fn keep_alive_is_fixed_unless_adaptive_is_asked_for() {
+        assert_eq!(parse("").unwrap().keep_alive, KeepAlivePolicy::Fixed);
+        assert_eq!(
+            parse("keep_alive: fixed\n").unwrap().keep_alive,
+            KeepAlivePolicy::Fixed
+        );
+        assert_eq!(
+            parse("keep_alive: adaptive\n").unwrap().keep_alive,
+            KeepAlivePolicy::Adaptive(crate::keepalive::Params::default())
+        );
+    }
+
+    #[test]
     fn unknown_key_is_named() {
         let e = parse("cpus: 2\n").unwrap_err().to_string();
         assert!(e.contains("cpus"), "{e}");
@@ -688,6 +729,8 @@ mod tests {
             ("auth_token: \"\"\n", "auth_token"),
             ("max_concurrent_pulls: 0\n", "max_concurrent_pulls"),
             ("listen: everywhere\n", "listen"),
+            ("keep_alive: sometimes\n", "keep_alive"),
+            ("keep_alive: 5m\n", "keep_alive"),
             ("max_connections: 0\n", "max_connections"),
             ("max_requests_in_flight: 0\n", "max_requests_in_flight"),
             ("header_read_timeout: 0s\n", "header_read_timeout"),
