@@ -185,7 +185,10 @@ impl Prewarmer {
                 ticket.abandon();
             }
             // A predicted pre-warm is not retried: the key's next request starts its
-            // container as usual.
+            // container as usual. One cut short by pause or stop is no failure.
+            Err(Some(ExecError::Paused | ExecError::ShuttingDown)) if why == Why::Predicted => {
+                ticket.abandon();
+            }
             Err(Some(e)) if why == Why::Predicted => {
                 tracing::warn!(key = %key, error = %e, "pre-warming a predicted request failed");
                 ticket.abandon();
