@@ -94,6 +94,7 @@ struct RawConfig {
     sandbox_memory_mb: Option<u64>,
     spare_containers: Option<u32>,
     spare_memory_mb: Option<u64>,
+    keep_alive: Option<String>,
 }
 
 /// One `prewarm:` entry as written.
@@ -202,6 +203,20 @@ pub struct Config {
     pub spare_containers: u32,
     /// Memory all spare containers together may hold (inside the task budget).
     pub spare_memory_mb: u64,
+    /// How long idle containers are kept: `idle_timeout` each, or learned per task key.
+    pub keep_alive: KeepAlivePolicy,
+}
+
+/// How long idle containers are kept (`keep_alive`).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum KeepAlivePolicy {
+    /// Every idle container is kept for `idle_timeout`.
+    #[default]
+    Fixed,
+    /// Per task key, learned from the idle times between its requests (see
+    /// [`crate::keepalive`]); `idle_timeout` caps every keep-alive. The YAML file selects
+    /// it with the paper's parameters; other parameters are for tests and simulations.
+    Adaptive(crate::keepalive::Params),
 }
 
 /// How log lines are written (`log_format`, `--log-format`).
@@ -279,6 +294,7 @@ impl Default for Config {
             sandbox_memory_mb: 6,
             spare_containers: 4,
             spare_memory_mb: 2048,
+            keep_alive: KeepAlivePolicy::Fixed,
         }
     }
 }
@@ -613,6 +629,18 @@ impl Config {
             }
             c.spare_memory_mb = n;
         }
+        if let Some(policy) = raw.keep_alive {
+            c.keep_alive = match policy.trim() {
+                "fixed" => KeepAlivePolicy::Fixed,
+                "adaptive" => KeepAlivePolicy::Adaptive(crate::keepalive::Params::default()),
+                other => {
+                    return Err(invalid(
+                        "keep_alive",
+                        format!("{other:?}: use \"fixed\" or \"adaptive\""),
+                    ))
+                }
+            };
+        }
         if c.internal_network && c.publish_task_ports {
             return Err(invalid(
                 "internal_network",
@@ -678,6 +706,19 @@ mod tests {
     }
 
     #[test]
+    fn keep_alive_is_fixed_unless_adaptive_is_asked_for() {
+        assert_eq!(parse("").unwrap().keep_alive, KeepAlivePolicy::Fixed);
+        assert_eq!(
+            parse("keep_alive: fixed\n").unwrap().keep_alive,
+            KeepAlivePolicy::Fixed
+        );
+        assert_eq!(
+            parse("keep_alive: adaptive\n").unwrap().keep_alive,
+            KeepAlivePolicy::Adaptive(crate::keepalive::Params::default())
+        );
+    }
+
+    #[test]
     fn unknown_key_is_named() {
         let e = parse("cpus: 2\n").unwrap_err().to_string();
         assert!(e.contains("cpus"), "{e}");
@@ -737,6 +778,8 @@ mod tests {
             ("auth_token: \"\"\n", "auth_token"),
             ("max_concurrent_pulls: 0\n", "max_concurrent_pulls"),
             ("listen: everywhere\n", "listen"),
+            ("keep_alive: sometimes\n", "keep_alive"),
+            ("keep_alive: 5m\n", "keep_alive"),
             ("max_connections: 0\n", "max_connections"),
             ("max_requests_in_flight: 0\n", "max_requests_in_flight"),
             ("header_read_timeout: 0s\n", "header_read_timeout"),

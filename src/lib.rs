@@ -12,6 +12,7 @@ pub mod executor;
 pub mod gpu;
 pub mod host;
 pub mod image_ref;
+pub mod keepalive;
 pub mod metrics;
 pub mod pool;
 pub mod resources;

@@ -70,6 +70,10 @@ pub struct Metrics {
     pub budget_gpus: Family<KindLabel, Gauge>,
     /// Panics of supervised background tasks (each was restarted).
     pub background_panics: Family<TaskLabel, Counter>,
+    /// `keep_alive: adaptive`: containers started ahead of a predicted request.
+    pub predicted_prewarms: Counter,
+    /// `keep_alive: adaptive`: predicted pre-warms reaped without serving a request.
+    pub predicted_prewarms_unused: Counter,
     /// Handles of the warm-path series, so the hot path skips the family lookups.
     warm_success: Counter,
     warm_latency: Histogram,
@@ -167,6 +171,18 @@ impl Metrics {
             "Panics of background tasks (idle reaper, container watcher, prewarm keeper); each was restarted",
             background_panics.clone(),
         );
+        let predicted_prewarms = Counter::default();
+        registry.register(
+            "predicted_prewarms",
+            "Containers started ahead of a request the adaptive keep-alive predicted",
+            predicted_prewarms.clone(),
+        );
+        let predicted_prewarms_unused = Counter::default();
+        registry.register(
+            "predicted_prewarms_unused",
+            "Predicted pre-warms removed after their keep-alive window without serving a request",
+            predicted_prewarms_unused.clone(),
+        );
         let warm_success = requests.get_or_create_owned(&OutcomeLabel { outcome: "success" });
         let warm_latency = latency.get_or_create_owned(&PathLabel { path: "warm" });
         Metrics {
@@ -188,6 +204,8 @@ impl Metrics {
             budget_memory_mb,
             budget_gpus,
             background_panics,
+            predicted_prewarms,
+            predicted_prewarms_unused,
         }
     }
 

@@ -487,6 +487,18 @@ impl Pool {
         now: Instant,
         idle_timeout: Duration,
     ) -> (Vec<Arc<Container>>, Option<Instant>) {
+        self.take_expired_at(now, idle_timeout, |c| c.last_used() + idle_timeout)
+    }
+
+    /// Takes out every idle container whose expiry (`expires`, asked of idle containers
+    /// only, under the pool lock: it must not lock the pool) has come; also returns when the
+    /// next one could expire (busy containers count as expiring `idle_timeout` from now).
+    pub fn take_expired_at(
+        &self,
+        now: Instant,
+        idle_timeout: Duration,
+        mut expires: impl FnMut(&Container) -> Instant,
+    ) -> (Vec<Arc<Container>>, Option<Instant>) {
         let mut inner = self.lock();
         let mut expired_keys = Vec::new();
         let mut next: Option<Instant> = None;
@@ -496,7 +508,7 @@ impl Pool {
                 continue;
             }
             let expires = if c.in_flight() == 0 {
-                c.last_used() + idle_timeout
+                expires(c)
             } else {
                 now + idle_timeout
             };
@@ -672,6 +684,33 @@ mod tests {
         assert_eq!(b.snapshot().used.milli_cpu, 2000);
         drop(victim);
         assert_eq!(b.snapshot().used.milli_cpu, 1000);
+    }
+
+    #[test]
+    fn each_idle_container_expires_when_its_own_expiry_says() {
+        let pool = Pool::new();
+        let b = budget();
+        for name in ["short", "long", "busy"] {
+            let k = key(name);
+            claim(&pool, &k).ready(container(&b, &k)).unwrap();
+        }
+        let Lookup::Leased(lease) = pool.lease_or_claim(&key("busy")) else {
+            panic!()
+        };
+        let now = Instant::now();
+        let timeout = Duration::from_secs(600);
+        let expiry = |c: &Container| {
+            assert_ne!(c.key.image, "busy", "asked only of idle containers");
+            match c.key.image.as_str() {
+                "short" => now,
+                _ => now + Duration::from_secs(5),
+            }
+        };
+        let (expired, next) = pool.take_expired_at(now, timeout, expiry);
+        assert_eq!(expired.len(), 1);
+        assert_eq!(expired[0].key.image, "short");
+        assert_eq!(next, Some(now + Duration::from_secs(5)));
+        drop(lease);
     }
 
     #[test]

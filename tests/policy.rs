@@ -8,10 +8,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use mecanywhere_executor::config::Config;
+use mecanywhere_executor::config::{Config, KeepAlivePolicy};
 use mecanywhere_executor::engine::memory::{ImageScript, MemoryEngine, StartScript};
 use mecanywhere_executor::executor::{ExecError, Executor, TaskRequest};
 use mecanywhere_executor::host::{Host, HostCapacity};
+use mecanywhere_executor::keepalive::Params;
 use mecanywhere_executor::resources::Demand;
 use mecanywhere_executor::task::{Runtime, TaskKey};
 
@@ -395,5 +396,74 @@ async fn a_pause_during_a_pull_leaves_no_pull_slot_taken() {
         started.elapsed()
     );
     assert_eq!(engine.pulls().0, 0, "no pull still running");
+    ex.shutdown().await;
+}
+
+/// `keep_alive: adaptive`: a key called every 10 minutes, once its idle times are learned,
+/// has its container removed as soon as each request ends (not an idle timeout later), and
+/// started again shortly before the next request, which finds it warm. A pre-warm that no
+/// request uses is removed after its keep-alive window.
+#[tokio::test(start_paused = true)]
+async fn a_periodic_key_is_removed_early_and_prewarmed_before_its_next_request() {
+    let minute = Duration::from_secs(60);
+    let config = Config {
+        cpu: 4.0,
+        mem_mb: 4096,
+        idle_timeout: 60 * minute,
+        keep_alive: KeepAlivePolicy::Adaptive(Params::default()),
+        ..Config::default()
+    };
+    let (ex, engine) = executor(config, &[("timer:v1", ready_after(500))]).await;
+    let k = key("timer:v1", 1000, 128);
+    let period = 10 * minute;
+    let t0 = Instant::now();
+    let cold = |ex: &Executor| metric(ex, "meca_request_duration_seconds_count{path=\"cold\"}");
+    // Six requests give five idle times (9 min 59.9 s each), enough to trust.
+    for i in 0..6 {
+        tokio::time::sleep_until(t0 + period * i).await;
+        ex.execute(request(&k, "slow:100")).await.unwrap();
+        if i < 5 {
+            // Still the fixed policy: the one container stays.
+            assert_eq!(engine.containers().len(), 1, "request {i}");
+        }
+    }
+    assert_eq!(cold(&ex), 1.0, "only the first request started a container");
+    let ended = Instant::now();
+    // The learned pre-warm window is 9 min less 10%: the container is removed at once...
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(engine.containers().is_empty(), "{:?}", engine.containers());
+    let removed = engine.removed();
+    assert_eq!(removed.len(), 1);
+    assert!(removed[0].removed_at - ended < Duration::from_secs(1));
+    // ...and started again 8.1 minutes after the request ended.
+    let prewarm = (9 * minute).mul_f64(0.9);
+    tokio::time::sleep_until(ended + prewarm - Duration::from_secs(1)).await;
+    assert!(engine.containers().is_empty());
+    tokio::time::sleep_until(ended + prewarm + Duration::from_secs(1)).await;
+    let containers = engine.containers();
+    assert_eq!(containers.len(), 1, "pre-warmed");
+    assert!(containers[0].became_ready && containers[0].calls == 0);
+    assert_eq!(metric(&ex, "meca_predicted_prewarms_total"), 1.0);
+    // The next request comes at its period and is served warm by the pre-warmed container.
+    tokio::time::sleep_until(t0 + period * 6).await;
+    let started = Instant::now();
+    ex.execute(request(&k, "slow:100")).await.unwrap();
+    assert_eq!(started.elapsed(), Duration::from_millis(100), "warm");
+    assert_eq!(cold(&ex), 1.0);
+    assert_eq!(engine.containers()[0].calls, 1);
+    // No request comes any more: the next pre-warm is removed unused after its keep-alive
+    // window (11 min plus 10%, less the pre-warm window: 4 min), long before the idle
+    // timeout.
+    let ended = Instant::now();
+    tokio::time::sleep_until(ended + prewarm + Duration::from_secs(1)).await;
+    assert_eq!(engine.containers().len(), 1, "pre-warmed again");
+    assert_eq!(metric(&ex, "meca_predicted_prewarms_total"), 2.0);
+    tokio::time::sleep_until(ended + (11 * minute).mul_f64(1.1) + Duration::from_secs(2)).await;
+    assert!(engine.containers().is_empty(), "{:?}", engine.containers());
+    assert_eq!(metric(&ex, "meca_predicted_prewarms_unused_total"), 1.0);
+    // And nothing more is started for the key until it is called again.
+    tokio::time::sleep(2 * period).await;
+    assert!(engine.containers().is_empty());
+    assert_eq!(metric(&ex, "meca_predicted_prewarms_total"), 2.0);
     ex.shutdown().await;
 }

@@ -7,13 +7,20 @@
 //!
 //! - **Budget**: the resources of the live containers (not killed or exited) ≤ reserved ≤ the
 //!   budget, so no two live containers hold the same room; 0 at rest.
-//! - **Answers**: every request is answered exactly once, within pull_timeout + queue_timeout
-//!   + start_timeout + request_timeout + slack.
+//! - **Answers**: every request is answered exactly once, within the sum of pull_timeout,
+//!   queue_timeout, start_timeout, request_timeout and a slack, also when the container it
+//!   waited for broke before it could use it (another request crashed it, say).
 //! - **Starter served**: a container that became ready served a request before the executor
-//!   removed it, unless the executor was paused or stopped meanwhile.
+//!   removed it, unless the executor was paused or stopped meanwhile, or it was started ahead
+//!   of any request: a sandbox holder, a spare, or a predicted pre-warm (`keep_alive:
+//!   adaptive`; those unserved are at most the predicted pre-warms).
 //! - **Nothing left** after stop (sandbox holders and spares included), and no task was
 //!   ever created in a sandbox another task still occupied.
 //! - **Metrics** count every answer once, by outcome.
+//!
+//! One seed in three runs with `keep_alive: adaptive`, its histogram scaled to the
+//! scenario's seconds (bins of 0.1 to 2 s), and often a timer-like key of its own, so that
+//! predicted pre-warms and early removals meet every fault above.
 //!
 //! The order in which waiting starts get room (a large request is not starved by small ones)
 //! is checked by scripted scenarios in `tests/policy.rs`, not here.
@@ -21,6 +28,7 @@
 //! `SIM_SEEDS=N` runs N seeds (default 10000), `SIM_SEED=S` replays seed S alone, logging.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,24 +37,14 @@ use rand::{RngExt, SeedableRng};
 use rand_xorshift::XorShiftRng;
 use tokio::time::Instant;
 
-use mecanywhere_executor::config::Config;
+use mecanywhere_executor::config::{Config, KeepAlivePolicy};
 use mecanywhere_executor::engine::memory::{ImageScript, MemoryEngine, StartScript};
 use mecanywhere_executor::engine::{LABEL_ROLE, LABEL_TASK_KEY, ROLE_SPARE};
 use mecanywhere_executor::executor::{ConfigUpdate, ExecError, Executor, TaskRequest};
 use mecanywhere_executor::host::{Host, HostCapacity};
+use mecanywhere_executor::keepalive::Params;
 use mecanywhere_executor::resources::{cores_to_milli, Demand};
 use mecanywhere_executor::task::{Runtime, TaskKey};
-
-/// Log timestamps in virtual time: since the first line logged.
-#[derive(Default)]
-struct VirtualTime(std::sync::OnceLock<Instant>);
-
-impl tracing_subscriber::fmt::time::FormatTime for VirtualTime {
-    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
-        let start = *self.0.get_or_init(Instant::now);
-        write!(w, "{:>10.3?}", Instant::now() - start)
-    }
-}
 
 /// Extra time an answer may take beyond the sum of the configured timeouts.
 const SLACK: Duration = Duration::from_secs(5);
@@ -114,7 +112,7 @@ fn generate(seed: u64) -> Scenario {
             (format!("sim/task-{i}:v1"), script)
         })
         .collect();
-    let keys: Vec<TaskKey> = (0..rng.random_range(2..=6))
+    let mut keys: Vec<TaskKey> = (0..rng.random_range(2..=6))
         .map(|_| TaskKey {
             image: images[rng.random_range(0..images.len())].0.clone(),
             runtime: Runtime::Container,
@@ -164,6 +162,49 @@ fn generate(seed: u64) -> Scenario {
             (at, fault)
         })
         .collect();
+    // Adaptive seeds draw from a generator of their own: the rest of the scenario is the
+    // same as it would be under the fixed policy.
+    let mut config = config;
+    if seed.is_multiple_of(3) {
+        let mut rng = XorShiftRng::seed_from_u64(seed ^ 0x6b65_6570_616c_6976);
+        let min_samples = rng.random_range(2..=6);
+        config.keep_alive = KeepAlivePolicy::Adaptive(Params {
+            bin: secs(&mut rng, 100, 2_000),
+            bins: rng.random_range(5..=60),
+            min_samples,
+            max_samples: rng.random_range(min_samples * 2..=64),
+            max_keys: rng.random_range(1..=8),
+            ..Params::default()
+        });
+        if rng.random_bool(0.7) {
+            // A timer-like key of its own (well-behaved calls only): a period of 0.5 to 5 s,
+            // up to 10% jitter.
+            let key = keys.len();
+            keys.push(TaskKey {
+                image: images[rng.random_range(0..images.len())].0.clone(),
+                runtime: Runtime::Container,
+                demand: Demand {
+                    milli_cpu: cores_to_milli(f64::from(rng.random_range(1u32..=4)) / 4.0),
+                    mem_mb: rng.random_range(1u64..=4) * 64 + 1,
+                },
+                gpu_count: 0,
+                use_sgx: false,
+            });
+            let period = rng.random_range(500u64..=5_000);
+            let mut at = rng.random_range(0..=period);
+            while at <= horizon {
+                let jitter = rng.random_range(0..=period / 10);
+                let input = if rng.random_bool(0.8) {
+                    "ok".to_string()
+                } else {
+                    format!("slow:{}", rng.random_range(0..period))
+                };
+                requests.push((Duration::from_millis(at + jitter), key, input));
+                at += period;
+            }
+            requests.sort_by_key(|r| r.0);
+        }
+    }
     Scenario {
         config,
         remove_delay,
@@ -394,10 +435,18 @@ async fn simulate(scenario: Scenario) -> Result<(), String> {
     }
 
     // Every container that became ready served a request before the executor removed it,
-    // unless a pause or the stop came in between.
+    // unless a pause or the stop came in between, or it was a predicted pre-warm.
     let paused_during = |from: Instant, to: Instant| {
         to >= stopped_at || pauses.iter().any(|(p, u)| from <= t0 + *u && t0 + *p <= to)
     };
+    let text = executor.metrics_text();
+    let predicted = metric(&text, "meca_predicted_prewarms_total");
+    PREDICTED_PREWARMS.fetch_add(predicted, Ordering::Relaxed);
+    UNUSED_PREWARMS.fetch_add(
+        metric(&text, "meca_predicted_prewarms_unused_total"),
+        Ordering::Relaxed,
+    );
+    let mut unserved = Vec::new();
     for gone in engine.removed() {
         let c = &gone.container;
         // Sandbox holders and spares are started ahead of any request.
@@ -408,7 +457,7 @@ async fn simulate(scenario: Scenario) -> Result<(), String> {
             && !gone.from_outside
             && !paused_during(c.created_at, gone.removed_at)
         {
-            return Err(format!(
+            unserved.push(format!(
                 "container {} ({}) became ready and was removed at {:?} without serving a request",
                 c.id,
                 c.labels.get(LABEL_TASK_KEY).cloned().unwrap_or_default(),
@@ -416,7 +465,26 @@ async fn simulate(scenario: Scenario) -> Result<(), String> {
             ));
         }
     }
+    if unserved.len() as u64 > predicted {
+        return Err(format!(
+            "{} containers removed unserved, {predicted} of them could be predicted pre-warms: {}",
+            unserved.len(),
+            unserved.join("; ")
+        ));
+    }
     Ok(())
+}
+
+/// Predicted pre-warms over all seeds, and those reaped unused: the adaptive seeds must
+/// exercise both.
+static PREDICTED_PREWARMS: AtomicU64 = AtomicU64::new(0);
+static UNUSED_PREWARMS: AtomicU64 = AtomicU64::new(0);
+
+/// The value of a counter in the `/metrics` text, 0 when absent.
+fn metric(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The containers that exist hold no more than is reserved, and no more is reserved than
@@ -438,6 +506,18 @@ fn check_budget(executor: &Executor, engine: &MemoryEngine) -> Result<(), String
         ));
     }
     Ok(())
+}
+
+/// Log lines carry the virtual time since the first line, which is what a replay needs.
+#[derive(Default)]
+struct VirtualTime(std::sync::OnceLock<Instant>);
+
+impl tracing_subscriber::fmt::time::FormatTime for VirtualTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        let now = Instant::now();
+        let since = now - *self.0.get_or_init(|| now);
+        write!(w, "{:>9.3}s", since.as_secs_f64())
+    }
 }
 
 fn replay_hint(seed: u64) -> String {
@@ -491,4 +571,13 @@ fn simulated_workloads_keep_the_invariants() {
         failures.len(),
         failures.join("\n")
     );
+    if seeds >= 1_000 {
+        let predicted = PREDICTED_PREWARMS.load(Ordering::Relaxed);
+        let unused = UNUSED_PREWARMS.load(Ordering::Relaxed);
+        assert!(
+            predicted > 0 && unused > 0,
+            "the adaptive seeds made {predicted} predicted pre-warms, {unused} unused"
+        );
+        println!("adaptive seeds: {predicted} predicted pre-warms, {unused} reaped unused");
+    }
 }

@@ -50,6 +50,9 @@ pub enum ExecError {
     TaskStatus { status: u16, body: String },
     #[error("{0}")]
     BadAnswer(String),
+    /// The adaptive keep-alive's parameters are unusable (at start only).
+    #[error(transparent)]
+    KeepAlive(#[from] crate::keepalive::ParamsError),
 }
 
 impl ExecError {
@@ -61,7 +64,8 @@ impl ExecError {
             ExecError::ExceedsMaximum(_)
             | ExecError::NoGpu(_)
             | ExecError::RuntimeUnavailable(_)
-            | ExecError::SgxUnavailable(_) => "refused",
+            | ExecError::SgxUnavailable(_)
+            | ExecError::KeepAlive(_) => "refused",
             ExecError::QueueTimeout { .. } => "queue_timeout",
             ExecError::StartFailed(inner) => inner.outcome(),
             ExecError::Engine(_) | ExecError::StartCancelled | ExecError::NoContainer(_) => {

@@ -4,13 +4,15 @@
 //! Ties the pool, the budget and the engine together through components that each own
 //! their state and do one job: `Context` (shared handles), `Admission`, `Gpus`, `Pulls`,
 //! `Room` (reserving, eviction, the idle reaper), `Starter` (cold starts and their pause),
-//! `Removals` (taking containers down, broken containers), `Watcher` and `Prewarmer`.
+//! `Removals` (taking containers down, broken containers), `Watcher`, `Prewarmer`, and, with
+//! `keep_alive: adaptive`, `Adaptive` (the learned keep-alive and pre-warm times).
 //! [`Executor`] composes them, serves requests and the control operations, and starts the
 //! background tasks, each holding only the component it runs.
 //! Nothing holds a lock across an `.await`: the pool and the budget are synchronous, and
 //! each cold start runs as its own task so that no key ever waits for another. HTTP lives in
 //! `api`, Docker in `engine`; this module sees neither wire format.
 
+mod adaptive;
 mod admission;
 mod context;
 mod error;
@@ -38,7 +40,7 @@ pub use error::ExecError;
 pub use gpus::GpuLoader;
 pub use sandboxes::SandboxLease;
 
-use crate::config::Config;
+use crate::config::{Config, KeepAlivePolicy};
 use crate::engine::{Engine, LABEL_EXECUTOR};
 use crate::host::{Host, HostCapacity};
 use crate::metrics::Metrics;
@@ -46,6 +48,7 @@ use crate::pool::{Lease, Lookup, Pool, StartOutcome};
 use crate::resources::{cores_to_milli, Budget, Demand};
 use crate::task::{Call, TaskKey};
 use crate::task_client::CallError;
+use adaptive::Adaptive;
 use admission::Admission;
 use context::Context;
 use gpus::Gpus;
@@ -121,6 +124,8 @@ pub struct Executor {
     removals: Arc<Removals>,
     sandboxes: Arc<Sandboxes>,
     spares: Arc<Spares>,
+    /// `keep_alive: adaptive`: the policy that learns each key's idle times.
+    adaptive: Option<Arc<Adaptive>>,
     /// The internal task network this executor owns (removed at shutdown).
     created_network: Option<String>,
 }
@@ -165,7 +170,11 @@ impl Executor {
         }
         let runtimes = engine.runtimes().await?;
         let has_gpu = config.has_gpu;
-        let prewarm = !config.prewarm.is_empty();
+        let adaptive = match config.keep_alive {
+            KeepAlivePolicy::Fixed => None,
+            KeepAlivePolicy::Adaptive(params) => Some(Arc::new(Adaptive::new(params)?)),
+        };
+        let prewarm = !config.prewarm.is_empty() || adaptive.is_some();
         let pull_slots = config.max_concurrent_pulls as usize;
         let ctx = Context::new(engine, config);
         let pool = Pool::new();
@@ -182,6 +191,7 @@ impl Executor {
             Arc::clone(&gpus),
             Arc::clone(&removals),
             Arc::clone(&spares),
+            adaptive.clone(),
         ));
         let sandboxes = Arc::new(Sandboxes::new(ctx.clone()));
         let starter = Arc::new(Starter::new(
@@ -224,6 +234,7 @@ impl Executor {
                 Arc::clone(&admission),
                 pulls,
                 Arc::clone(&removals),
+                adaptive.clone(),
             );
             spawn_supervised(
                 &ctx,
@@ -252,6 +263,7 @@ impl Executor {
             removals,
             sandboxes,
             spares,
+            adaptive,
             created_network,
         }))
     }
@@ -304,6 +316,12 @@ impl Executor {
             Ok(config) => config,
             Err(e) => return (Err(e), None),
         };
+        // Declared before the lease, so dropped after it: the request's end is recorded
+        // once its container is idle again.
+        let _visit = self
+            .adaptive
+            .as_ref()
+            .map(|a| a.visit(&request.key, &self.room, config.idle_timeout));
         let (lease, path) = match self.lease(&request.key).await {
             Ok((lease, cold)) => (lease, if cold { "cold" } else { "warm" }),
             Err(e) => return (Err(e), Some("cold")),

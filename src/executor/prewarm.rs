@@ -1,10 +1,13 @@
-//! Prewarming: keeps the configured task keys started and ready ahead of demand.
+//! Prewarming: keeps the configured task keys started and ready ahead of demand, and (with
+//! `keep_alive: adaptive`) starts the keys whose next request the policy predicts, at their
+//! pre-warm time.
 //!
 //! A prewarmed container is counted against the budget like any other, is never reaped for
 //! idleness, and is the first task container evicted under pressure (spares go before it).
-//! The keeper takes only room that is free or held by spare containers (it evicts nothing
-//! else and never waits), yields while requests wait for room, and wakes on budget
-//! releases, not on a timer.
+//! A predicted pre-warm is counted the same way, and is reaped when its keep-alive window
+//! passes unused. The keeper takes only room that is free or held by spare containers (it
+//! evicts nothing else and never waits), yields while requests wait for room, and wakes on
+//! budget releases and at the next predicted pre-warm time, not on a polling timer.
 //!
 //! Owns only when each prewarm key last failed. Its starts run through the [`Starter`] (so
 //! pause cancels and waits for them) and pass the same [`Admission`] as a request; room it
@@ -16,6 +19,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::adaptive::Adaptive;
 use super::admission::Admission;
 use super::context::Context;
 use super::pulls::Pulls;
@@ -38,6 +42,17 @@ pub(super) struct Prewarmer {
     removals: Arc<Removals>,
     /// When each prewarm key last failed to start for a reason other than room.
     failures: Mutex<HashMap<TaskKey, Instant>>,
+    /// `keep_alive: adaptive`: which keys to start ahead of their predicted request.
+    adaptive: Option<Arc<Adaptive>>,
+}
+
+/// Why a container is prewarmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Why {
+    /// A `prewarm:` key of the config.
+    Configured,
+    /// The adaptive keep-alive predicts a request for the key.
+    Predicted,
 }
 
 impl Prewarmer {
@@ -48,6 +63,7 @@ impl Prewarmer {
         admission: Arc<Admission>,
         pulls: Arc<Pulls>,
         removals: Arc<Removals>,
+        adaptive: Option<Arc<Adaptive>>,
     ) -> Prewarmer {
         Prewarmer {
             ctx,
@@ -57,6 +73,7 @@ impl Prewarmer {
             pulls,
             removals,
             failures: Mutex::new(HashMap::new()),
+            adaptive,
         }
     }
 
@@ -67,18 +84,44 @@ impl Prewarmer {
             tokio::pin!(released, woken);
             released.as_mut().enable();
             woken.as_mut().enable();
+            // While paused or while starts wait for room, nothing starts: unpause and the
+            // end of the wait wake the keeper, and due keys are started then.
+            let mut next_due = None;
             if !self.starter.is_paused() && self.room.waiting_for_room() == 0 {
                 self.prewarm_missing();
+                next_due = self.prewarm_predicted();
             }
             let backoff = tokio::time::sleep(FAILURE_BACKOFF);
+            let due = async {
+                match next_due {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = self.ctx.closing.cancelled() => return,
                 _ = released => {}
                 _ = woken => {}
+                _ = due => {}
                 // Only matters after a failure: retry its key then.
                 _ = backoff, if self.has_failures() => {}
             }
         }
+    }
+
+    /// Starts the keys whose predicted pre-warm time has come (each once per idle period);
+    /// returns when the next one comes.
+    fn prewarm_predicted(self: &Arc<Self>) -> Option<Instant> {
+        let adaptive = self.adaptive.as_ref()?;
+        let (keys, next) = adaptive.take_due(self.ctx.config().idle_timeout);
+        for key in keys {
+            // A key the pool has (a configured prewarm, a start in progress) needs none.
+            if let Some(ticket) = self.room.pool().claim_if_absent(&key) {
+                self.starter
+                    .spawn_start(Arc::clone(self).prewarm_start(ticket, Why::Predicted));
+            }
+        }
+        next
     }
 
     fn has_failures(&self) -> bool {
@@ -104,12 +147,12 @@ impl Prewarmer {
             }
             if let Some(ticket) = self.room.pool().claim_if_absent(&entry.key) {
                 self.starter
-                    .spawn_start(Arc::clone(self).prewarm_start(ticket));
+                    .spawn_start(Arc::clone(self).prewarm_start(ticket, Why::Configured));
             }
         }
     }
 
-    async fn prewarm_start(self: Arc<Self>, ticket: StartTicket) {
+    async fn prewarm_start(self: Arc<Self>, ticket: StartTicket, why: Why) {
         let key = ticket.key().clone();
         let cancel = self.starter.start_cancel();
         if self.starter.is_paused() {
@@ -121,8 +164,13 @@ impl Prewarmer {
         let failures = || self.failures.lock().unwrap_or_else(|e| e.into_inner());
         match started {
             Ok(container) => {
-                failures().remove(&key);
-                tracing::info!(container = %container.id, key = %key, "prewarmed task container ready");
+                if why == Why::Predicted {
+                    self.ctx.metrics.predicted_prewarms.inc();
+                    tracing::info!(container = %container.id, key = %key, "task container pre-warmed for a predicted request");
+                } else {
+                    failures().remove(&key);
+                    tracing::info!(container = %container.id, key = %key, "prewarmed task container ready");
+                }
                 // Nobody waits for it: its first lease ends at once, leaving it idle.
                 if let Err(container) = ticket.ready(container) {
                     self.removals.retire(container, Duration::ZERO).await;
@@ -130,7 +178,21 @@ impl Prewarmer {
             }
             // No free room right now: the next release wakes the keeper again. A request
             // that came for the key meanwhile starts its own container (abandon, not fail).
-            Err(None) => ticket.abandon(),
+            Err(None) => {
+                if let (Why::Predicted, Some(adaptive)) = (why, &self.adaptive) {
+                    adaptive.unclaim(&key);
+                }
+                ticket.abandon();
+            }
+            // A predicted pre-warm is not retried: the key's next request starts its
+            // container as usual. One cut short by pause or stop is no failure.
+            Err(Some(ExecError::Paused | ExecError::ShuttingDown)) if why == Why::Predicted => {
+                ticket.abandon();
+            }
+            Err(Some(e)) if why == Why::Predicted => {
+                tracing::warn!(key = %key, error = %e, "pre-warming a predicted request failed");
+                ticket.abandon();
+            }
             Err(Some(e)) => {
                 tracing::warn!(key = %key, error = %e, "prewarming failed; retrying in 30s");
                 failures().insert(key, Instant::now());

@@ -6,8 +6,10 @@
 //! (`queue.rs`), how many wait (`waiting_for_room`, which prewarming yields to) and the
 //! signal that wakes the prewarm keeper. It never creates containers (the starter does) and
 //! removes them only through [`Removals`]. The reaper sleeps until the earliest possible
-//! expiry (no polling) and wakes early only when the pool gains a container or the config
-//! changes. A container with a request in flight is never taken (the pool guarantees it).
+//! expiry (no polling) and wakes early only when the pool gains a container, the config
+//! changes, or (`keep_alive: adaptive`, whose expiries are per key) the end of a request
+//! brings its container's expiry forward. A container with a request in flight is never
+//! taken (the pool guarantees it).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -16,6 +18,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::adaptive::Adaptive;
 use super::context::Context;
 use super::gpus::Gpus;
 use super::queue::RoomQueue;
@@ -42,6 +45,8 @@ pub(super) struct Room {
     queue: RoomQueue,
     /// Wakes the prewarm keeper (a start stopped waiting, unpause).
     prewarm_wake: Notify,
+    /// `keep_alive: adaptive`: the per-key expiry of idle containers.
+    adaptive: Option<Arc<Adaptive>>,
 }
 
 impl Room {
@@ -52,6 +57,7 @@ impl Room {
         gpus: Arc<Gpus>,
         removals: Arc<Removals>,
         spares: Arc<Spares>,
+        adaptive: Option<Arc<Adaptive>>,
     ) -> Room {
         Room {
             ctx,
@@ -63,6 +69,7 @@ impl Room {
             waiting_for_room: AtomicUsize::new(0),
             queue: RoomQueue::default(),
             prewarm_wake: Notify::new(),
+            adaptive,
         }
     }
 
@@ -250,14 +257,29 @@ impl Room {
             && busy_mem + demand.mem_mb <= budget.total.mem_mb
     }
 
-    /// The idle reaper: removes warm containers that served nothing for the idle timeout.
+    /// The idle reaper: removes warm containers that served nothing for the idle timeout
+    /// (`keep_alive: adaptive`: for their key's keep-alive window, at most the idle timeout).
+    /// Wakes at the earliest expiry, when the pool gains a container or the config changes,
+    /// and (adaptive) when a request's end moves its container's expiry earlier.
     pub(super) async fn reap_idle(self: Arc<Self>) {
         loop {
             let idle_timeout = self.ctx.config().idle_timeout;
-            let (expired, next) = self.pool.take_expired(Instant::now(), idle_timeout);
-            for container in expired {
+            let now = Instant::now();
+            let (expired, next) = match &self.adaptive {
+                Some(adaptive) => adaptive.take_expired(&self.pool, now, idle_timeout),
+                None => {
+                    let (expired, next) = self.pool.take_expired(now, idle_timeout);
+                    (expired.into_iter().map(|c| (c, false)).collect(), next)
+                }
+            };
+            for (container, unused_prewarm) in expired {
                 self.ctx.metrics.reaped.inc();
-                tracing::info!(container = %container.id, key = %container.key, "removing idle container");
+                if unused_prewarm {
+                    self.ctx.metrics.predicted_prewarms_unused.inc();
+                    tracing::info!(container = %container.id, key = %container.key, "removing a pre-warmed container its predicted request did not use");
+                } else {
+                    tracing::info!(container = %container.id, key = %container.key, "removing idle container");
+                }
                 self.removals.retire_later(container);
             }
             let sleep = async {
