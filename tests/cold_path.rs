@@ -143,6 +143,13 @@ fn a_new_key_of_a_recent_image_takes_a_spare_resized_to_its_limits() {
         metric(&ex, "meca_budget_memory_mb{kind=\"reserved\"}"),
         256.0 + 384.0 + 384.0
     );
+
+    // Smaller limits work too: the new spare shrinks to a third key's.
+    let reply =
+        ex.execute(&json!({"id": LIMITS, "resource": {"cpu": 0.25, "mem": 128}, "input": ""}));
+    assert!(reply.success(), "{reply:?}");
+    assert_eq!(limits_of(&reply), (0.25, 128.0));
+    assert_eq!(metric(&ex, "meca_spares_claimed_total"), 2.0);
 }
 
 #[test]

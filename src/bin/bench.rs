@@ -39,6 +39,7 @@ const IMAGE: &str = "meca-echo:latest";
 const INPUT: &str = "{\"name\":\"sbip\"}";
 const LABEL_EXECUTOR: &str = "org.mecanywhere.executor";
 const LABEL_MEM: &str = "org.mecanywhere.mem-mb";
+const LABEL_ROLE: &str = "org.mecanywhere.role";
 const LABEL_BENCH: &str = "org.mecanywhere.bench";
 const READY_LINE: &str = "meca-init-done";
 /// The prewarmed key (row 7) and its non-prewarmed twin (same cpu, next mem).
@@ -1483,24 +1484,33 @@ async fn run(args: Args) -> Result<(), String> {
         &mut scratch,
     )
     .await?;
-    let ids = docker_lines(&[
+    // The key's container, not a spare of its image started since (also 128 MB).
+    let ids: Vec<String> = docker_lines(&[
         "ps",
-        "-q",
         "--filter",
         &format!("label={LABEL_EXECUTOR}={name}"),
         "--filter",
         &format!("label={LABEL_MEM}=128"),
-    ]);
+        "--format",
+        &format!("{{{{.ID}}}} {{{{.Label \"{LABEL_ROLE}\"}}}}"),
+    ])
+    .into_iter()
+    .filter(|l| l.split_whitespace().nth(1) != Some("spare"))
+    .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+    .collect();
     let [id] = ids.as_slice() else {
         return Err(format!(
             "expected one task container for the default key, found {ids:?}"
         ));
     };
+    // In a pooled sandbox the task answers at its holder's address.
+    let mode = docker_cli(&["inspect", "-f", "{{.HostConfig.NetworkMode}}", id]);
+    let addressed = mode.strip_prefix("container:").unwrap_or(id);
     let ip: IpAddr = docker_cli(&[
         "inspect",
         "-f",
         "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
-        id,
+        addressed,
     ])
     .parse()
     .map_err(err("task container address"))?;
