@@ -20,7 +20,7 @@
 //! 50 ms to 2 s a request, takes 0.3 to 2 s to start, and holds 128 MB to 1 GB. The budget
 //! holds every key at once, so eviction plays no part.
 //!
-//! Usage: `cargo run --release --bin replay -- [--seed N] [--svg PATH] [--hours H] [--keys K]`
+//! Usage: `cargo run --release --example replay -- [--seed N] [--svg PATH] [--hours H] [--keys K]`
 //! (seed 1, `keep-alive.svg`). The policies run in parallel, one per core.
 
 use std::collections::VecDeque;
@@ -359,6 +359,10 @@ async fn replay_on_paused_clock(trace: &Trace, policy: Policy) -> Outcome {
         start_timeout: Duration::from_secs(60),
         request_timeout: Duration::from_secs(60),
         pull_timeout: Duration::from_secs(60),
+        // The keep-alive policy alone: no spares (they would serve new keys of an image
+        // resized, and hold memory of their own) and no sandbox holders.
+        spare_containers: 0,
+        sandbox_pool: 0,
         ..Config::default()
     };
     let host = Host::fixed(HostCapacity {
