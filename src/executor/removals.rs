@@ -112,7 +112,7 @@ impl Removals {
     }
 
     /// Asks the engine to remove container `id`; false when it failed to.
-    async fn remove(&self, id: &str) -> bool {
+    pub(super) async fn remove(&self, id: &str) -> bool {
         match self.ctx.engine.remove(id).await {
             Ok(()) => {
                 tracing::debug!(container = %id, "task container removed");
@@ -126,7 +126,7 @@ impl Removals {
     }
 
     /// Retries removing container `id` in the background, keeping `hold` until it is gone.
-    fn keep_trying(&self, id: &str, hold: Box<dyn Send>) {
+    pub(super) fn keep_trying(&self, id: &str, hold: Box<dyn Send>) {
         let engine = Arc::clone(&self.ctx.engine);
         let closing = self.ctx.closing.clone();
         let failed = Arc::clone(&self.removal_failed);

@@ -23,7 +23,7 @@ use super::context::Context;
 use super::pulls::Pulls;
 use super::removals::Removals;
 use super::room::Room;
-use super::sandboxes::Sandboxes;
+use super::sandboxes::{SandboxLease, Sandboxes};
 use super::spares::Spares;
 use super::ExecError;
 use crate::config::Config;
@@ -366,59 +366,84 @@ impl Starter {
         cancel: &CancellationToken,
         spare: bool,
     ) -> Result<Arc<Container>, ExecError> {
-        let sandbox = self.sandboxes.take(key);
-        let mut spec = self.container_spec(
-            key,
-            config,
-            reservation.gpus(),
-            sandbox.as_ref().map(|s| s.holder().clone()),
-        );
-        if spare {
-            // Docker cannot change labels later: a claimed spare keeps this one (and the
-            // task key and size labels of the key it was started for).
-            spec.labels
-                .insert(LABEL_ROLE.to_string(), ROLE_SPARE.to_string());
-        }
+        let mut sandbox = self.sandboxes.take(key);
         let engine = &self.ctx.engine;
-        // Not cancelled half-way: once created, the container is removed on every path.
-        let id = engine.create(&spec).await?;
-        phases.lap("create");
-        let started = unless_paused(
-            cancel,
-            engine.start_and_wait_ready(&id, &spec, config.start_timeout),
-        )
-        .await;
-        phases.lap("start");
-        match started {
-            Ok(addr) => {
-                let client = engine.task_client(&id, addr, config.max_answer_bytes);
-                let prewarmed = config.prewarm.iter().any(|p| &p.key == key);
-                Ok(Arc::new(Container::new(
-                    id,
-                    key.clone(),
-                    client,
-                    reservation,
-                    prewarmed,
-                    self.pool.idle_signal(),
-                    sandbox,
-                )))
+        loop {
+            let mut spec = self.container_spec(
+                key,
+                config,
+                reservation.gpus(),
+                sandbox.as_ref().map(|s| s.holder().clone()),
+            );
+            if spare {
+                // Docker cannot change labels later: a claimed spare keeps this one (and the
+                // task key and size labels of the key it was started for).
+                spec.labels
+                    .insert(LABEL_ROLE.to_string(), ROLE_SPARE.to_string());
             }
-            Err(e) => {
-                // The reservation stays with the container until it is gone. The sandbox,
-                // its state unknown after a failed start, is discarded with it.
-                self.removals
-                    .remove_or_keep_trying(&id, Box::new((reservation, sandbox)))
-                    .await;
-                match e {
-                    ExecError::Engine(EngineError::GpuDriverMissing(detail)) => {
-                        Err(ExecError::NoGpu(format!(
-                            "Docker could not give the task its GPUs ({detail}); is the NVIDIA \
-                             container toolkit installed and registered with Docker?"
-                        )))
-                    }
-                    e => Err(e),
+            // A sandbox whose holder died (stopped from outside) cannot be joined: the engine
+            // refuses, and the task gets a network of its own instead (once).
+            let sandbox_failed = |sandbox: &Option<SandboxLease>, e: &EngineError| {
+                sandbox.is_some()
+                    && matches!(e, EngineError::Api(_) | EngineError::NoSuchContainer(_))
+            };
+            // Not cancelled half-way: once created, the container is removed on every path.
+            let id = match engine.create(&spec).await {
+                Ok(id) => id,
+                Err(e) if sandbox_failed(&sandbox, &e) => {
+                    tracing::warn!(key = %key, error = %e, "could not join a pooled sandbox; the task gets a network of its own");
+                    sandbox = None;
+                    continue;
                 }
-            }
+                Err(e) => return Err(e.into()),
+            };
+            phases.lap("create");
+            let started = unless_paused(
+                cancel,
+                engine.start_and_wait_ready(&id, &spec, config.start_timeout),
+            )
+            .await;
+            phases.lap("start");
+            let e = match started {
+                Ok(addr) => {
+                    let client = engine.task_client(&id, addr, config.max_answer_bytes);
+                    let prewarmed = config.prewarm.iter().any(|p| &p.key == key);
+                    return Ok(Arc::new(Container::new(
+                        id,
+                        key.clone(),
+                        client,
+                        reservation,
+                        prewarmed,
+                        self.pool.idle_signal(),
+                        sandbox,
+                    )));
+                }
+                Err(ExecError::Engine(e)) if sandbox_failed(&sandbox, &e) => {
+                    // Removed at once, its room is the retry's; else it keeps the room.
+                    if self.removals.remove(&id).await {
+                        tracing::warn!(key = %key, error = %e, "could not start in a pooled sandbox; the task gets a network of its own");
+                        sandbox = None;
+                        continue;
+                    }
+                    self.removals.keep_trying(&id, Box::new((reservation, sandbox)));
+                    return Err(e.into());
+                }
+                Err(e) => e,
+            };
+            // The reservation stays with the container until it is gone. The sandbox, its
+            // state unknown after a failed start, is discarded with it.
+            self.removals
+                .remove_or_keep_trying(&id, Box::new((reservation, sandbox)))
+                .await;
+            return match e {
+                ExecError::Engine(EngineError::GpuDriverMissing(detail)) => {
+                    Err(ExecError::NoGpu(format!(
+                        "Docker could not give the task its GPUs ({detail}); is the NVIDIA \
+                         container toolkit installed and registered with Docker?"
+                    )))
+                }
+                e => Err(e),
+            };
         }
     }
 
