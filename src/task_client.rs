@@ -27,6 +27,8 @@ pub trait TaskCall: Send + Sync + std::fmt::Debug {
     fn addr(&self) -> SocketAddr;
     /// Calls the task and reads its whole answer, within `timeout`.
     async fn call(&self, call: Call, input: Bytes, timeout: Duration) -> Result<Answer, CallError>;
+    /// Closes the idle connections to the task, from the executor's side; later calls fail.
+    fn close(&self) {}
 }
 
 /// What a task answered.
@@ -64,9 +66,9 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> CallError {
 }
 
 /// HTTP client of one task container.
-#[derive(Clone)]
 pub struct TaskClient {
-    client: Client<HttpConnector, Full<Bytes>>,
+    /// `None` once closed.
+    client: std::sync::RwLock<Option<Client<HttpConnector, Full<Bytes>>>>,
     addr: SocketAddr,
     /// The task's URIs, by [`Call`], parsed once (cloning a `Uri` shares its bytes).
     uris: [Uri; 3],
@@ -106,7 +108,7 @@ impl TaskClient {
                 .expect("a socket address and a fixed path make a valid URI")
         };
         TaskClient {
-            client,
+            client: std::sync::RwLock::new(Some(client)),
             addr,
             uris: [uri(Call::Run), uri(Call::SgxAttest), uri(Call::SgxRun)],
             max_answer_bytes,
@@ -139,12 +141,17 @@ impl TaskCall for TaskClient {
         request
             .headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        // A clone shares the connection pool; the lock is held only to take it.
+        let client = self
+            .client
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| {
+                CallError::Transport("the connection to the task was closed for its removal".into())
+            })?;
         let exchange = async {
-            let response = self
-                .client
-                .request(request)
-                .await
-                .map_err(|e| classify(&e))?;
+            let response = client.request(request).await.map_err(|e| classify(&e))?;
             let status = response.status();
             let body = Limited::new(response.into_body(), self.max_answer_bytes)
                 .collect()
@@ -162,5 +169,16 @@ impl TaskCall for TaskClient {
         tokio::time::timeout(timeout, exchange)
             .await
             .map_err(|_| CallError::Timeout(timeout))?
+    }
+
+    fn close(&self) {
+        // Dropping the last clone of the client drops its pool: each idle connection's
+        // task ends and closes its socket (the executor's side sends the first FIN).
+        let client = self
+            .client
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        drop(client);
     }
 }

@@ -215,3 +215,39 @@ fn a_task_in_a_sandbox_is_reached_through_the_port_the_holder_publishes() {
     assert_eq!(tasks.len(), 1, "{tasks:?}");
     assert!(sandbox_of(&tasks[0]).starts_with(&holder));
 }
+
+#[test]
+fn a_task_that_binds_without_reuseaddr_starts_again_in_a_reused_sandbox() {
+    // A bare C server binds port 8080 without SO_REUSEADDR: it cannot start while a closed
+    // connection of the previous task lingers in TIME_WAIT in the namespace. The executor
+    // closes its connections to a task before removing it, so none does.
+    const NO_REUSE: &str = "meca-test-no-reuseaddr:latest";
+    let ex = Executor::start("sandbox-rebind", "sandbox_pool: 1\nidle_timeout: 500ms");
+    wait_until(&ex, "a free sandbox", || {
+        metric(&ex, "meca_sandboxes{state=\"free\"}") >= 1.0
+    });
+    // Several calls at once: the executor keeps several connections to the task open.
+    std::thread::scope(|s| {
+        for i in 0..4 {
+            let ex = &ex;
+            s.spawn(move || {
+                let input = format!("first task, call {i}");
+                let reply = ex.execute(&json!({"id": NO_REUSE, "input": input}));
+                assert!(reply.success(), "{reply:?}");
+                assert_eq!(reply.msg(), input);
+            });
+        }
+    });
+    let first = sandbox_of(&ex.containers()[0]);
+    let left = ex.wait_containers(0, Duration::from_secs(10));
+    assert!(left.is_empty(), "not reaped: {left:?}");
+    let reply = ex.execute(
+        &json!({"id": NO_REUSE, "resource": {"cpu": 0.5, "mem": 64}, "input": "second task"}),
+    );
+    assert!(reply.success(), "{reply:?}; log:\n{}", ex.log());
+    assert_eq!(
+        sandbox_of(&ex.containers()[0]),
+        first,
+        "the holder was reused"
+    );
+}

@@ -23,6 +23,16 @@ use crate::engine::{EngineError, ExitState};
 use crate::pool::{Container, Lease, Pool};
 use crate::task_client::CallError;
 
+/// How long the connections to a task in a sandbox get to close before the task is killed.
+const CLOSE_GRACE: Duration = Duration::from_millis(10);
+
+/// Closes the executor's connections to a task in a sandbox and lets their sockets close.
+async fn close_before_kill(container: &Container) {
+    if container.close_connections() {
+        tokio::time::sleep(CLOSE_GRACE).await;
+    }
+}
+
 /// The first and the longest wait between attempts to remove a container the engine failed
 /// to remove.
 const REMOVAL_RETRY_FIRST: Duration = Duration::from_secs(1);
@@ -71,6 +81,7 @@ impl Removals {
             tracing::warn!(container = %container.id, "requests still in flight; removing anyway");
         }
         let id = container.id.clone();
+        close_before_kill(&container).await;
         if self.remove(&id).await {
             container.removed();
         } else {
@@ -85,6 +96,7 @@ impl Removals {
     /// again. Otherwise, or if the kill fails, removes it first (the room comes back after).
     pub(super) async fn evict(self: &Arc<Self>, victim: Arc<Container>, in_background: bool) {
         if in_background {
+            close_before_kill(&victim).await;
             match self.ctx.engine.kill(&victim.id).await {
                 Ok(()) => {
                     victim.release_reservation();

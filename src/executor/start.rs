@@ -425,7 +425,8 @@ impl Starter {
                         sandbox = None;
                         continue;
                     }
-                    self.removals.keep_trying(&id, Box::new((reservation, sandbox)));
+                    self.removals
+                        .keep_trying(&id, Box::new((reservation, sandbox)));
                     return Err(e.into());
                 }
                 Err(e) => e,

@@ -23,6 +23,7 @@
 //! | `env`           | ready; `POST /` with a variable's name answers its value in the task's environment, or `(unset)` |
 //! | `limits`        | ready; `POST /` answers the cgroup limits the task sees: `{"cpu": cores, "mem_mb": MB}` (null when unlimited) |
 //! | `mark-no-listen`| prints the ready line but never listens                          |
+//! | `no-reuseaddr`  | ready; echoes; binds port 8080 without `SO_REUSEADDR` (as a bare C server does), so it cannot start while a closed connection of port 8080 lingers in `TIME_WAIT` in its network namespace |
 //! | `listen-first`  | listens at once but answers 503 `not ready yet` until it prints the ready line `MARK_DELAY_SECS` (default 2) later; then echoes |
 //!
 //! Any other (or no) `MODE`: an error on stderr and exit code 64.
@@ -168,6 +169,11 @@ fn main() {
             let value = std::env::var(name.trim()).unwrap_or_else(|_| "(unset)".into());
             conn.respond(200, "text/plain", value.as_bytes())
         }),
+        "no-reuseaddr" => {
+            let listener = bind_without_reuseaddr();
+            http::print_ready();
+            http::serve(listener, echo)
+        }
         "limits" => ready_and_serve(|req, conn| {
             if req.method == "POST" && req.path == "/" {
                 conn.respond(200, "application/json", cgroup_limits().as_bytes())
@@ -209,7 +215,7 @@ fn main() {
             eprintln!(
                 "misbehave-task: unknown MODE {other:?} (expected one of: crash, never-ready, \
                  exit-at-start, slow-start, slow-answer, binary, hang, huge, oom, bad-status, garbage, sgx, routes, \
-                 kernel, buffered, mark-first, listen-first, env, limits, mark-no-listen)"
+                 kernel, buffered, mark-first, listen-first, env, limits, mark-no-listen, no-reuseaddr)"
             );
             std::process::exit(64)
         }
@@ -256,6 +262,44 @@ fn echo(req: &http::Request, conn: &mut http::Conn) -> io::Result<()> {
 extern "C" {
     /// glibc's wrapper of syslog(2).
     fn klogctl(kind: i32, buf: *mut u8, len: i32) -> i32;
+    fn socket(domain: i32, kind: i32, protocol: i32) -> i32;
+    fn bind(fd: i32, addr: *const SockaddrIn, len: u32) -> i32;
+    fn listen(fd: i32, backlog: i32) -> i32;
+}
+
+/// `struct sockaddr_in`.
+#[repr(C)]
+struct SockaddrIn {
+    family: u16,
+    port_be: u16,
+    addr_be: u32,
+    zero: [u8; 8],
+}
+
+/// A listener on 0.0.0.0:8080 made with socket(2), bind(2) and listen(2) alone: unlike
+/// `std::net::TcpListener::bind`, it does not set `SO_REUSEADDR`. Exits 1 if bind fails.
+fn bind_without_reuseaddr() -> std::net::TcpListener {
+    use std::os::fd::FromRawFd;
+    const AF_INET: i32 = 2;
+    const SOCK_STREAM: i32 = 1;
+    let addr = SockaddrIn {
+        family: AF_INET as u16,
+        port_be: 8080u16.to_be(),
+        addr_be: 0,
+        zero: [0; 8],
+    };
+    // SAFETY: plain syscalls on a descriptor this function owns; `addr` outlives the call.
+    unsafe {
+        let fd = socket(AF_INET, SOCK_STREAM, 0);
+        if fd < 0
+            || bind(fd, &addr, std::mem::size_of::<SockaddrIn>() as u32) != 0
+            || listen(fd, 128) != 0
+        {
+            eprintln!("cannot listen on 0.0.0.0:8080: {}", io::Error::last_os_error());
+            std::process::exit(1);
+        }
+        std::net::TcpListener::from_raw_fd(fd)
+    }
 }
 
 /// The first line of the kernel log (syslog(2) READ_ALL). Under gVisor it is
