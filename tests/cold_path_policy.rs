@@ -109,7 +109,16 @@ async fn a_holder_hosts_the_next_task_once_its_task_is_removed_and_never_two_at_
     // the refill, and the next key starts in it.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(metric(&ex, "meca_sandboxes{state=\"free\"}"), 1.0);
-    ex.execute(request(&key("a:v1", 250, 32))).await.unwrap();
+    // A slow call (3 s): the pool refills meanwhile (2 s after the take).
+    let slow = TaskRequest {
+        key: key("a:v1", 250, 32),
+        input: Bytes::from_static(b"slow:3000"),
+    };
+    let third = tokio::spawn({
+        let ex = Arc::clone(&ex);
+        async move { ex.execute(slow).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let now: Vec<_> = engine
         .containers()
         .into_iter()
@@ -121,6 +130,14 @@ async fn a_holder_hosts_the_next_task_once_its_task_is_removed_and_never_two_at_
         Some(&holder),
         "the holder was reused"
     );
+    // The pool refilled while the call ran; the task leaves after its idle second and gives
+    // its holder back: still at most `sandbox_pool` free holders, the surplus removed.
+    third.await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(metric(&ex, "meca_sandboxes{state=\"free\"}"), 1.0);
+    assert_eq!(metric(&ex, "meca_sandboxes{state=\"in_use\"}"), 0.0);
+    let holders = engine.containers().into_iter().filter(|c| c.holder).count();
+    assert_eq!(holders, 1, "{:?}", engine.containers());
     assert_eq!(engine.sandbox_conflicts(), 0);
     ex.shutdown().await;
     assert!(engine.containers().is_empty(), "{:?}", engine.containers());

@@ -275,8 +275,8 @@ impl Sandboxes {
         }
     }
 
-    /// The keeper: removes discarded holders and keeps `sandbox_pool` holders free, one
-    /// start at a time. Sleeps until woken (a holder taken, returned or discarded; unpause);
+    /// The keeper: removes discarded holders (and free ones beyond `sandbox_pool`) and keeps
+    /// `sandbox_pool` holders free, one start at a time. Sleeps until woken (a holder taken, returned or discarded; unpause);
     /// after a failure, retries after a backoff.
     pub(super) async fn keep_filled(self: Arc<Self>) {
         let Some(image) = holder_image() else {
@@ -297,9 +297,18 @@ impl Sandboxes {
             if self.ctx.closing.is_cancelled() {
                 return;
             }
-            let discard = std::mem::take(&mut self.shared.lock().discard);
-            self.remove_all(discard).await;
             let target = self.ctx.config().sandbox_pool as usize;
+            let discard = {
+                let mut state = self.shared.lock();
+                // Holders given back beyond the pool's size (their tasks left after the
+                // refill) go, oldest first: at most `sandbox_pool` are kept free.
+                let surplus = state.free.len().saturating_sub(target);
+                let trimmed: Vec<String> = state.free.drain(..surplus).map(|h| h.id).collect();
+                let mut discard = std::mem::take(&mut state.discard);
+                discard.extend(trimmed);
+                discard
+            };
+            self.remove_all(discard).await;
             if target > 0 && !failed && !self.image_ready.load(Ordering::Acquire) {
                 match self.ctx.engine.ensure_holder_image(&image).await {
                     Ok(()) => self.image_ready.store(true, Ordering::Release),
