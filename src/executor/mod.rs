@@ -366,7 +366,10 @@ impl Executor {
         let config = self.config();
         let patience = config.pull_timeout + config.queue_timeout + config.start_timeout;
         let deadline = Instant::now() + patience;
-        let gave_up = || ExecError::NoContainer(humantime::format_duration(patience).to_string());
+        let gave_up = || {
+            tracing::warn!(key = %key, "no container of the key became available to this request within its time; giving up");
+            ExecError::NoContainer(humantime::format_duration(patience).to_string())
+        };
         let mut cold = false;
         // A start this request waited for ended, yet no container is there for it now: it
         // looks again, bounded by `deadline`.
