@@ -147,18 +147,8 @@ impl Room {
                         .take_oldest()
                         .or_else(|| self.pool.take_lru_idle());
                     if let Some(victim) = victim {
-                        self.ctx.metrics.evictions.inc();
                         tracing::info!(container = %victim.id, key = %victim.key, "evicting idle container to make room");
-                        // A task of its own: if this start is cancelled (pause, stop), the
-                        // eviction still ends with the victim dead and removed, never with
-                        // its room given back while it runs.
-                        let in_background = self.ctx.config().background_eviction;
-                        let removals = Arc::clone(&self.removals);
-                        let eviction = self
-                            .ctx
-                            .work
-                            .spawn(async move { removals.evict(victim, in_background).await });
-                        let _ = eviction.await;
+                        self.evict(victim).await;
                         continue;
                     }
                 }
@@ -225,17 +215,24 @@ impl Room {
             let Some(victim) = self.spares.take_oldest() else {
                 return false;
             };
-            self.ctx.metrics.evictions.inc();
             tracing::info!(container = %victim.id, image = %victim.key.image, "evicting a spare container for a prewarm key");
-            let in_background = self.ctx.config().background_eviction;
-            let removals = Arc::clone(&self.removals);
-            let eviction = self
-                .ctx
-                .work
-                .spawn(async move { removals.evict(victim, in_background).await });
-            let _ = eviction.await;
+            self.evict(victim).await;
         }
         true
+    }
+
+    /// Evicts `victim` (out of the pool or the spares) and returns once its room is free.
+    /// A task of its own: if the caller is cancelled (pause, stop), the eviction still ends
+    /// with the victim dead and removed, never with its room given back while it runs.
+    async fn evict(&self, victim: Arc<crate::pool::Container>) {
+        self.ctx.metrics.evictions.inc();
+        let in_background = self.ctx.config().background_eviction;
+        let removals = Arc::clone(&self.removals);
+        let eviction = self
+            .ctx
+            .work
+            .spawn(async move { removals.evict(victim, in_background).await });
+        let _ = eviction.await;
     }
 
     /// Whether removing every idle container would make `demand` fit (GPUs: assumed so).
