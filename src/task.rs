@@ -36,6 +36,14 @@ pub struct TaskKey {
     pub use_sgx: bool,
 }
 
+impl TaskKey {
+    /// A plain container: no micro-VM runtime, GPUs or SGX. Only such keys may join a pooled
+    /// network sandbox or be resized from a spare (both proven for plain containers only).
+    pub fn is_plain_container(&self) -> bool {
+        self.runtime == Runtime::Container && self.gpu_count == 0 && !self.use_sgx
+    }
+}
+
 impl fmt::Display for TaskKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

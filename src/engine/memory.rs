@@ -142,6 +142,37 @@ struct State {
     sandbox_conflicts: u64,
 }
 
+impl MemContainer {
+    /// A container of `image` created now, with no id yet ([`State::add`] gives it one),
+    /// no resources, not running.
+    fn new(image: &str, labels: &HashMap<String, String>) -> MemContainer {
+        MemContainer {
+            id: String::new(),
+            image: image.to_string(),
+            labels: labels.clone(),
+            milli_cpu: 0,
+            mem_mb: 0,
+            state: MemState::Created,
+            calls: 0,
+            became_ready: false,
+            created_at: tokio::time::Instant::now(),
+            holder: false,
+            sandbox: None,
+        }
+    }
+}
+
+impl State {
+    /// Adds `container` under the next id; returns the id.
+    fn add(&mut self, mut container: MemContainer) -> String {
+        self.next_id += 1;
+        let id = format!("mem-{:04}", self.next_id);
+        container.id = id.clone();
+        self.containers.insert(id.clone(), container);
+        id
+    }
+}
+
 /// What the event stream carries: a container that stopped or left, or a lost connection.
 #[derive(Clone, Debug)]
 enum Event {
@@ -358,25 +389,15 @@ impl Engine for MemoryEngine {
                 )));
             }
         }
-        state.next_id += 1;
-        let id = format!("mem-{:04}", state.next_id);
-        state.containers.insert(
-            id.clone(),
-            MemContainer {
-                id: id.clone(),
-                image: spec.image.clone(),
-                labels: spec.labels.clone(),
-                milli_cpu: (spec.nano_cpus / 1_000_000) as u64,
-                mem_mb: (spec.memory_bytes / (1024 * 1024)) as u64,
-                state: MemState::Created,
-                calls: 0,
-                became_ready: false,
-                created_at: tokio::time::Instant::now(),
-                holder: false,
-                sandbox,
-            },
-        );
-        Ok(id)
+        Ok(state.add(MemContainer {
+            milli_cpu: (spec.nano_cpus / 1_000_000) as u64,
+            mem_mb: (spec.memory_bytes / (1024 * 1024)) as u64,
+            state: MemState::Created,
+            became_ready: false,
+            holder: false,
+            sandbox,
+            ..MemContainer::new(&spec.image, &spec.labels)
+        }))
     }
 
     async fn start_and_wait_ready(
@@ -492,24 +513,13 @@ impl Engine for MemoryEngine {
     async fn start_holder(&self, spec: &HolderSpec) -> Result<SandboxRef, EngineError> {
         self.check_reachable()?;
         let mut state = self.lock();
-        state.next_id += 1;
-        let id = format!("mem-{:04}", state.next_id);
-        state.containers.insert(
-            id.clone(),
-            MemContainer {
-                id: id.clone(),
-                image: spec.image.clone(),
-                labels: spec.labels.clone(),
-                milli_cpu: 0,
-                mem_mb: (spec.memory_bytes / (1024 * 1024)) as u64,
-                state: MemState::Running,
-                calls: 0,
-                became_ready: true,
-                created_at: tokio::time::Instant::now(),
-                holder: true,
-                sandbox: None,
-            },
-        );
+        let id = state.add(MemContainer {
+            mem_mb: (spec.memory_bytes / (1024 * 1024)) as u64,
+            state: MemState::Running,
+            became_ready: true,
+            holder: true,
+            ..MemContainer::new(&spec.image, &spec.labels)
+        });
         let n: u16 = state.next_id.try_into().unwrap_or(0);
         Ok(SandboxRef {
             id,

@@ -701,6 +701,15 @@ fn spawn_supervised<C, Fut>(
     });
 }
 
+/// Sleeps until `at`, or forever when there is nothing to wake for (a background loop's
+/// next deadline).
+async fn sleep_until_or_forever(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Runs `f` when dropped (also when the future holding it is cancelled).
 fn scopeguard(f: impl FnOnce()) -> impl Drop {
     struct Guard<F: FnOnce()>(Option<F>);

@@ -92,12 +92,7 @@ impl Prewarmer {
                 next_due = self.prewarm_predicted();
             }
             let backoff = tokio::time::sleep(FAILURE_BACKOFF);
-            let due = async {
-                match next_due {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let due = super::sleep_until_or_forever(next_due);
             tokio::select! {
                 _ = self.ctx.closing.cancelled() => return,
                 _ = released => {}

@@ -279,12 +279,7 @@ impl Room {
                 }
                 self.removals.retire_later(container);
             }
-            let sleep = async {
-                match next {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let sleep = super::sleep_until_or_forever(next);
             tokio::select! {
                 _ = self.ctx.closing.cancelled() => return,
                 _ = self.pool.changed.notified() => {}

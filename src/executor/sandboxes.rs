@@ -29,7 +29,7 @@ use super::context::Context;
 use crate::engine::{
     HolderSpec, SandboxRef, LABEL_EXECUTOR, LABEL_INSTANCE, LABEL_ROLE, ROLE_SANDBOX,
 };
-use crate::task::{Runtime, TaskKey};
+use crate::task::TaskKey;
 
 /// After the holder image or a holder fails to start, wait before trying again: 1 s,
 /// doubling with each failure in a row, at most 30 s.
@@ -148,14 +148,9 @@ impl Sandboxes {
         }
     }
 
-    /// Whether containers of `key` may join a pooled sandbox.
-    pub(super) fn eligible(key: &TaskKey) -> bool {
-        key.runtime == Runtime::Container && key.gpu_count == 0 && !key.use_sgx
-    }
-
     /// A free holder for a container of `key`, if the key may use one and one is free.
     pub(super) fn take(&self, key: &TaskKey) -> Option<SandboxLease> {
-        if !Self::eligible(key) {
+        if !key.is_plain_container() {
             return None;
         }
         let mut state = self.shared.lock();
@@ -363,15 +358,12 @@ impl Sandboxes {
                     continue;
                 }
             }
-            let backoff = async {
-                if failed {
-                    tokio::time::sleep(backoff_delay).await
-                } else if let Some(at) = refill_at {
-                    tokio::time::sleep_until(at).await
-                } else {
-                    std::future::pending().await
-                }
+            let wake_at = if failed {
+                Some(tokio::time::Instant::now() + backoff_delay)
+            } else {
+                refill_at
             };
+            let backoff = super::sleep_until_or_forever(wake_at);
             tokio::select! {
                 _ = self.ctx.closing.cancelled() => return,
                 _ = woken => {}

@@ -15,7 +15,7 @@
 //! SGX (device requests and micro-VM runtimes are not resized).
 //! This module never touches the pool and removes spares only through [`Removals`].
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
@@ -25,15 +25,13 @@ use super::context::Context;
 use super::removals::Removals;
 use crate::pool::Container;
 use crate::resources::Demand;
-use crate::task::{Runtime, TaskKey};
+use crate::task::TaskKey;
 
 #[derive(Default)]
 struct State {
     spares: Vec<Spare>,
-    /// Images with a spare starting.
-    starting: HashSet<String>,
-    /// Memory of the spares starting.
-    starting_mem_mb: u64,
+    /// Images with a spare starting, and the memory of each.
+    starting: HashMap<String, u64>,
     /// False while paused or stopping.
     disabled: bool,
 }
@@ -66,17 +64,12 @@ impl Spares {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether containers of `key` may be spares or be resized from one.
-    pub(super) fn eligible(key: &TaskKey) -> bool {
-        key.runtime == Runtime::Container && key.gpu_count == 0 && !key.use_sgx
-    }
-
     /// After a container of `key` started: whether a spare of its image should be started
     /// (none there or starting, within the count and memory bounds). If so, the image is
     /// marked as starting one; the caller must call [`start_ended`](Self::start_ended).
     pub(super) fn wants(&self, key: &TaskKey) -> bool {
         let config = self.ctx.config();
-        if !Self::eligible(key) || config.spare_containers == 0 {
+        if !key.is_plain_container() || config.spare_containers == 0 {
             return false;
         }
         let mut state = self.lock();
@@ -87,25 +80,21 @@ impl Spares {
             .iter()
             .map(|s| s.container.key.demand.mem_mb)
             .sum::<u64>()
-            + state.starting_mem_mb;
+            + state.starting.values().sum::<u64>();
         let wanted = !state.disabled
             && count < config.spare_containers as usize
             && mem + key.demand.mem_mb <= config.spare_memory_mb
-            && !state.starting.contains(image)
+            && !state.starting.contains_key(image)
             && !state.spares.iter().any(|s| &s.container.key.image == image);
         if wanted {
-            state.starting.insert(image.clone());
-            state.starting_mem_mb += key.demand.mem_mb;
+            state.starting.insert(image.clone(), key.demand.mem_mb);
         }
         wanted
     }
 
     /// The spare start of `key` (see [`wants`](Self::wants)) ended.
     pub(super) fn start_ended(&self, key: &TaskKey) {
-        let mut state = self.lock();
-        if state.starting.remove(&key.image) {
-            state.starting_mem_mb -= key.demand.mem_mb;
-        }
+        self.lock().starting.remove(&key.image);
     }
 
     /// Adds a started spare; gives it back if spares are off now (pause, stop).
@@ -228,12 +217,7 @@ impl Spares {
                 tracing::info!(container = %spare.container.id, image = %spare.container.key.image, "removing unused spare container");
                 self.removals.retire_later(spare.container);
             }
-            let sleep = async {
-                match next {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let sleep = super::sleep_until_or_forever(next);
             tokio::select! {
                 _ = self.ctx.closing.cancelled() => return,
                 _ = added => {}

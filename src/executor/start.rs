@@ -253,7 +253,7 @@ impl Starter {
     /// has room for what `key` adds. Throughout, the spare's reservation covers the larger of
     /// its old and new limits, so what runs never exceeds what is reserved.
     async fn claim_spare(&self, key: &TaskKey, config: &Config) -> Option<Arc<Container>> {
-        if !Spares::eligible(key) {
+        if !key.is_plain_container() {
             return None;
         }
         let (spare, started) = self.spares.take(&key.image)?;
