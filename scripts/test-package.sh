@@ -53,8 +53,10 @@ BASE="meca-debian-python:${SUITE:-bookworm}"
 docker image inspect "$BASE" >/dev/null 2>&1 || scripts/build-python-task-images.sh >/dev/null
 cp "$DEB" "$WORK/package.deb"
 cp scripts/package-check/check.py "$WORK/check.py"
+# The installed executor runs in this container: its sandbox socket directory must be a
+# volume, which the holders it starts mount (removed with the container, --rm).
 docker run --rm --name "$CONTAINER" --label org.mecanywhere.test-image=1 \
-    -v /var/run/docker.sock:/var/run/docker.sock \
+    -v /var/run/docker.sock:/var/run/docker.sock -v /run/mecanywhere-executor \
     -v "$WORK/package.deb:/pkg/package.deb:ro" -v "$WORK/check.py:/pkg/check.py:ro" \
     "$BASE" sh -c 'dpkg -i /pkg/package.deb >/dev/null && python3 /pkg/check.py'
 echo "package checks passed"

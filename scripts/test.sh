@@ -23,6 +23,15 @@ if ! command -v docker-registry >/dev/null 2>&1; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry >/dev/null
 fi
 
+# The network isolation tests build a test "internet" in a network namespace (iproute2)
+# with a listener in it (python3).
+for tool in ip:iproute2 python3:python3; do
+    if ! command -v "${tool%%:*}" >/dev/null 2>&1; then
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${tool#*:}" >/dev/null
+    fi
+done
+
 scripts/build-task-images.sh
 # Real CPython tasks: a Debian root (debootstrap) imported as an image, built once.
 scripts/build-python-task-images.sh

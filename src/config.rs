@@ -66,7 +66,9 @@ struct RawConfig {
     #[serde(rename = "microVM_runtime")]
     microvm_runtime: Option<String>,
     sgx: Option<SgxConfig>,
+    task_network: Option<String>,
     network: Option<String>,
+    socket_dir: Option<String>,
     publish_task_ports: Option<bool>,
     name: Option<String>,
     pull_timeout: Option<String>,
@@ -84,6 +86,7 @@ struct RawConfig {
     prewarm: Option<Vec<RawPrewarm>>,
     listen: Option<String>,
     max_connections: Option<u32>,
+    max_connections_per_peer: Option<u32>,
     max_requests_in_flight: Option<u32>,
     header_read_timeout: Option<String>,
     idle_connection_timeout: Option<String>,
@@ -151,10 +154,15 @@ pub struct Config {
     /// Docker runtime name used for requests with `runtime: "microVM"`.
     pub microvm_runtime: Option<String>,
     pub sgx: SgxConfig,
-    /// Docker network tasks join; `None` = Docker's default bridge.
+    /// What a task's network reaches (`task_network`).
+    pub task_network: TaskNetwork,
+    /// Docker network of the sandboxes under `task_network: internet`; `None` = Docker's
+    /// default bridge.
     pub network: Option<String>,
-    /// Reach tasks through port 8080 published on 127.0.0.1 instead of the container IP.
-    pub publish_task_ports: bool,
+    /// Where the sandboxes' relay sockets live; `None` = [`default_socket_dir`].
+    pub socket_dir: Option<std::path::PathBuf>,
+    /// Retired keys found in the file, with what replaces them (logged at start).
+    pub retired: Vec<String>,
     /// Instance name; every container this executor creates carries it as a label, and only
     /// containers with this label are ever removed by it.
     pub name: String,
@@ -168,8 +176,6 @@ pub struct Config {
     pub max_answer_bytes: usize,
     /// Hardening of every task container.
     pub hardening: Hardening,
-    /// Tasks join a network with no route out (Docker `--internal`), created if absent.
-    pub internal_network: bool,
     /// Tasks get a terminal as stdout/stderr, so buffered `print`s of the ready line arrive.
     pub task_tty: bool,
     /// When set, every endpoint but `/health` requires `Authorization: Bearer <token>`.
@@ -180,6 +186,8 @@ pub struct Config {
     pub listen: std::net::SocketAddr,
     /// Client connections open at once; more wait to be accepted.
     pub max_connections: u32,
+    /// Client connections open at once from one peer address; more are answered 503.
+    pub max_connections_per_peer: u32,
     /// Requests being served at once; more are answered 503.
     pub max_requests_in_flight: u32,
     /// How long a client may take to send a request's headers once it began.
@@ -205,6 +213,56 @@ pub struct Config {
     pub spare_memory_mb: u64,
     /// How long idle containers are kept: `idle_timeout` each, or learned per task key.
     pub keep_alive: KeepAlivePolicy,
+}
+
+/// What a task's network reaches (`task_network`). In every mode a task reaches nothing of
+/// the host, of other tasks or of the executor; the executor reaches the task through its
+/// sandbox's relay socket, never over the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TaskNetwork {
+    /// No network interface but loopback: no connection in or out.
+    #[default]
+    Isolated,
+    /// The public internet only: private (RFC 1918), shared (100.64/10), link-local,
+    /// loopback, multicast and reserved ranges, the sandbox's own network and the host's
+    /// addresses are unreachable.
+    Internet,
+}
+
+impl std::fmt::Display for TaskNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TaskNetwork::Isolated => "isolated",
+            TaskNetwork::Internet => "internet",
+        })
+    }
+}
+
+/// Where sandbox sockets live when `socket_dir` is not set: systemd's `RuntimeDirectory`
+/// (`$RUNTIME_DIRECTORY`), else `/run/mecanywhere-executor` for root, else
+/// `$XDG_RUNTIME_DIR/mecanywhere-executor`, else a directory in the temp dir.
+pub fn default_socket_dir() -> std::path::PathBuf {
+    use std::path::PathBuf;
+    if let Some(dir) = std::env::var_os("RUNTIME_DIRECTORY") {
+        // systemd may list several, separated by ':'.
+        let first = dir
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .to_string();
+        if !first.is_empty() {
+            return PathBuf::from(first);
+        }
+    }
+    let run = PathBuf::from("/run/mecanywhere-executor");
+    if std::fs::create_dir_all(&run).is_ok() {
+        return run;
+    }
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR") {
+        return PathBuf::from(dir).join("mecanywhere-executor");
+    }
+    std::env::temp_dir().join("mecanywhere-executor")
 }
 
 /// How long idle containers are kept (`keep_alive`).
@@ -270,20 +328,22 @@ impl Default for Config {
             has_gpu: false,
             microvm_runtime: None,
             sgx: SgxConfig::default(),
+            task_network: TaskNetwork::Isolated,
             network: None,
-            publish_task_ports: false,
+            socket_dir: None,
+            retired: Vec::new(),
             name: "mecanywhere".to_string(),
             pull_timeout: Duration::from_secs(600),
             max_concurrent_pulls: 2,
             max_request_bytes: 64 * 1024 * 1024,
             max_answer_bytes: 64 * 1024 * 1024,
             hardening: Hardening::default(),
-            internal_network: false,
             task_tty: true,
             auth_token: None,
             prewarm: Vec::new(),
             listen: DEFAULT_LISTEN.parse().expect("a valid address"),
             max_connections: 1024,
+            max_connections_per_peer: 256,
             max_requests_in_flight: 512,
             header_read_timeout: Duration::from_secs(10),
             idle_connection_timeout: Duration::from_secs(60),
@@ -502,8 +562,66 @@ impl Config {
             }
             c.sgx = sgx;
         }
+        c.task_network = match raw.task_network.as_deref().map(str::trim) {
+            None | Some("isolated") => TaskNetwork::Isolated,
+            Some("internet") => TaskNetwork::Internet,
+            Some(other) => {
+                return Err(invalid(
+                    "task_network",
+                    format!("{other:?}: use \"isolated\" or \"internet\""),
+                ))
+            }
+        };
+        match raw.internal_network {
+            Some(true) if c.task_network == TaskNetwork::Internet => {
+                return Err(invalid(
+                    "internal_network",
+                    "true contradicts task_network: internet; internal_network is retired, \
+                     remove it",
+                ))
+            }
+            Some(true) => c.retired.push(
+                "internal_network: true is retired: tasks are isolated by default \
+                 (task_network: isolated), which also keeps them from the host and each other"
+                    .into(),
+            ),
+            Some(false) => c.retired.push(
+                "internal_network is retired and ignored: see task_network (default isolated)"
+                    .into(),
+            ),
+            None => {}
+        }
+        match raw.publish_task_ports {
+            Some(true) => {
+                return Err(invalid(
+                    "publish_task_ports",
+                    "is retired: the executor reaches every task through a socket in its \
+                     sandbox, on every host, and publishes no task port; remove it",
+                ))
+            }
+            Some(false) => c.retired.push(
+                "publish_task_ports is retired and ignored: no task port is published".into(),
+            ),
+            None => {}
+        }
         c.network = non_empty("network", raw.network)?;
-        c.publish_task_ports = raw.publish_task_ports.unwrap_or(false);
+        if let (Some(network), TaskNetwork::Isolated) = (&c.network, c.task_network) {
+            return Err(invalid(
+                "network",
+                format!(
+                    "{network:?} applies only to task_network: internet (the network the \
+                     sandboxes reach the internet through); isolated tasks have no network: \
+                     remove it, or set task_network: internet"
+                ),
+            ));
+        }
+        if let Some(dir) = non_empty("socket_dir", raw.socket_dir)? {
+            let dir = std::path::PathBuf::from(dir);
+            if !dir.is_absolute() {
+                return Err(invalid("socket_dir", "must be an absolute path"));
+            }
+            c.socket_dir = Some(dir);
+        }
         if let Some(d) = raw.pull_timeout {
             c.pull_timeout = duration("pull_timeout", &d)?;
         }
@@ -550,7 +668,6 @@ impl Config {
             c.hardening.log_max_files = n;
         }
         c.hardening.read_only_rootfs = raw.read_only_rootfs.unwrap_or(false);
-        c.internal_network = raw.internal_network.unwrap_or(false);
         c.task_tty = raw.task_tty.unwrap_or(true);
         c.auth_token = non_empty("auth_token", raw.auth_token)?;
         for (i, entry) in raw.prewarm.unwrap_or_default().into_iter().enumerate() {
@@ -577,6 +694,18 @@ impl Config {
                 return Err(invalid("max_connections", format!("{n}: use 1 to 1000000")));
             }
             c.max_connections = n;
+        }
+        if let Some(n) = raw.max_connections_per_peer {
+            if !(1..=c.max_connections).contains(&n) {
+                return Err(invalid(
+                    "max_connections_per_peer",
+                    format!("{n}: use 1 to max_connections ({})", c.max_connections),
+                ));
+            }
+            c.max_connections_per_peer = n;
+        } else {
+            // The default never exceeds a smaller max_connections.
+            c.max_connections_per_peer = c.max_connections_per_peer.min(c.max_connections);
         }
         if let Some(n) = raw.max_requests_in_flight {
             if !(1..=1_000_000).contains(&n) {
@@ -640,12 +769,6 @@ impl Config {
                     ))
                 }
             };
-        }
-        if c.internal_network && c.publish_task_ports {
-            return Err(invalid(
-                "internal_network",
-                "cannot be combined with publish_task_ports (an internal network publishes no ports)",
-            ));
         }
         if let Some(name) = raw.name {
             let ok = !name.is_empty()
@@ -757,6 +880,22 @@ mod tests {
     }
 
     #[test]
+    fn tasks_are_isolated_unless_the_owner_chooses_internet() {
+        let c = parse("").unwrap();
+        assert_eq!(c.task_network, TaskNetwork::Isolated);
+        assert!(c.retired.is_empty());
+        let c = parse("task_network: internet\nnetwork: my-net\n").unwrap();
+        assert_eq!(c.task_network, TaskNetwork::Internet);
+        assert_eq!(c.network.as_deref(), Some("my-net"));
+        // The retired keys: accepted when they ask for nothing weaker, and named.
+        let c = parse("internal_network: true\npublish_task_ports: false\n").unwrap();
+        assert_eq!(c.task_network, TaskNetwork::Isolated);
+        assert_eq!(c.retired.len(), 2, "{:?}", c.retired);
+        let c = parse("socket_dir: /run/x\n").unwrap();
+        assert_eq!(c.socket_dir.as_deref(), Some(Path::new("/run/x")));
+    }
+
+    #[test]
     fn bad_values_name_their_key() {
         for (text, key) in [
             ("cpu: 0\n", "cpu"),
@@ -781,7 +920,20 @@ mod tests {
             ("keep_alive: sometimes\n", "keep_alive"),
             ("keep_alive: 5m\n", "keep_alive"),
             ("max_connections: 0\n", "max_connections"),
+            ("max_connections_per_peer: 0\n", "max_connections_per_peer"),
+            (
+                "max_connections: 8\nmax_connections_per_peer: 9\n",
+                "max_connections_per_peer",
+            ),
             ("max_requests_in_flight: 0\n", "max_requests_in_flight"),
+            ("task_network: open\n", "task_network"),
+            ("network: mecanywhere\n", "network"),
+            ("publish_task_ports: true\n", "publish_task_ports"),
+            (
+                "internal_network: true\ntask_network: internet\n",
+                "internal_network",
+            ),
+            ("socket_dir: relative/dir\n", "socket_dir"),
             ("header_read_timeout: 0s\n", "header_read_timeout"),
             (
                 "idle_connection_timeout: forever\n",
@@ -806,5 +958,19 @@ mod tests {
         }
         let e = parse("mem: lots\n").unwrap_err().to_string();
         assert!(e.contains("mem"), "{e}");
+    }
+
+    #[test]
+    fn max_connections_per_peer_stays_within_max_connections() {
+        assert_eq!(parse("").unwrap().max_connections_per_peer, 256);
+        // The default follows a smaller max_connections instead of refusing it.
+        assert_eq!(
+            parse("max_connections: 2\n")
+                .unwrap()
+                .max_connections_per_peer,
+            2
+        );
+        let c = parse("max_connections: 64\nmax_connections_per_peer: 64\n").unwrap();
+        assert_eq!((c.max_connections, c.max_connections_per_peer), (64, 64));
     }
 }

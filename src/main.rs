@@ -166,6 +166,7 @@ async fn main() -> ExitCode {
     let config_listen = config.listen;
     let limits = mecanywhere_executor::api::server::Limits {
         max_connections: config.max_connections as usize,
+        max_connections_per_peer: config.max_connections_per_peer as usize,
         header_read_timeout: config.header_read_timeout,
         idle_connection_timeout: config.idle_connection_timeout,
     };
@@ -187,7 +188,7 @@ async fn main() -> ExitCode {
         }
     };
     let listen = cli.listen.unwrap_or(config_listen);
-    let listener = match tokio::net::TcpListener::bind(listen).await {
+    let listener = match mecanywhere_executor::api::server::bind(listen, limits) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("mecanywhere-executor: cannot listen on {listen}: {e}");
@@ -208,12 +209,17 @@ async fn main() -> ExitCode {
     let stop = CancellationToken::new();
     tokio::spawn(shutdown_signal(stop.clone()));
     let app = mecanywhere_executor::api::router(Arc::clone(&executor), stop.clone());
+    let refused_per_peer = executor
+        .metrics()
+        .connections_refused
+        .get_or_create_owned(&mecanywhere_executor::metrics::ReasonLabel { reason: "per_peer" });
     let server = tokio::spawn(mecanywhere_executor::api::server::serve(
         listener,
         app,
         limits,
         stop.clone(),
         Duration::from_secs(10),
+        refused_per_peer,
     ));
 
     stop.cancelled().await;

@@ -25,6 +25,11 @@ pub struct PathLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModeLabel {
+    pub mode: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabel {
     pub state: &'static str,
 }
@@ -42,6 +47,11 @@ pub struct TaskLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PhaseLabel {
     pub phase: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
 }
 
 fn latency_histogram() -> Histogram {
@@ -65,6 +75,8 @@ pub struct Metrics {
     pub containers: Family<StateLabel, Gauge>,
     /// Pooled network sandboxes by state (`free`, `in_use`).
     pub sandboxes: Family<StateLabel, Gauge>,
+    /// 1 for the `task_network` mode in force (`isolated`, `internet`).
+    pub task_network: Family<ModeLabel, Gauge>,
     pub budget_cpu_cores: Family<KindLabel, Gauge<f64, AtomicU64>>,
     pub budget_memory_mb: Family<KindLabel, Gauge>,
     pub budget_gpus: Family<KindLabel, Gauge>,
@@ -74,6 +86,9 @@ pub struct Metrics {
     pub predicted_prewarms: Counter,
     /// `keep_alive: adaptive`: predicted pre-warms reaped without serving a request.
     pub predicted_prewarms_unused: Counter,
+    /// Client connections the HTTP front refused, by reason (`per_peer`: their address had
+    /// `max_connections_per_peer` open).
+    pub connections_refused: Family<ReasonLabel, Counter>,
     /// Handles of the warm-path series, so the hot path skips the family lookups.
     warm_success: Counter,
     warm_latency: Histogram,
@@ -86,6 +101,16 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Records the `task_network` mode in force.
+    pub fn task_network(&self, mode: crate::config::TaskNetwork) {
+        self.task_network.clear();
+        self.task_network
+            .get_or_create(&ModeLabel {
+                mode: mode.to_string(),
+            })
+            .set(1);
+    }
+
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("meca");
         let requests = Family::<OutcomeLabel, Counter>::default();
@@ -147,6 +172,12 @@ impl Metrics {
             "Pooled network sandboxes (holder containers) by state",
             sandboxes.clone(),
         );
+        let task_network = Family::<ModeLabel, Gauge>::default();
+        registry.register(
+            "task_network",
+            "What a task's network reaches (task_network): 1 for the mode in force",
+            task_network.clone(),
+        );
         let budget_cpu_cores = Family::<KindLabel, Gauge<f64, AtomicU64>>::default();
         registry.register(
             "budget_cpu_cores",
@@ -183,6 +214,12 @@ impl Metrics {
             "Predicted pre-warms removed after their keep-alive window without serving a request",
             predicted_prewarms_unused.clone(),
         );
+        let connections_refused = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Client connections refused by the HTTP front; reason=per_peer: their address had max_connections_per_peer open",
+            connections_refused.clone(),
+        );
         let warm_success = requests.get_or_create_owned(&OutcomeLabel { outcome: "success" });
         let warm_latency = latency.get_or_create_owned(&PathLabel { path: "warm" });
         Metrics {
@@ -200,12 +237,14 @@ impl Metrics {
             queue_wait_seconds,
             containers,
             sandboxes,
+            task_network,
             budget_cpu_cores,
             budget_memory_mb,
             budget_gpus,
             background_panics,
             predicted_prewarms,
             predicted_prewarms_unused,
+            connections_refused,
         }
     }
 

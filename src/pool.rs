@@ -7,7 +7,6 @@
 //! containers out of the map (`take_*`), after which nobody can lease them any more.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -123,7 +122,7 @@ impl Container {
         drop(released);
     }
 
-    pub fn addr(&self) -> SocketAddr {
+    pub fn addr(&self) -> &crate::engine::TaskAddr {
         self.client.addr()
     }
 
@@ -596,7 +595,7 @@ mod tests {
             format!("id-{}", k.image),
             k.clone(),
             Arc::new(crate::task_client::TaskClient::new(
-                "127.0.0.1:8080".parse().unwrap(),
+                crate::engine::TaskAddr::Tcp("127.0.0.1:8080".parse().unwrap()),
                 1024,
             )),
             r,

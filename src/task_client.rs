@@ -1,30 +1,149 @@
 //! HTTP calls from the executor to one task container.
 //!
 //! Owns the keep-alive connections to a container (one [`TaskClient`] per container, so
-//! connections never outlive it: a later container reusing its IP address never receives a
-//! stale connection), the per-request deadline and the cap on answer size. It knows nothing
-//! of Docker or of the pool: a failed call is reported as a [`CallError`] and the executor
-//! decides what to do with the container.
+//! connections never outlive it: a later container reusing its sandbox never receives a
+//! stale connection), how a connection is made ([`connect`]: through the sandbox's relay
+//! socket, which greets once it reached the task, or over TCP), the per-request deadline and
+//! the cap on answer size. It knows nothing of Docker or of the pool: a failed call is
+//! reported as a [`CallError`] and the executor decides what to do with the container.
 
-use std::net::SocketAddr;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, StatusCode, Uri};
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpStream, UnixStream};
 
+use crate::engine::holder::GREETING;
+use crate::engine::TaskAddr;
 use crate::task::Call;
+
+/// How long making one connection to a task may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connection to a task.
+pub enum TaskStream {
+    /// Through the sandbox's relay: the greeting was read, the bytes are the task's.
+    Relay(TokioIo<UnixStream>),
+    Tcp(TokioIo<TcpStream>),
+}
+
+/// Opens a connection to the task at `addr`. Through a relay, the connection stands only
+/// once the relay greeted (it reached the task's port); a relay that closes without a
+/// greeting means the task does not listen (yet): [`io::ErrorKind::ConnectionRefused`].
+pub async fn connect(addr: &TaskAddr) -> io::Result<TaskStream> {
+    match addr {
+        TaskAddr::Relay(path) => {
+            let mut stream = UnixStream::connect(path).await?;
+            let mut greeting = [0u8; 1];
+            match stream.read(&mut greeting).await? {
+                1 if greeting[0] == GREETING => Ok(TaskStream::Relay(TokioIo::new(stream))),
+                1 => Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the sandbox relay answered with an unknown greeting",
+                )),
+                _ => Err(io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    "nothing listens on the task's port 8080",
+                )),
+            }
+        }
+        TaskAddr::Tcp(addr) => {
+            let stream = TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            Ok(TaskStream::Tcp(TokioIo::new(stream)))
+        }
+    }
+}
+
+impl Connection for TaskStream {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl hyper::rt::Read for TaskStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            TaskStream::Relay(s) => Pin::new(s).poll_read(cx, buf),
+            TaskStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl hyper::rt::Write for TaskStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            TaskStream::Relay(s) => Pin::new(s).poll_write(cx, buf),
+            TaskStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            TaskStream::Relay(s) => Pin::new(s).poll_flush(cx),
+            TaskStream::Tcp(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            TaskStream::Relay(s) => Pin::new(s).poll_shutdown(cx),
+            TaskStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// The connector of one task's client: every URI leads to the task's address.
+#[derive(Clone)]
+struct Connector {
+    addr: std::sync::Arc<TaskAddr>,
+}
+
+type Connecting = Pin<Box<dyn Future<Output = io::Result<TaskStream>> + Send>>;
+
+impl tower_service::Service<Uri> for Connector {
+    type Response = TaskStream;
+    type Error = io::Error;
+    type Future = Connecting;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Uri) -> Connecting {
+        let addr = std::sync::Arc::clone(&self.addr);
+        Box::pin(async move {
+            tokio::time::timeout(CONNECT_TIMEOUT, connect(&addr))
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connecting timed out"))?
+        })
+    }
+}
 
 /// The executor's side of one task container: where it answers and how to call it.
 /// [`TaskClient`] speaks HTTP to a real container; the in-memory engine has its own.
 #[async_trait::async_trait]
 pub trait TaskCall: Send + Sync + std::fmt::Debug {
     /// Where the task answers (for logs).
-    fn addr(&self) -> SocketAddr;
+    fn addr(&self) -> &TaskAddr;
     /// Calls the task and reads its whole answer, within `timeout`.
     async fn call(&self, call: Call, input: Bytes, timeout: Duration) -> Result<Answer, CallError>;
     /// Closes the idle connections to the task, from the executor's side; later calls fail.
@@ -68,8 +187,8 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> CallError {
 /// HTTP client of one task container.
 pub struct TaskClient {
     /// `None` once closed.
-    client: std::sync::RwLock<Option<Client<HttpConnector, Full<Bytes>>>>,
-    addr: SocketAddr,
+    client: std::sync::RwLock<Option<Client<Connector, Full<Bytes>>>>,
+    addr: TaskAddr,
     /// The task's URIs, by [`Call`], parsed once (cloning a `Uri` shares its bytes).
     uris: [Uri; 3],
     max_answer_bytes: usize,
@@ -93,19 +212,20 @@ impl std::fmt::Debug for TaskClient {
 
 impl TaskClient {
     /// A client for the task at `addr`. Makes no connection yet.
-    pub fn new(addr: SocketAddr, max_answer_bytes: usize) -> TaskClient {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(10)));
+    pub fn new(addr: TaskAddr, max_answer_bytes: usize) -> TaskClient {
+        let connector = Connector {
+            addr: std::sync::Arc::new(addr.clone()),
+        };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(1024)
             .build(connector);
         let uri = |call: Call| -> Uri {
             let path = call.method_and_path().1;
-            format!("http://{addr}{path}")
+            // The connector ignores the host: every connection goes to `addr`.
+            format!("http://task{path}")
                 .parse()
-                .expect("a socket address and a fixed path make a valid URI")
+                .expect("a fixed host and path make a valid URI")
         };
         TaskClient {
             client: std::sync::RwLock::new(Some(client)),
@@ -118,8 +238,8 @@ impl TaskClient {
 
 #[async_trait::async_trait]
 impl TaskCall for TaskClient {
-    fn addr(&self) -> SocketAddr {
-        self.addr
+    fn addr(&self) -> &TaskAddr {
+        &self.addr
     }
 
     async fn call(&self, call: Call, input: Bytes, timeout: Duration) -> Result<Answer, CallError> {

@@ -300,21 +300,6 @@ fn oversized_request_body_gets_413_json() {
 }
 
 #[test]
-fn tasks_can_be_reached_through_a_port_published_on_loopback() {
-    let ex = Executor::start("publish", "publish_task_ports: true\n");
-    let reply = ex.execute(&json!({"id": ECHO, "input": "via 127.0.0.1"}));
-    assert!(reply.success(), "{reply:?}");
-    assert_eq!(reply.msg(), "via 127.0.0.1");
-    let ids = ex.containers();
-    assert_eq!(ids.len(), 1);
-    let port = docker(&["port", &ids[0], "8080/tcp"]);
-    assert!(
-        port.starts_with("127.0.0.1:"),
-        "published on loopback only: {port}"
-    );
-}
-
-#[test]
 fn numbers_that_would_overflow_the_clock_are_refused_and_the_reaper_keeps_working() {
     // Once accepted, a timeout this large made the idle reaper panic; no idle container was
     // reaped again.

@@ -71,7 +71,7 @@ fn a_task_in_a_pooled_sandbox_answers_and_its_sandbox_serves_the_next_task() {
         "the task joined {first_sandbox}, not the pooled holder {}",
         holders[0]
     );
-    // The task has no network of its own: it answers at the holder's address.
+    // The task has no network of its own: it answers through the holder.
     assert_eq!(
         inspect(&tasks[0], "{{len .NetworkSettings.Networks}}"),
         "0",
@@ -194,26 +194,20 @@ fn holders_and_spares_are_removed_at_stop_and_after_a_crash() {
 }
 
 #[test]
-fn a_task_in_a_sandbox_is_reached_through_the_port_the_holder_publishes() {
-    let ex = Executor::start(
-        "sandbox-publish",
-        "publish_task_ports: true\nsandbox_pool: 1",
-    );
-    wait_until(&ex, "a free sandbox", || {
-        metric(&ex, "meca_sandboxes{state=\"free\"}") >= 1.0
-    });
-    let holder = ex.holders().pop().expect("a holder");
-    let published = docker(&["port", &holder, "8080"]);
-    assert!(
-        published.starts_with("127.0.0.1:"),
-        "the holder publishes the task port on loopback only: {published:?}"
-    );
-    let reply = ex.execute(&json!({"id": ECHO, "input": "via the published port"}));
-    assert!(reply.success(), "{reply:?}");
-    assert_eq!(reply.msg(), "via the published port");
+fn without_a_pool_every_task_gets_a_sandbox_of_its_own() {
+    let ex = Executor::start("sandbox-own", "sandbox_pool: 0\nidle_timeout: 500ms");
+    let reply = ex.execute(&json!({"id": ECHO, "input": "in a sandbox of its own"}));
+    assert!(reply.success(), "{reply:?}; log:\n{}", ex.log());
+    assert_eq!(reply.msg(), "in a sandbox of its own");
     let tasks = ex.containers();
     assert_eq!(tasks.len(), 1, "{tasks:?}");
-    assert!(sandbox_of(&tasks[0]).starts_with(&holder));
+    let holder = sandbox_of(&tasks[0]);
+    assert_eq!(inspect(&holder, "{{.HostConfig.NetworkMode}}"), "none");
+    assert_eq!(metric(&ex, "meca_sandboxes{state=\"in_use\"}"), 1.0);
+    // Once its task left, no holder is kept (the pool holds none).
+    let left = ex.wait_containers(0, Duration::from_secs(10));
+    assert!(left.is_empty(), "not reaped: {left:?}");
+    wait_until(&ex, "the holder removed", || ex.holders().is_empty());
 }
 
 #[test]

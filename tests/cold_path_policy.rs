@@ -96,19 +96,35 @@ async fn a_holder_hosts_the_next_task_once_its_task_is_removed_and_never_two_at_
     tokio::time::sleep(Duration::from_millis(10)).await;
     assert_eq!(metric(&ex, "meca_sandboxes{state=\"free\"}"), 1.0);
     let (a, b) = (key("a:v1", 1000, 128), key("a:v1", 500, 64));
-    // Two keys at once: one gets the holder, the other its own network (the pool is empty
-    // and refills only 2 s after a take).
+    // Two keys at once: one gets the free holder, the other a holder started for it (the
+    // pool is empty and refills only 2 s after a take). Every task is in a sandbox.
     let (x, y) = tokio::join!(ex.execute(request(&a)), ex.execute(request(&b)));
     x.unwrap();
     y.unwrap();
     let used = sandboxes_of_tasks(&engine);
     let in_sandbox: Vec<_> = used.iter().filter_map(|(_, s)| s.clone()).collect();
-    assert_eq!(in_sandbox.len(), 1, "{used:?}");
-    let holder = in_sandbox[0].clone();
-    // Both are reaped after their idle second; the holder goes back to the pool before
-    // the refill, and the next key starts in it.
+    assert_eq!(in_sandbox.len(), 2, "{used:?}");
+    assert_ne!(
+        in_sandbox[0], in_sandbox[1],
+        "one holder per task: {used:?}"
+    );
+    // Both are reaped after their idle second; their holders go back to the pool before
+    // the refill (the surplus over `sandbox_pool` removed), and the next key starts in the
+    // one kept.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(metric(&ex, "meca_sandboxes{state=\"free\"}"), 1.0);
+    let kept: Vec<String> = engine
+        .containers()
+        .into_iter()
+        .filter(|c| c.holder)
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(
+        in_sandbox.contains(&kept[0]),
+        "a used holder is kept: {kept:?}"
+    );
+    let holder = kept[0].clone();
     // A slow call (3 s): the pool refills meanwhile (2 s after the take).
     let slow = TaskRequest {
         key: key("a:v1", 250, 32),

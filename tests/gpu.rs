@@ -70,7 +70,7 @@ impl Engine for Recording {
         id: &str,
         spec: &ContainerSpec,
         deadline: Duration,
-    ) -> Result<std::net::SocketAddr, EngineError> {
+    ) -> Result<mecanywhere_executor::engine::TaskAddr, EngineError> {
         self.docker.start_and_wait_ready(id, spec, deadline).await
     }
     async fn exit_state(&self, id: &str) -> Result<Option<ExitState>, EngineError> {
@@ -98,15 +98,11 @@ impl Engine for Recording {
     async fn runtimes(&self) -> Result<Vec<String>, EngineError> {
         self.docker.runtimes().await
     }
-    async fn ensure_internal_network(
-        &self,
-        name: &str,
-        labels: &std::collections::HashMap<String, String>,
-    ) -> Result<bool, EngineError> {
-        self.docker.ensure_internal_network(name, labels).await
+    async fn prepare_sandboxes(&self, dir: &std::path::Path) -> Result<(), EngineError> {
+        self.docker.prepare_sandboxes(dir).await
     }
-    async fn remove_network(&self, name: &str) -> Result<(), EngineError> {
-        self.docker.remove_network(name).await
+    async fn host_addresses(&self, holder_image: &str) -> Result<Vec<String>, EngineError> {
+        self.docker.host_addresses(holder_image).await
     }
     async fn ensure_holder_image(&self, name: &str) -> Result<(), EngineError> {
         self.docker.ensure_holder_image(name).await

@@ -34,6 +34,15 @@ fn request(key: &TaskKey, input: &str) -> TaskRequest {
 }
 
 /// An executor on the in-memory engine with `images` (each ready `start` after starting).
+/// The engine's task containers (not sandbox holders).
+fn tasks(engine: &MemoryEngine) -> Vec<mecanywhere_executor::engine::memory::MemContainer> {
+    engine
+        .containers()
+        .into_iter()
+        .filter(|c| !c.holder)
+        .collect()
+}
+
 async fn executor(config: Config, images: &[(&str, ImageScript)]) -> (Arc<Executor>, MemoryEngine) {
     let engine = MemoryEngine::new();
     for (image, script) in images {
@@ -179,7 +188,7 @@ async fn a_container_the_engine_fails_to_remove_stays_reserved_until_it_is_gone(
     engine.fail_removals(1000);
     // Reaped after its idle second; the removal fails.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(engine.containers().len(), 1, "the container is still there");
+    assert_eq!(tasks(&engine).len(), 1, "the container is still there");
     assert_eq!(
         ex.budget().used,
         Demand {
@@ -334,7 +343,7 @@ async fn an_evicted_containers_room_is_reused_once_it_is_killed_not_after_its_re
             // 50 ms kill + 100 ms start, not the 5 s removal.
             assert!(took < Duration::from_millis(500), "took {took:?}");
             // The evicted container still exists, dead, while the new one runs.
-            let containers = engine.containers();
+            let containers = tasks(&engine);
             assert_eq!(containers.len(), 2, "{containers:?}");
             assert!(containers.iter().any(|c| c.image == "a:v1"
                 && matches!(
@@ -349,7 +358,7 @@ async fn an_evicted_containers_room_is_reused_once_it_is_killed_not_after_its_re
                 }
             );
             tokio::time::sleep(Duration::from_secs(6)).await;
-            assert_eq!(engine.containers().len(), 1, "removed in the background");
+            assert_eq!(tasks(&engine).len(), 1, "removed in the background");
         } else {
             assert!(took >= Duration::from_secs(5), "took {took:?}");
         }
@@ -424,23 +433,27 @@ async fn a_periodic_key_is_removed_early_and_prewarmed_before_its_next_request()
         ex.execute(request(&k, "slow:100")).await.unwrap();
         if i < 5 {
             // Still the fixed policy: the one container stays.
-            assert_eq!(engine.containers().len(), 1, "request {i}");
+            assert_eq!(tasks(&engine).len(), 1, "request {i}");
         }
     }
     assert_eq!(cold(&ex), 1.0, "only the first request started a container");
     let ended = Instant::now();
     // The learned pre-warm window is 9 min less 10%: the container is removed at once...
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(engine.containers().is_empty(), "{:?}", engine.containers());
-    let removed = engine.removed();
+    assert!(tasks(&engine).is_empty(), "{:?}", tasks(&engine));
+    let removed: Vec<_> = engine
+        .removed()
+        .into_iter()
+        .filter(|r| !r.container.holder)
+        .collect();
     assert_eq!(removed.len(), 1);
     assert!(removed[0].removed_at - ended < Duration::from_secs(1));
     // ...and started again 8.1 minutes after the request ended.
     let prewarm = (9 * minute).mul_f64(0.9);
     tokio::time::sleep_until(ended + prewarm - Duration::from_secs(1)).await;
-    assert!(engine.containers().is_empty());
+    assert!(tasks(&engine).is_empty());
     tokio::time::sleep_until(ended + prewarm + Duration::from_secs(1)).await;
-    let containers = engine.containers();
+    let containers = tasks(&engine);
     assert_eq!(containers.len(), 1, "pre-warmed");
     assert!(containers[0].became_ready && containers[0].calls == 0);
     assert_eq!(metric(&ex, "meca_predicted_prewarms_total"), 1.0);
@@ -450,16 +463,16 @@ async fn a_periodic_key_is_removed_early_and_prewarmed_before_its_next_request()
     ex.execute(request(&k, "slow:100")).await.unwrap();
     assert_eq!(started.elapsed(), Duration::from_millis(100), "warm");
     assert_eq!(cold(&ex), 1.0);
-    assert_eq!(engine.containers()[0].calls, 1);
+    assert_eq!(tasks(&engine)[0].calls, 1);
     // No request comes any more: the next pre-warm is removed unused after its keep-alive
     // window (11 min plus 10%, less the pre-warm window: 4 min), long before the idle
     // timeout.
     let ended = Instant::now();
     tokio::time::sleep_until(ended + prewarm + Duration::from_secs(1)).await;
-    assert_eq!(engine.containers().len(), 1, "pre-warmed again");
+    assert_eq!(tasks(&engine).len(), 1, "pre-warmed again");
     assert_eq!(metric(&ex, "meca_predicted_prewarms_total"), 2.0);
     tokio::time::sleep_until(ended + (11 * minute).mul_f64(1.1) + Duration::from_secs(2)).await;
-    assert!(engine.containers().is_empty(), "{:?}", engine.containers());
+    assert!(tasks(&engine).is_empty(), "{:?}", tasks(&engine));
     assert_eq!(metric(&ex, "meca_predicted_prewarms_unused_total"), 1.0);
     // And nothing more is started for the key until it is called again.
     tokio::time::sleep(2 * period).await;

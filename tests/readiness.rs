@@ -79,15 +79,6 @@ fn task_that_prints_the_ready_line_before_it_listens_is_called_once_it_listens()
 }
 
 #[test]
-fn through_a_published_port_the_task_is_called_once_it_listens() {
-    // Docker's port proxy accepts connections before the task listens.
-    let ex = Executor::start("mark-first-published", "publish_task_ports: true");
-    let reply = ex.execute(&run("meca-test-mark-first:latest", "via the proxy"));
-    assert!(reply.success(), "{reply:?}\nlog:\n{}", ex.log());
-    assert_eq!(reply.msg(), "via the proxy");
-}
-
-#[test]
 fn task_that_never_listens_after_its_ready_line_fails_clearly() {
     let ex = Executor::start("mark-no-listen", "start_timeout: \"3s\"");
     let reply = ex.execute(&run("meca-test-mark-no-listen:latest", "x"));

@@ -1,12 +1,11 @@
 //! Security properties end to end against the real Docker daemon: the hardening every task
-//! container gets (and its config keys), a read-only root filesystem, the internal task
-//! network (no route out, created and removed by the executor, refused when unsafe), image
+//! container gets (and its config keys), a read-only root filesystem, the task's sandbox
+//! (no network, a hardened holder; retired network keys refused or named), image
 //! references checked before they reach Docker, the bearer token on every endpoint but
 //! `/health`, and task input kept out of the log.
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -124,39 +123,6 @@ fn read_only_rootfs_gets_a_tmpfs_at_tmp_and_the_task_still_serves() {
     assert_eq!(ex.containers(), vec![id]);
 }
 
-/// Removes a Docker network on drop (when a test created it, or in case an executor
-/// under test failed to remove its own).
-struct NetworkGuard(String);
-
-impl NetworkGuard {
-    /// Creates a bridge network; `internal` adds `--internal`.
-    fn create(name: &str, internal: bool) -> NetworkGuard {
-        let mut args = vec!["network", "create", "--driver", "bridge"];
-        if internal {
-            args.push("--internal");
-        }
-        args.push(name);
-        docker(&args);
-        NetworkGuard(name.to_string())
-    }
-}
-
-impl Drop for NetworkGuard {
-    fn drop(&mut self) {
-        let _ = Command::new("docker")
-            .args(["network", "rm", &self.0])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-fn network_exists(name: &str) -> bool {
-    docker(&["network", "ls", "--format", "{{.Name}}"])
-        .lines()
-        .any(|l| l == name)
-}
-
 /// Asks the routes task whether its container has a default route.
 fn routes(ex: &Executor) -> String {
     let reply = ex.execute(&json!({"id": ROUTES, "input": "x"}));
@@ -164,157 +130,48 @@ fn routes(ex: &Executor) -> String {
     reply.msg().to_string()
 }
 
-/// Major version of the Docker daemon.
-fn docker_major_version() -> u32 {
-    let version = docker(&["version", "-f", "{{.Server.Version}}"]);
-    version
-        .split('.')
-        .next()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected Docker version {version:?}"))
-}
-
-/// Checks that the routes task `ex` runs on internal `network` has no way out. Docker 25
-/// and later give a container on an internal network no default route (moby/moby#46603),
-/// which the task sees in its routing table. Older daemons (20.10 here) do give it a
-/// default route via the bridge and drop whatever would leave the bridge with iptables
-/// rules on the host; then those rules are checked instead (read, no packet is sent).
-fn assert_no_way_out(ex: &Executor, network: &str) {
-    let answer = routes(ex);
-    let major = docker_major_version();
-    if major >= 25 {
-        assert_eq!(answer, "no default route", "Docker {major}");
-        return;
-    }
-    if answer == "no default route" {
-        return;
-    }
-    assert_eq!(answer, "default route");
-    let id = docker(&["network", "inspect", "-f", "{{.Id}}", network]);
-    let subnet = docker(&[
-        "network",
-        "inspect",
-        "-f",
-        "{{range .IPAM.Config}}{{.Subnet}} {{end}}",
-        network,
-    ]);
-    let subnet = subnet.split_whitespace().next().expect("an IPv4 subnet");
-    let bridge = format!("br-{}", &id[..12]);
-    let rules = match Command::new("iptables")
-        .args(["-S", "DOCKER-ISOLATION-STAGE-1"])
-        .output()
-    {
-        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).into_owned(),
-        _ => {
-            eprintln!(
-                "Docker {major} gives tasks on internal networks a default route, and the \
-                 host's iptables rules are not readable here: only the network's Internal \
-                 flag was checked"
-            );
-            return;
-        }
-    };
-    let drops_outbound = rules.lines().any(|rule| {
-        rule.contains(&format!("-i {bridge} "))
-            && rule.contains(&format!("! -d {subnet}"))
-            && rule.ends_with("-j DROP")
-    });
-    assert!(
-        drops_outbound,
-        "Docker {major}: the task has a default route and nothing drops traffic leaving \
-         {bridge} ({subnet}):\n{rules}"
-    );
-}
-
 #[test]
-fn internal_network_is_created_has_no_route_out_and_is_removed_at_stop() {
-    let name = unique_name("internal");
-    let network = format!("mecanywhere-tasks-{name}");
-    // Declared first: dropped after the executor, whose containers use the network.
-    let _guard = NetworkGuard(network.clone());
-    let mut ex = Executor::start_named(&name, "internal_network: true\n");
-    assert!(
-        network_exists(&network),
-        "network {network} was not created"
-    );
-    assert_eq!(
-        docker(&["network", "inspect", "-f", "{{.Internal}}", &network]),
-        "true"
-    );
-    let labels: Value = serde_json::from_str(&docker(&[
-        "network",
-        "inspect",
-        "-f",
-        "{{json .Labels}}",
-        &network,
-    ]))
-    .unwrap();
-    assert_eq!(labels[LABEL], json!(name), "{labels}");
-
-    // The executor reaches the task on the internal network; the task has no way out.
-    assert_no_way_out(&ex, &network);
+fn an_isolated_task_sits_in_a_sandbox_with_no_network_and_no_route() {
+    let ex = Executor::start("isolated", "");
+    assert_eq!(routes(&ex), "no default route");
     let ids = ex.containers();
     assert_eq!(ids.len(), 1, "{ids:?}");
-    let networks: Value =
-        serde_json::from_str(&inspect(&ids[0], "{{json .NetworkSettings.Networks}}")).unwrap();
-    let joined: Vec<&String> = networks.as_object().unwrap().keys().collect();
-    assert_eq!(joined, vec![&network], "only the internal network");
-
-    let status = ex.stop();
-    assert!(status.success(), "{status}; log:\n{}", ex.log());
-    assert!(ex.containers().is_empty());
+    let mode = inspect(&ids[0], "{{.HostConfig.NetworkMode}}");
+    let holder = mode
+        .strip_prefix("container:")
+        .unwrap_or_else(|| panic!("the task is not in a sandbox: {mode}"));
+    // The holder: no network but loopback, no capability, nothing published, read-only,
+    // and one mount: the executor's socket directory.
+    let hc = host_config(holder);
+    assert_eq!(hc["NetworkMode"], json!("none"), "{hc}");
+    assert_eq!(hc["CapDrop"], json!(["ALL"]), "{hc}");
+    assert!(is_empty(&hc["CapAdd"]), "CapAdd: {hc}");
+    assert!(is_empty(&hc["PortBindings"]), "{hc}");
+    assert_eq!(hc["ReadonlyRootfs"], json!(true), "{hc}");
+    let mounts = hc["Mounts"].as_array().cloned().unwrap_or_default();
+    assert_eq!(mounts.len(), 1, "{hc}");
+    assert_eq!(mounts[0]["Target"], json!("/run/meca"), "{hc}");
     assert!(
-        !network_exists(&network),
-        "the executor left its network {network}; log:\n{}",
+        mounts[0]["Source"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("/run/mecanywhere-executor/")),
+        "{hc}"
+    );
+    assert_eq!(
+        inspect(holder, "{{len .NetworkSettings.Networks}}"),
+        "1",
+        "only Docker's `none` network"
+    );
+    assert!(
+        ex.get("/metrics")
+            .raw
+            .contains("meca_task_network{mode=\"isolated\"} 1"),
+        "/metrics states the mode"
+    );
+    assert!(
+        ex.log().contains("tasks are isolated"),
+        "the start-up log states the mode:\n{}",
         ex.log()
-    );
-
-    // The same image on Docker's default bridge does have a default route, so the answer
-    // above is the network's doing.
-    let plain = Executor::start("not-internal", "");
-    assert_eq!(routes(&plain), "default route");
-}
-
-#[test]
-fn an_existing_internal_network_is_used_and_left_in_place() {
-    let network = unique_name("own-internal-net");
-    let _guard = NetworkGuard::create(&network, true);
-    let mut ex = Executor::start(
-        "use-internal",
-        &format!("internal_network: true\nnetwork: {network}\n"),
-    );
-    assert_no_way_out(&ex, &network);
-    let ids = ex.containers();
-    assert_eq!(ids.len(), 1);
-    assert!(
-        inspect(&ids[0], "{{json .NetworkSettings.Networks}}").contains(&network),
-        "task joined {network}"
-    );
-    assert!(ex.stop().success());
-    assert!(
-        network_exists(&network),
-        "the executor removed a network it did not create"
-    );
-}
-
-#[test]
-fn internal_network_left_by_a_crashed_instance_is_removed_by_the_next_one() {
-    let name = unique_name("net-orphan");
-    let network = format!("mecanywhere-tasks-{name}");
-    let _guard = NetworkGuard(network.clone());
-    let mut crashed = Executor::start_named(&name, "internal_network: true\n");
-    crashed.signal("KILL");
-    crashed.reap_killed();
-    assert!(network_exists(&network), "left behind by the crash");
-    // The next instance of the same name adopts the network (it carries the name's label)
-    // and so removes it when it stops, as it removes the crashed instance's containers.
-    let mut restarted = Executor::start_named(&name, "internal_network: true\n");
-    assert_no_way_out(&restarted, &network);
-    assert!(restarted.stop().success());
-    assert!(
-        !network_exists(&network),
-        "{network} outlives every instance; log:\n{}",
-        restarted.log()
     );
 }
 
@@ -357,42 +214,48 @@ impl Refusal {
 impl Drop for Refusal {
     fn drop(&mut self) {
         remove_containers_of(&self.name);
-        // In case a broken executor created its default internal network.
-        let _ = NetworkGuard(format!("mecanywhere-tasks-{}", self.name));
     }
 }
 
 #[test]
-fn internal_network_refuses_an_existing_network_that_is_not_internal() {
-    let network = unique_name("open-net");
-    let _guard = NetworkGuard::create(&network, false);
+fn retired_network_keys_are_refused_or_named_and_nothing_is_weaker_than_configured() {
+    // Publishing task ports would open a way in: refused, naming the key.
+    let mut proc = Refusal::spawn("refuse-publish", "publish_task_ports: true\n");
+    let stderr = proc.expect_refusal(2, Duration::from_secs(10));
+    assert!(stderr.contains("publish_task_ports"), "{stderr}");
+    assert!(stderr.contains("retired"), "{stderr}");
+    // A task network in isolated mode would mean nothing: refused, saying what applies.
+    let mut proc = Refusal::spawn("refuse-network", "network: bridge\n");
+    let stderr = proc.expect_refusal(2, Duration::from_secs(10));
+    assert!(stderr.contains("network"), "{stderr}");
+    assert!(stderr.contains("task_network: internet"), "{stderr}");
     let mut proc = Refusal::spawn(
-        "refuse-open",
-        &format!("internal_network: true\nnetwork: {network}\n"),
+        "refuse-contradiction",
+        "internal_network: true\ntask_network: internet\n",
     );
-    let stderr = proc.expect_refusal(1, Duration::from_secs(20));
-    assert!(stderr.contains("not internal"), "{stderr}");
-    assert!(stderr.contains(&network), "names the network: {stderr}");
-    // The operator's network is left as it was.
-    assert!(network_exists(&network));
-    assert_eq!(
-        docker(&["network", "inspect", "-f", "{{.Internal}}", &network]),
-        "false"
+    let stderr = proc.expect_refusal(2, Duration::from_secs(10));
+    assert!(stderr.contains("internal_network"), "{stderr}");
+    let mut proc = Refusal::spawn("refuse-mode", "task_network: open\n");
+    let stderr = proc.expect_refusal(2, Duration::from_secs(10));
+    assert!(stderr.contains("task_network"), "{stderr}");
+    // `internal_network: true` asked for less than isolation gives: accepted, and named.
+    let ex = Executor::start("retired-internal", "internal_network: true\n");
+    assert_eq!(routes(&ex), "no default route");
+    assert!(
+        ex.log().contains("internal_network: true is retired"),
+        "{}",
+        ex.log()
     );
 }
 
 #[test]
-fn internal_network_with_published_ports_is_a_config_error() {
-    let mut proc = Refusal::spawn(
-        "refuse-publish",
-        "internal_network: true\npublish_task_ports: true\n",
-    );
-    let stderr = proc.expect_refusal(2, Duration::from_secs(10));
-    assert!(stderr.contains("internal_network"), "{stderr}");
-    assert!(
-        !network_exists(&format!("mecanywhere-tasks-{}", proc.name)),
-        "no network is created for a refused config"
-    );
+fn sandboxes_the_executor_cannot_make_are_refused_at_start() {
+    // A socket directory that cannot exist: isolation cannot be enforced, so the executor
+    // does not start (exit 1), and says why.
+    let mut proc = Refusal::spawn("refuse-dir", "socket_dir: /proc/no-such-dir\n");
+    let stderr = proc.expect_refusal(1, Duration::from_secs(20));
+    assert!(stderr.contains("cannot isolate tasks"), "{stderr}");
+    assert!(stderr.contains("/proc/no-such-dir"), "{stderr}");
 }
 
 #[test]

@@ -5,20 +5,22 @@
 //! followed log stream, never by polling.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::container::LogOutput;
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerUpdateBody, DeviceMapping,
-    DeviceRequest, EndpointSettings, HostConfig, HostConfigLogConfig, NetworkCreateRequest,
-    NetworkingConfig, PortBinding, ResourcesUlimits,
+    DeviceRequest, HostConfig, HostConfigLogConfig, Mount, MountPointTypeEnum, MountTypeEnum,
+    ResourcesUlimits,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, EventsOptions, InspectContainerOptions,
-    InspectNetworkOptions, KillContainerOptions, ListContainersOptions, LogsOptions,
-    RemoveContainerOptions, StartContainerOptions, WaitContainerOptions,
+    KillContainerOptions, ListContainersOptions, LogsOptions, RemoveContainerOptions,
+    StartContainerOptions, WaitContainerOptions,
 };
 use bollard::Docker;
 use futures_util::stream::BoxStream;
@@ -26,15 +28,53 @@ use futures_util::StreamExt;
 
 use super::ready::{OutputScanner, Stream};
 use super::{
-    holder, ContainerSpec, Engine, EngineError, ExitState, HolderSpec, SandboxRef, TASK_PORT,
+    holder, ContainerSpec, Engine, EngineError, ExitState, HolderSpec, SandboxNetwork, SandboxRef,
+    TaskAddr,
 };
+
+/// Where a holder sees the executor's socket directory.
+const HOLDER_DIR: &str = "/run/meca";
+/// Where the holder program lives in its image.
+const HOLDER_PATH: &str = "/hold";
+/// How long a started holder may take until its relay socket accepts connections.
+const HOLDER_READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The Docker engine.
 #[derive(Clone)]
 pub struct DockerEngine {
     docker: Docker,
+    /// How holders get the executor's socket directory ([`Engine::prepare_sandboxes`]).
+    sockets: Arc<OnceLock<SocketDir>>,
 }
 
+/// The executor's socket directory as a holder gets it.
+#[derive(Debug, Clone)]
+struct SocketDir {
+    /// The directory as the executor sees it.
+    local: PathBuf,
+    /// The mount that gives it to a holder (at [`HOLDER_DIR`]).
+    mount: Mount,
+    /// The directory as the holder sees it.
+    inside: PathBuf,
+    /// The user a holder runs as (the directory's owner), so its socket is the executor's.
+    user: String,
+}
+
+/// The id of the Docker container this process runs in, if any: Docker bind-mounts the
+/// container's `/etc/hostname` from `.../containers/<id>/hostname`.
+fn own_container_id(mountinfo: &str) -> Option<String> {
+    mountinfo.lines().find_map(|line| {
+        let mut fields = line.split(' ');
+        let root = fields.nth(3)?;
+        let mount_point = fields.next()?;
+        if mount_point != "/etc/hostname" {
+            return None;
+        }
+        let (_, rest) = root.split_once("/containers/")?;
+        let id = rest.split('/').next()?;
+        (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_string())
+    })
+}
 fn api_error(e: bollard::errors::Error) -> EngineError {
     use bollard::errors::Error as E;
     match e {
@@ -83,7 +123,147 @@ impl DockerEngine {
             EngineError::Unreachable(format!("cannot talk to the Docker daemon: {e}"))
         })?;
         tracing::info!(api_version = %docker.client_version(), "connected to Docker");
-        Ok(DockerEngine { docker })
+        Ok(DockerEngine {
+            docker,
+            sockets: Arc::new(OnceLock::new()),
+        })
+    }
+
+    /// How a holder gets `dir`: bind-mounted when the executor runs on the host; when it
+    /// runs in a container, the volume or bind mount of that container `dir` is on.
+    async fn socket_dir(&self, dir: &Path) -> Result<SocketDir, EngineError> {
+        let meta = std::fs::metadata(dir)
+            .map_err(|e| EngineError::Api(format!("socket directory {}: {e}", dir.display())))?;
+        let user = format!("{}:{}", meta.uid(), meta.gid());
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let Some(own) = own_container_id(&mountinfo) else {
+            let mount = Mount {
+                target: Some(HOLDER_DIR.into()),
+                source: Some(dir.display().to_string()),
+                typ: Some(MountTypeEnum::BIND),
+                ..Default::default()
+            };
+            return Ok(SocketDir {
+                local: dir.to_path_buf(),
+                mount,
+                inside: PathBuf::from(HOLDER_DIR),
+                user,
+            });
+        };
+        let info = self.inspect(&own).await.map_err(|e| {
+            EngineError::Api(format!(
+                "this executor runs in container {own}, which the Docker daemon it talks to \
+                 cannot show ({e}); sandboxes need the executor's socket directory shared \
+                 through that daemon"
+            ))
+        })?;
+        // The mount of the executor's container that holds `dir` (the deepest one).
+        let holding = info
+            .mounts
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|m| {
+                let destination = PathBuf::from(m.destination.clone()?);
+                let rel = dir.strip_prefix(&destination).ok()?.to_path_buf();
+                Some((destination.components().count(), rel, m))
+            })
+            .max_by_key(|(depth, _, _)| *depth);
+        let (mount, inside) = match holding {
+            Some((_, rel, m)) if m.typ == Some(MountPointTypeEnum::VOLUME) => (
+                Mount {
+                    target: Some(HOLDER_DIR.into()),
+                    source: m.name,
+                    typ: Some(MountTypeEnum::VOLUME),
+                    ..Default::default()
+                },
+                Path::new(HOLDER_DIR).join(rel),
+            ),
+            Some((_, rel, m)) if m.typ == Some(MountPointTypeEnum::BIND) => (
+                Mount {
+                    target: Some(HOLDER_DIR.into()),
+                    source: m
+                        .source
+                        .map(|s| Path::new(&s).join(&rel).display().to_string()),
+                    typ: Some(MountTypeEnum::BIND),
+                    ..Default::default()
+                },
+                PathBuf::from(HOLDER_DIR),
+            ),
+            _ => {
+                return Err(EngineError::Api(format!(
+                    "this executor runs in container {own}, and its socket directory {} is on \
+                     no volume of that container, so sandboxes cannot share it: run the \
+                     container with a volume there (`-v {}`; the executor's image declares \
+                     it as a VOLUME)",
+                    dir.display(),
+                    dir.display()
+                )))
+            }
+        };
+        Ok(SocketDir {
+            local: dir.to_path_buf(),
+            mount,
+            inside,
+            user,
+        })
+    }
+
+    /// Waits until container `id` is not running any more.
+    async fn kill_wait(&self, id: &str) -> Result<(), EngineError> {
+        let options = WaitContainerOptions {
+            condition: "not-running".into(),
+        };
+        match self.docker.wait_container(id, Some(options)).next().await {
+            None | Some(Ok(_)) => Ok(()),
+            Some(Err(bollard::errors::Error::DockerContainerWaitError { .. })) => Ok(()),
+            Some(Err(e)) => Err(api_error(e)),
+        }
+    }
+
+    /// The last lines a container printed (for the error of a holder that exited).
+    async fn output_tail(&self, id: &str) -> String {
+        let options = LogsOptions {
+            stdout: true,
+            stderr: true,
+            tail: "5".into(),
+            ..Default::default()
+        };
+        let mut logs = self.docker.logs(id, Some(options));
+        let mut text = String::new();
+        while let Some(Ok(item)) = logs.next().await {
+            text.push_str(&String::from_utf8_lossy(&item.into_bytes()));
+        }
+        text.trim().to_string()
+    }
+
+    /// Waits until the started holder `id` accepts connections on `socket`.
+    async fn until_relay_listens(&self, id: &str, socket: &Path) -> Result<(), EngineError> {
+        let started = tokio::time::Instant::now();
+        let mut checked = started;
+        loop {
+            if tokio::net::UnixStream::connect(socket).await.is_ok() {
+                return Ok(());
+            }
+            let now = tokio::time::Instant::now();
+            if now - checked >= Duration::from_millis(200) {
+                checked = now;
+                if let Some(state) = exit_state_of(&self.inspect(id).await?) {
+                    let output = self.output_tail(id).await;
+                    return Err(EngineError::Api(format!(
+                        "the sandbox holder {state}: {output}"
+                    )));
+                }
+            }
+            if now - started >= HOLDER_READY_TIMEOUT {
+                return Err(EngineError::Api(format!(
+                    "the sandbox holder's socket did not appear at {} within {}: is that \
+                     directory the one Docker mounts into the holder?",
+                    socket.display(),
+                    humantime::format_duration(HOLDER_READY_TIMEOUT)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
     }
 
     /// Ids of the containers labelled `key=value`: all of them, or only the running ones.
@@ -151,45 +331,6 @@ impl DockerEngine {
         Ok(())
     }
 
-    /// Where the started container answers: its IP on the task network, or the port
-    /// Docker published on 127.0.0.1.
-    fn task_address(
-        info: &ContainerInspectResponse,
-        network: Option<&str>,
-        publish_port: bool,
-    ) -> Result<SocketAddr, EngineError> {
-        let settings = info
-            .network_settings
-            .as_ref()
-            .ok_or_else(|| EngineError::Api("container has no network settings".into()))?;
-        if publish_port {
-            let port = settings
-                .ports
-                .as_ref()
-                .and_then(|p| p.get(&format!("{TASK_PORT}/tcp")))
-                .and_then(|b| b.as_ref())
-                .and_then(|b| b.iter().find_map(|b| b.host_port.as_deref()?.parse().ok()))
-                .ok_or_else(|| EngineError::Api("Docker published no port for the task".into()))?;
-            return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
-        }
-        let network = network.unwrap_or("bridge");
-        let ip = settings
-            .networks
-            .as_ref()
-            .and_then(|n| n.get(network))
-            .and_then(|e| e.ip_address.as_deref())
-            .filter(|ip| !ip.is_empty())
-            .ok_or_else(|| {
-                EngineError::Api(format!(
-                    "task container has no address on network {network}"
-                ))
-            })?;
-        let ip: IpAddr = ip
-            .parse()
-            .map_err(|_| EngineError::Api(format!("Docker reported a bad address {ip:?}")))?;
-        Ok(SocketAddr::new(ip, TASK_PORT))
-    }
-
     /// Follows the container's output until the ready line; `Ok(false)` when the stream
     /// ended first (the container stopped).
     async fn follow_until_ready(
@@ -214,9 +355,11 @@ impl DockerEngine {
     /// Waits, after the ready line, until the task accepts connections at `addr` (a task
     /// may print the line before it listens: Flask apps print it while their module loads).
     /// False when the container's output ended first, i.e. it stopped.
-    async fn until_listening(addr: SocketAddr, via_proxy: bool, logs: &mut LogStream) -> bool {
+    async fn until_listening(addr: &TaskAddr, logs: &mut LogStream) -> bool {
         let probe = async {
-            while !accepts(addr, via_proxy).await {
+            // Through the relay, a connection stands only once the task's port accepted it.
+            // The probe connection is closed without a request.
+            while crate::task_client::connect(addr).await.is_err() {
                 tokio::time::sleep(PROBE_INTERVAL).await;
             }
         };
@@ -232,30 +375,6 @@ type LogStream = BoxStream<'static, Result<LogOutput, bollard::errors::Error>>;
 
 /// How often a task that printed the ready line is checked for its port.
 const PROBE_INTERVAL: Duration = Duration::from_millis(20);
-/// How long a connection through Docker's port proxy must stay open to count: the proxy
-/// accepts every connection and closes it at once when nothing listens behind it.
-const PROXY_GRACE: Duration = Duration::from_millis(25);
-
-/// Whether something listens at `addr`. The probe connection is closed without a request.
-async fn accepts(addr: SocketAddr, via_proxy: bool) -> bool {
-    use tokio::io::AsyncReadExt;
-    let connect =
-        tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr));
-    let Ok(Ok(mut stream)) = connect.await else {
-        return false;
-    };
-    if !via_proxy {
-        return true;
-    }
-    let mut byte = [0u8; 1];
-    match tokio::time::timeout(PROXY_GRACE, stream.read(&mut byte)).await {
-        // Still open, or the server spoke first: something listens.
-        Err(_) | Ok(Ok(1..)) => true,
-        // Closed or reset by the proxy: nothing listens behind it yet.
-        Ok(Ok(0)) | Ok(Err(_)) => false,
-    }
-}
-
 fn exit_state_of(info: &ContainerInspectResponse) -> Option<ExitState> {
     let state = info.state.as_ref()?;
     if state.running.unwrap_or(false) {
@@ -271,27 +390,6 @@ fn exit_state_of(info: &ContainerInspectResponse) -> Option<ExitState> {
         oom_killed: state.oom_killed.unwrap_or(false),
         memory_limit_mb: (memory > 0).then_some(memory as u64 / (1024 * 1024)),
     })
-}
-
-/// Port 8080 published on an ephemeral port of 127.0.0.1.
-fn published_task_port() -> HashMap<String, Option<Vec<PortBinding>>> {
-    HashMap::from([(
-        format!("{TASK_PORT}/tcp"),
-        Some(vec![PortBinding {
-            host_ip: Some("127.0.0.1".into()),
-            host_port: Some(String::new()),
-        }]),
-    )])
-}
-
-/// Joining network `name` at create time.
-fn joined(name: &str) -> NetworkingConfig {
-    NetworkingConfig {
-        endpoints_config: Some(HashMap::from([(
-            name.to_string(),
-            EndpointSettings::default(),
-        )])),
-    }
 }
 
 fn label_filter(key: &str, value: &str) -> (String, Vec<String>) {
@@ -313,7 +411,6 @@ impl Engine for DockerEngine {
     }
 
     async fn create(&self, spec: &ContainerSpec) -> Result<String, EngineError> {
-        let port_key = format!("{TASK_PORT}/tcp");
         let hardening = &spec.hardening;
         let mut host_config = HostConfig {
             nano_cpus: Some(spec.nano_cpus),
@@ -321,10 +418,8 @@ impl Engine for DockerEngine {
             // No swap beyond the memory limit: a task gets exactly the memory it asked for.
             memory_swap: Some(spec.memory_bytes),
             runtime: spec.runtime.clone(),
-            network_mode: match &spec.sandbox {
-                Some(sandbox) => Some(format!("container:{}", sandbox.id)),
-                None => spec.network.clone(),
-            },
+            // The sandbox's namespace is the task's only network.
+            network_mode: Some(format!("container:{}", spec.sandbox.id)),
             // Untrusted code: no privilege gain, no capabilities (a task serving on port
             // 8080 needs none), bounded processes, files and logs.
             privileged: Some(false),
@@ -352,11 +447,6 @@ impl Engine for DockerEngine {
                 "rw,nosuid,nodev,size=64m".to_string(),
             )]));
         }
-        // In a sandbox, the network (its ports included) is the holder's.
-        let own_network = spec.sandbox.is_none();
-        if spec.publish_port && own_network {
-            host_config.port_bindings = Some(published_task_port());
-        }
         if let Some(sgx) = &spec.sgx {
             host_config.devices = Some(vec![DeviceMapping {
                 path_on_host: Some(sgx.device.clone()),
@@ -375,21 +465,14 @@ impl Engine for DockerEngine {
                 ..Default::default()
             }]);
         }
-        let networking_config = spec
-            .network
-            .as_ref()
-            .filter(|_| own_network)
-            .map(|n| joined(n));
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
             labels: Some(spec.labels.clone()),
-            exposed_ports: own_network.then(|| HashMap::from([(port_key, HashMap::new())])),
             // A terminal makes C stdio and CPython line-buffer stdout, so a task's plain
             // `print("meca-init-done")` reaches the log at once (on a pipe it would wait in
             // a 4-8 KiB buffer).
             tty: Some(spec.tty),
             host_config: Some(host_config),
-            networking_config,
             ..Default::default()
         };
         let created = self
@@ -408,7 +491,7 @@ impl Engine for DockerEngine {
         id: &str,
         spec: &ContainerSpec,
         deadline: Duration,
-    ) -> Result<SocketAddr, EngineError> {
+    ) -> Result<TaskAddr, EngineError> {
         self.docker
             .start_container(id, None::<StartContainerOptions>)
             .await
@@ -449,17 +532,9 @@ impl Engine for DockerEngine {
         if let Some(state) = exit_state_of(&info) {
             return Err(EngineError::ExitedAfterReady(state));
         }
-        let addr = match &spec.sandbox {
-            Some(sandbox) => sandbox.addr,
-            None => Self::task_address(&info, spec.network.as_deref(), spec.publish_port)?,
-        };
+        let addr = spec.sandbox.addr.clone();
         let left = deadline.saturating_sub(started.elapsed());
-        match tokio::time::timeout(
-            left,
-            Self::until_listening(addr, spec.publish_port, &mut logs),
-        )
-        .await
-        {
+        match tokio::time::timeout(left, Self::until_listening(&addr, &mut logs)).await {
             Err(_) => Err(EngineError::NotListening(deadline)),
             Ok(true) => Ok(addr),
             Ok(false) => match exit_state_of(&self.inspect(id).await?) {
@@ -569,69 +644,28 @@ impl Engine for DockerEngine {
             .boxed()
     }
 
-    async fn ensure_internal_network(
-        &self,
-        name: &str,
-        labels: &HashMap<String, String>,
-    ) -> Result<bool, EngineError> {
-        match self
-            .docker
-            .inspect_network(name, None::<InspectNetworkOptions>)
-            .await
-        {
-            Ok(network) if network.internal == Some(true) => {
-                // Ours when it carries our labels (left by an earlier instance of ours).
-                let theirs = network.labels.unwrap_or_default();
-                Ok(labels.iter().all(|(k, v)| theirs.get(k) == Some(v)))
-            }
-            Ok(_) => Err(EngineError::Api(format!(
-                "network {name} exists but is not internal: tasks on it could reach outside"
-            ))),
-            Err(e) if is_not_found(&e) => {
-                let request = NetworkCreateRequest {
-                    name: name.to_string(),
-                    driver: Some("bridge".into()),
-                    internal: Some(true),
-                    labels: Some(labels.clone()),
-                    ..Default::default()
-                };
-                self.docker
-                    .create_network(request)
-                    .await
-                    .map_err(api_error)?;
-                Ok(true)
-            }
-            Err(e) => Err(api_error(e)),
-        }
-    }
-
-    async fn remove_network(&self, name: &str) -> Result<(), EngineError> {
-        match self.docker.remove_network(name).await {
-            Ok(()) => Ok(()),
-            Err(e) if is_not_found(&e) => Ok(()),
-            Err(e) => Err(api_error(e)),
-        }
+    async fn prepare_sandboxes(&self, dir: &Path) -> Result<(), EngineError> {
+        let shared = self.socket_dir(dir).await?;
+        tracing::info!(dir = %dir.display(), mount = ?shared.mount.typ, source = ?shared.mount.source, "sandbox sockets shared with holders");
+        // Prepared once per process: a second call (a test's) keeps the first answer.
+        let _ = self.sockets.set(shared);
+        Ok(())
     }
 
     async fn ensure_holder_image(&self, name: &str) -> Result<(), EngineError> {
         if self.image_present(name).await? {
             return Ok(());
         }
-        let program = holder::holder_program().ok_or_else(|| {
-            EngineError::Api(format!(
-                "no sandbox holder program for this architecture ({})",
-                std::env::consts::ARCH
-            ))
-        })?;
+        let program = holder::holder_program();
         let (repo, tag) = name.rsplit_once(':').unwrap_or((name, "latest"));
         let options = CreateImageOptions {
             from_src: Some("-".into()),
             repo: Some(repo.to_string()),
             tag: Some(tag.to_string()),
-            changes: vec![format!("CMD [\"{}\"]", holder::HOLDER_PATH)],
+            changes: vec![format!("CMD [\"{HOLDER_PATH}\"]")],
             ..Default::default()
         };
-        let body = bollard::body_full(holder::rootfs_tar(&program).into());
+        let body = bollard::body_full(holder::rootfs_tar(program, HOLDER_PATH).into());
         let mut progress = self.docker.create_image(Some(options), Some(body), None);
         while let Some(item) = progress.next().await {
             let info = item.map_err(api_error)?;
@@ -645,35 +679,133 @@ impl Engine for DockerEngine {
         Ok(())
     }
 
-    async fn start_holder(&self, spec: &HolderSpec) -> Result<SandboxRef, EngineError> {
-        let mut host_config = HostConfig {
-            memory: Some(spec.memory_bytes),
-            memory_swap: Some(spec.memory_bytes),
-            // It never runs: it sleeps in pause(2) until it is removed.
-            nano_cpus: Some(10_000_000),
-            network_mode: spec.network.clone(),
-            privileged: Some(false),
-            security_opt: Some(vec!["no-new-privileges".into()]),
-            cap_drop: Some(vec!["ALL".into()]),
-            pids_limit: Some(4),
-            readonly_rootfs: Some(true),
-            log_config: Some(HostConfigLogConfig {
-                typ: Some("none".into()),
-                config: None,
+    async fn host_addresses(&self, holder_image: &str) -> Result<Vec<String>, EngineError> {
+        // A holder in the host's network namespace lists its addresses, and is removed.
+        let body = ContainerCreateBody {
+            image: Some(holder_image.to_string()),
+            cmd: Some(vec![HOLDER_PATH.to_string(), "addrs".to_string()]),
+            labels: Some(HashMap::from([(
+                super::LABEL_ROLE.to_string(),
+                "host-addresses".to_string(),
+            )])),
+            host_config: Some(HostConfig {
+                network_mode: Some("host".into()),
+                cap_drop: Some(vec!["ALL".into()]),
+                security_opt: Some(vec!["no-new-privileges".into()]),
+                readonly_rootfs: Some(true),
+                memory: Some(16 * 1024 * 1024),
+                ..Default::default()
             }),
             ..Default::default()
         };
-        if spec.publish_port {
-            host_config.port_bindings = Some(published_task_port());
+        let id = self
+            .docker
+            .create_container(None::<CreateContainerOptions>, body)
+            .await
+            .map_err(api_error)?
+            .id;
+        let listed = async {
+            self.docker
+                .start_container(&id, None::<StartContainerOptions>)
+                .await
+                .map_err(api_error)?;
+            self.kill_wait(&id).await?;
+            let options = LogsOptions {
+                stdout: true,
+                ..Default::default()
+            };
+            let mut logs = self.docker.logs(&id, Some(options));
+            let mut text = String::new();
+            while let Some(item) = logs.next().await {
+                text.push_str(&String::from_utf8_lossy(
+                    &item.map_err(api_error)?.into_bytes(),
+                ));
+            }
+            Ok::<_, EngineError>(text)
+        };
+        let listed = listed.await;
+        self.remove(&id).await?;
+        let addrs: Vec<String> = listed?
+            .lines()
+            .map(str::trim)
+            .filter(|l| {
+                l.parse::<std::net::Ipv4Addr>()
+                    .is_ok_and(|a| !a.is_loopback())
+            })
+            .map(String::from)
+            .collect();
+        tracing::info!(?addrs, "the host's own addresses (unreachable from tasks)");
+        Ok(addrs)
+    }
+
+    async fn start_holder(&self, spec: &HolderSpec) -> Result<SandboxRef, EngineError> {
+        let shared = self.sockets.get().ok_or_else(|| {
+            EngineError::Api("sandboxes were not prepared (no socket directory)".into())
+        })?;
+        let name = spec.socket.strip_prefix(&shared.local).map_err(|_| {
+            EngineError::Api(format!(
+                "socket {} is outside the sandbox directory {}",
+                spec.socket.display(),
+                shared.local.display()
+            ))
+        })?;
+        let inside = shared.inside.join(name).display().to_string();
+        let mut cmd = vec![HOLDER_PATH.to_string(), "relay".to_string(), inside];
+        let mut user = shared.user.clone();
+        let mut host_config = HostConfig {
+            memory: Some(spec.memory_bytes),
+            memory_swap: Some(spec.memory_bytes),
+            privileged: Some(false),
+            security_opt: Some(vec!["no-new-privileges".into()]),
+            cap_drop: Some(vec!["ALL".into()]),
+            // One thread; two descriptors per relayed connection.
+            pids_limit: Some(8),
+            ulimits: Some(vec![ResourcesUlimits {
+                name: Some("nofile".into()),
+                soft: Some(8192),
+                hard: Some(8192),
+            }]),
+            readonly_rootfs: Some(true),
+            mounts: Some(vec![shared.mount.clone()]),
+            log_config: Some(HostConfigLogConfig {
+                typ: Some("json-file".into()),
+                config: Some(HashMap::from([
+                    ("max-size".to_string(), "64k".to_string()),
+                    ("max-file".to_string(), "1".to_string()),
+                ])),
+            }),
+            ..Default::default()
+        };
+        match &spec.network {
+            SandboxNetwork::None => host_config.network_mode = Some("none".into()),
+            SandboxNetwork::Egress { network, blocked } => {
+                host_config.network_mode = Some(network.clone().unwrap_or("bridge".into()));
+                // The holder's own process sets the routes as root, before any task joins,
+                // hands its socket to the executor's user and drops every capability; a
+                // task container gets none.
+                user = "0:0".to_string();
+                cmd.extend(["--owner".to_string(), shared.user.clone()]);
+                host_config.cap_add = Some(vec![
+                    "NET_ADMIN".into(),
+                    "CHOWN".into(),
+                    "DAC_OVERRIDE".into(),
+                ]);
+                host_config.sysctls = Some(HashMap::from([(
+                    "net.ipv6.conf.all.disable_ipv6".to_string(),
+                    "1".to_string(),
+                )]));
+                for prefix in blocked {
+                    cmd.push("--block".into());
+                    cmd.push(prefix.clone());
+                }
+            }
         }
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
             labels: Some(spec.labels.clone()),
-            exposed_ports: spec
-                .publish_port
-                .then(|| HashMap::from([(format!("{TASK_PORT}/tcp"), HashMap::new())])),
+            user: Some(user),
+            cmd: Some(cmd),
             host_config: Some(host_config),
-            networking_config: spec.network.as_deref().map(joined),
             ..Default::default()
         };
         let id = self
@@ -687,14 +819,13 @@ impl Engine for DockerEngine {
                 .start_container(&id, None::<StartContainerOptions>)
                 .await
                 .map_err(api_error)?;
-            let info = self.inspect(&id).await?;
-            if exit_state_of(&info).is_some() {
-                return Err(EngineError::Api("the sandbox holder exited at once".into()));
-            }
-            Self::task_address(&info, spec.network.as_deref(), spec.publish_port)
+            self.until_relay_listens(&id, &spec.socket).await
         };
         match started.await {
-            Ok(addr) => Ok(SandboxRef { id, addr }),
+            Ok(()) => Ok(SandboxRef {
+                id,
+                addr: TaskAddr::Relay(spec.socket.clone()),
+            }),
             Err(e) => {
                 if let Err(removal) = self.remove(&id).await {
                     tracing::warn!(container = %id, error = %removal, "could not remove a failed sandbox holder");
@@ -734,6 +865,18 @@ impl Engine for DockerEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_the_container_it_runs_in_from_its_hostname_mount() {
+        let id = "4f".repeat(32);
+        let info = format!(
+            "600 500 0:52 / / rw,relatime - overlay overlay rw\n\
+             612 600 254:1 /var/lib/docker/containers/{id}/hostname /etc/hostname rw,relatime - ext4 /dev/vda rw\n"
+        );
+        assert_eq!(own_container_id(&info), Some(id));
+        let host = "22 1 254:1 / / rw,relatime shared:1 - ext4 /dev/vda rw\n";
+        assert_eq!(own_container_id(host), None);
+    }
 
     #[test]
     fn default_tag() {

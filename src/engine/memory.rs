@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use tokio::sync::broadcast;
 
-use super::{ContainerSpec, Engine, EngineError, ExitState, HolderSpec, SandboxRef};
+use super::{ContainerSpec, Engine, EngineError, ExitState, HolderSpec, SandboxRef, TaskAddr};
 use crate::task::Call;
 use crate::task_client::{Answer, CallError, TaskCall};
 
@@ -373,22 +374,25 @@ impl Engine for MemoryEngine {
         if !state.images.get(&spec.image).is_some_and(|s| s.present) {
             return Err(EngineError::Api(format!("No such image: {}", spec.image)));
         }
-        let sandbox = spec.sandbox.as_ref().map(|s| s.id.clone());
-        if let Some(sandbox) = &sandbox {
-            if !state.containers.get(sandbox).is_some_and(|h| h.holder) {
-                return Err(EngineError::Api(format!("no such sandbox {sandbox}")));
-            }
-            if state
-                .containers
-                .values()
-                .any(|c| c.sandbox.as_ref() == Some(sandbox))
-            {
-                state.sandbox_conflicts += 1;
-                return Err(EngineError::Api(format!(
-                    "sandbox {sandbox} already holds a task"
-                )));
-            }
+        let sandbox = &spec.sandbox.id;
+        if !state
+            .containers
+            .get(sandbox)
+            .is_some_and(|h| h.holder && h.state == MemState::Running)
+        {
+            return Err(EngineError::Api(format!("no such sandbox {sandbox}")));
         }
+        if state
+            .containers
+            .values()
+            .any(|c| c.sandbox.as_ref() == Some(sandbox))
+        {
+            state.sandbox_conflicts += 1;
+            return Err(EngineError::Api(format!(
+                "sandbox {sandbox} already holds a task"
+            )));
+        }
+        let sandbox = Some(sandbox.clone());
         Ok(state.add(MemContainer {
             milli_cpu: (spec.nano_cpus / 1_000_000) as u64,
             mem_mb: (spec.memory_bytes / (1024 * 1024)) as u64,
@@ -405,7 +409,7 @@ impl Engine for MemoryEngine {
         id: &str,
         spec: &ContainerSpec,
         deadline: Duration,
-    ) -> Result<SocketAddr, EngineError> {
+    ) -> Result<TaskAddr, EngineError> {
         self.check_reachable()?;
         let script = {
             let mut state = self.lock();
@@ -427,7 +431,7 @@ impl Engine for MemoryEngine {
                 }
                 let n: u16 = id.trim_start_matches("mem-").parse().unwrap_or(0);
                 // A loopback address that is never connected to: calls stay in memory.
-                Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, n)))
+                Ok(TaskAddr::Tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, n))))
             }
             StartScript::Exit(after, code) if after <= deadline => {
                 tokio::time::sleep(after).await;
@@ -523,7 +527,7 @@ impl Engine for MemoryEngine {
         let n: u16 = state.next_id.try_into().unwrap_or(0);
         Ok(SandboxRef {
             id,
-            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, n)),
+            addr: TaskAddr::Tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, n))),
         })
     }
 
@@ -611,24 +615,24 @@ impl Engine for MemoryEngine {
         Ok(self.runtimes.clone())
     }
 
-    async fn ensure_internal_network(
-        &self,
-        _name: &str,
-        _labels: &HashMap<String, String>,
-    ) -> Result<bool, EngineError> {
+    async fn prepare_sandboxes(&self, _dir: &Path) -> Result<(), EngineError> {
+        self.check_reachable()
+    }
+
+    fn sockets_on_disk(&self) -> bool {
+        false
+    }
+
+    async fn host_addresses(&self, _holder_image: &str) -> Result<Vec<String>, EngineError> {
         self.check_reachable()?;
-        Ok(true)
+        Ok(vec!["192.0.2.1".to_string()])
     }
 
-    async fn remove_network(&self, _name: &str) -> Result<(), EngineError> {
-        Ok(())
-    }
-
-    fn task_client(&self, id: &str, addr: SocketAddr, _max: usize) -> Arc<dyn TaskCall> {
+    fn task_client(&self, id: &str, addr: &TaskAddr, _max: usize) -> Arc<dyn TaskCall> {
         Arc::new(MemTask {
             engine: self.clone(),
             id: id.to_string(),
-            addr,
+            addr: addr.clone(),
         })
     }
 }
@@ -637,7 +641,7 @@ impl Engine for MemoryEngine {
 struct MemTask {
     engine: MemoryEngine,
     id: String,
-    addr: SocketAddr,
+    addr: TaskAddr,
 }
 
 impl std::fmt::Debug for MemTask {
@@ -648,8 +652,8 @@ impl std::fmt::Debug for MemTask {
 
 #[async_trait]
 impl TaskCall for MemTask {
-    fn addr(&self) -> SocketAddr {
-        self.addr
+    fn addr(&self) -> &TaskAddr {
+        &self.addr
     }
 
     async fn call(

@@ -13,6 +13,7 @@ pub mod ready;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -59,10 +60,6 @@ pub struct ContainerSpec {
     /// OCI runtime registered with the engine; `None` = the engine's default.
     pub runtime: Option<String>,
     pub labels: HashMap<String, String>,
-    /// Network to join; `None` = the engine's default.
-    pub network: Option<String>,
-    /// Publish the task port on 127.0.0.1 and reach the task there.
-    pub publish_port: bool,
     pub sgx: Option<SgxMounts>,
     /// UUIDs of the NVIDIA GPUs the task gets (device request, driver `nvidia`).
     pub gpus: Vec<String>,
@@ -70,18 +67,50 @@ pub struct ContainerSpec {
     /// Give the task a terminal as stdout and stderr (one merged stream), so C stdio and
     /// CPython line-buffer what it prints.
     pub tty: bool,
-    /// Join this sandbox's network namespace instead of getting one of its own (`network`
-    /// and `publish_port` then apply to the sandbox, not to the container).
-    pub sandbox: Option<SandboxRef>,
+    /// The sandbox whose network namespace the task joins: its only network, and the only
+    /// way to it ([`SandboxRef::addr`]).
+    pub sandbox: SandboxRef,
 }
 
-/// A started sandbox holder: a container that only holds a network namespace, which a task
-/// container joins; the task answers at the holder's address.
+/// Where the executor reaches a task.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum TaskAddr {
+    /// The Unix socket of the task's sandbox holder, which relays each connection to the
+    /// task's port 8080 inside the sandbox (see `holder/program.rs`).
+    Relay(PathBuf),
+    /// A TCP address of the task's port.
+    Tcp(SocketAddr),
+}
+
+impl std::fmt::Display for TaskAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TaskAddr::Relay(path) => write!(f, "unix:{}", path.display()),
+            TaskAddr::Tcp(addr) => addr.fmt(f),
+        }
+    }
+}
+
+/// A started sandbox holder: a container that holds a network namespace, which a task
+/// container joins, and relays the executor's connections to the task inside it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxRef {
     pub id: String,
     /// Where a task listening on port 8080 inside the sandbox answers.
-    pub addr: SocketAddr,
+    pub addr: TaskAddr,
+}
+
+/// What a task's network namespace is connected to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SandboxNetwork {
+    /// Nothing: the namespace has only its loopback interface.
+    None,
+    /// Docker network `network` (`None`: the default bridge), with every destination in
+    /// `blocked` unreachable from inside (routes the task cannot change).
+    Egress {
+        network: Option<String>,
+        blocked: Vec<String>,
+    },
 }
 
 /// Everything needed to start one sandbox holder.
@@ -90,10 +119,10 @@ pub struct HolderSpec {
     /// The holder image ([`Engine::ensure_holder_image`]).
     pub image: String,
     pub labels: HashMap<String, String>,
-    /// Network the sandbox (and so its task) joins; `None` = the engine's default.
-    pub network: Option<String>,
-    /// Publish port 8080 of the sandbox on 127.0.0.1 and reach its task there.
-    pub publish_port: bool,
+    pub network: SandboxNetwork,
+    /// Where the holder's relay socket appears for the executor: a path in the directory
+    /// given to [`Engine::prepare_sandboxes`].
+    pub socket: PathBuf,
     pub memory_bytes: i64,
 }
 
@@ -172,7 +201,7 @@ pub trait Engine: Send + Sync + 'static {
         id: &str,
         spec: &ContainerSpec,
         deadline: Duration,
-    ) -> Result<SocketAddr, EngineError>;
+    ) -> Result<TaskAddr, EngineError>;
     /// How the container ended, or `None` while it is still running.
     async fn exit_state(&self, id: &str) -> Result<Option<ExitState>, EngineError>;
     /// Removes the container (killing it if needed). Removing a missing container is Ok.
@@ -193,20 +222,24 @@ pub trait Engine: Send + Sync + 'static {
     ) -> BoxStream<'static, Result<String, EngineError>>;
     /// Names of the OCI runtimes the engine has registered.
     async fn runtimes(&self) -> Result<Vec<String>, EngineError>;
-    /// Makes sure network `name` exists and is internal (no route out); creates it with
-    /// `labels` when absent. Returns whether it is ours to remove: created now, or carrying
-    /// `labels` (left by an earlier instance).
-    async fn ensure_internal_network(
-        &self,
-        name: &str,
-        labels: &HashMap<String, String>,
-    ) -> Result<bool, EngineError>;
-    async fn remove_network(&self, name: &str) -> Result<(), EngineError>;
+    /// Makes ready to give sandbox holders `dir`, the directory where their relay sockets
+    /// appear for the executor (the engine finds how to share it with them: the directory
+    /// itself, or the volume it is on when the executor runs in a container). Fails with
+    /// the reason when it cannot be shared.
+    async fn prepare_sandboxes(&self, dir: &Path) -> Result<(), EngineError>;
+    /// Whether the holders' sockets are files in that directory (an engine that relays in
+    /// memory needs no directory at all).
+    fn sockets_on_disk(&self) -> bool {
+        true
+    }
     /// Makes sure the sandbox holder image `name` is present, importing it when absent.
     /// Fails when the holder program does not exist for this architecture.
     async fn ensure_holder_image(&self, name: &str) -> Result<(), EngineError>;
-    /// Creates and starts a sandbox holder; returns it once its network namespace exists.
-    /// A holder that fails half-way is removed.
+    /// The host's own IPv4 addresses (every interface of the host's network namespace, as
+    /// the engine's daemon sees it), found with a holder of image `holder_image`.
+    async fn host_addresses(&self, holder_image: &str) -> Result<Vec<String>, EngineError>;
+    /// Creates and starts a sandbox holder; returns it once its relay socket accepts
+    /// connections. A holder that fails half-way is removed.
     async fn start_holder(&self, spec: &HolderSpec) -> Result<SandboxRef, EngineError>;
     /// Changes the CPU quota and memory limit (swap: none beyond memory) of a running
     /// container.
@@ -220,9 +253,12 @@ pub trait Engine: Send + Sync + 'static {
     fn task_client(
         &self,
         _id: &str,
-        addr: SocketAddr,
+        addr: &TaskAddr,
         max_answer_bytes: usize,
     ) -> std::sync::Arc<dyn crate::task_client::TaskCall> {
-        std::sync::Arc::new(crate::task_client::TaskClient::new(addr, max_answer_bytes))
+        std::sync::Arc::new(crate::task_client::TaskClient::new(
+            addr.clone(),
+            max_answer_bytes,
+        ))
     }
 }

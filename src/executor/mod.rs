@@ -27,7 +27,6 @@ mod spares;
 mod start;
 mod watcher;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -126,14 +125,13 @@ pub struct Executor {
     spares: Arc<Spares>,
     /// `keep_alive: adaptive`: the policy that learns each key's idle times.
     adaptive: Option<Arc<Adaptive>>,
-    /// The internal task network this executor owns (removed at shutdown).
-    created_network: Option<String>,
 }
 
 impl Executor {
-    /// Prepares the internal task network if configured, removes what an earlier instance
-    /// with the same name left, learns the engine's runtimes and GPUs, and starts the
-    /// background tasks (idle reaper, container watcher, prewarm keeper).
+    /// Removes what an earlier instance with the same name left, proves that the engine can
+    /// isolate tasks as `task_network` says (else fails: nothing runs weaker than
+    /// configured), learns the engine's runtimes and GPUs, and starts the background tasks
+    /// (idle reaper, container watcher, sandbox and prewarm keepers).
     pub async fn start(
         config: Config,
         engine: Arc<dyn Engine>,
@@ -145,22 +143,12 @@ impl Executor {
     /// [`start`](Self::start) on a given host (a fixed one for simulations).
     pub async fn start_on(
         host: Host,
-        mut config: Config,
+        config: Config,
         engine: Arc<dyn Engine>,
         gpu_loader: GpuLoader,
     ) -> Result<Arc<Executor>, ExecError> {
-        let mut created_network = None;
-        if config.internal_network {
-            let name = config
-                .network
-                .clone()
-                .unwrap_or_else(|| format!("mecanywhere-tasks-{}", config.name));
-            let labels = HashMap::from([(LABEL_EXECUTOR.to_string(), config.name.clone())]);
-            if engine.ensure_internal_network(&name, &labels).await? {
-                tracing::info!(network = %name, "internal task network ready (no route out)");
-                created_network = Some(name.clone());
-            }
-            config.network = Some(name);
+        for retired in &config.retired {
+            tracing::warn!("config: {retired}");
         }
         let total = task_budget(&config, host.capacity());
         let orphans = engine.list_labelled(LABEL_EXECUTOR, &config.name).await?;
@@ -177,6 +165,8 @@ impl Executor {
         let prewarm = !config.prewarm.is_empty() || adaptive.is_some();
         let pull_slots = config.max_concurrent_pulls as usize;
         let ctx = Context::new(engine, config);
+        let sandboxes = Arc::new(Sandboxes::prepare(ctx.clone()).await?);
+        ctx.metrics.task_network(ctx.config().task_network);
         let pool = Pool::new();
         let budget = Budget::new(total);
         let gpus = Arc::new(Gpus::new(gpu_loader));
@@ -193,7 +183,6 @@ impl Executor {
             Arc::clone(&spares),
             adaptive.clone(),
         ));
-        let sandboxes = Arc::new(Sandboxes::new(ctx.clone()));
         let starter = Arc::new(Starter::new(
             ctx.clone(),
             Arc::clone(&pool),
@@ -264,7 +253,6 @@ impl Executor {
             sandboxes,
             spares,
             adaptive,
-            created_network,
         }))
     }
 
@@ -664,11 +652,7 @@ impl Executor {
             }
             Err(e) => tracing::error!(error = %e, "could not list task containers to remove"),
         }
-        if let Some(network) = &self.created_network {
-            if let Err(e) = engine.remove_network(network).await {
-                tracing::error!(%network, error = %e, "could not remove the task network");
-            }
-        }
+        self.sandboxes.remove_dir();
         tracing::info!("all task containers removed");
     }
 }

@@ -23,7 +23,7 @@ use super::context::Context;
 use super::pulls::Pulls;
 use super::removals::Removals;
 use super::room::Room;
-use super::sandboxes::{SandboxLease, Sandboxes};
+use super::sandboxes::Sandboxes;
 use super::spares::Spares;
 use super::ExecError;
 use crate::config::Config;
@@ -366,33 +366,44 @@ impl Starter {
         cancel: &CancellationToken,
         spare: bool,
     ) -> Result<Arc<Container>, ExecError> {
-        let mut sandbox = self.sandboxes.take(key);
         let engine = &self.ctx.engine;
+        let mut sandbox = match self.sandboxes.take() {
+            Some(sandbox) => sandbox,
+            None => {
+                let own = self.sandboxes.start_own().await;
+                phases.lap("sandbox");
+                match own {
+                    Ok(sandbox) => sandbox,
+                    // Nothing was created: the reservation is released with it.
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        // A pooled sandbox whose holder died (stopped from outside) cannot be joined: the
+        // engine refuses, and the start takes a sandbox of its own instead (once).
+        let mut retried = false;
         loop {
-            let mut spec = self.container_spec(
-                key,
-                config,
-                reservation.gpus(),
-                sandbox.as_ref().map(|s| s.holder().clone()),
-            );
+            let mut spec =
+                self.container_spec(key, config, reservation.gpus(), sandbox.holder().clone());
             if spare {
                 // Docker cannot change labels later: a claimed spare keeps this one (and the
                 // task key and size labels of the key it was started for).
                 spec.labels
                     .insert(LABEL_ROLE.to_string(), ROLE_SPARE.to_string());
             }
-            // A sandbox whose holder died (stopped from outside) cannot be joined: the engine
-            // refuses, and the task gets a network of its own instead (once).
-            let sandbox_failed = |sandbox: &Option<SandboxLease>, e: &EngineError| {
-                sandbox.is_some()
-                    && matches!(e, EngineError::Api(_) | EngineError::NoSuchContainer(_))
+            let sandbox_failed = |e: &EngineError| {
+                !retried && matches!(e, EngineError::Api(_) | EngineError::NoSuchContainer(_))
             };
             // Not cancelled half-way: once created, the container is removed on every path.
             let id = match engine.create(&spec).await {
                 Ok(id) => id,
-                Err(e) if sandbox_failed(&sandbox, &e) => {
-                    tracing::warn!(key = %key, error = %e, "could not join a pooled sandbox; the task gets a network of its own");
-                    sandbox = None;
+                Err(e) if sandbox_failed(&e) => {
+                    tracing::warn!(key = %key, error = %e, "could not join a pooled sandbox; the start takes a sandbox of its own");
+                    retried = true;
+                    match self.sandboxes.start_own().await {
+                        Ok(own) => sandbox = own,
+                        Err(e) => return Err(e),
+                    }
                     continue;
                 }
                 Err(e) => return Err(e.into()),
@@ -406,7 +417,7 @@ impl Starter {
             phases.lap("start");
             let e = match started {
                 Ok(addr) => {
-                    let client = engine.task_client(&id, addr, config.max_answer_bytes);
+                    let client = engine.task_client(&id, &addr, config.max_answer_bytes);
                     let prewarmed = config.prewarm.iter().any(|p| &p.key == key);
                     return Ok(Arc::new(Container::new(
                         id,
@@ -415,14 +426,19 @@ impl Starter {
                         reservation,
                         prewarmed,
                         self.pool.idle_signal(),
-                        sandbox,
+                        Some(sandbox),
                     )));
                 }
-                Err(ExecError::Engine(e)) if sandbox_failed(&sandbox, &e) => {
+                Err(ExecError::Engine(e)) if sandbox_failed(&e) => {
                     // Removed at once, its room is the retry's; else it keeps the room.
                     if self.removals.remove(&id).await {
-                        tracing::warn!(key = %key, error = %e, "could not start in a pooled sandbox; the task gets a network of its own");
-                        sandbox = None;
+                        tracing::warn!(key = %key, error = %e, "could not start in a pooled sandbox; the start takes a sandbox of its own");
+                        retried = true;
+                        drop(sandbox);
+                        match self.sandboxes.start_own().await {
+                            Ok(own) => sandbox = own,
+                            Err(e) => return Err(e),
+                        }
                         continue;
                     }
                     self.removals
@@ -453,7 +469,7 @@ impl Starter {
         key: &TaskKey,
         config: &Config,
         gpus: &[String],
-        sandbox: Option<SandboxRef>,
+        sandbox: SandboxRef,
     ) -> ContainerSpec {
         let labels = HashMap::from([
             (LABEL_EXECUTOR.to_string(), config.name.clone()),
@@ -471,8 +487,6 @@ impl Starter {
                 Runtime::MicroVm => config.microvm_runtime.clone(),
             },
             labels,
-            network: config.network.clone(),
-            publish_port: config.publish_task_ports,
             sgx: key.use_sgx.then(|| SgxMounts {
                 device: config.sgx.sgx_device.clone().unwrap_or_default(),
                 aesmd_path: config.sgx.aesmd_path.clone().unwrap_or_default(),

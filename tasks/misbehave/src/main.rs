@@ -25,6 +25,7 @@
 //! | `mark-no-listen`| prints the ready line but never listens                          |
 //! | `no-reuseaddr`  | ready; echoes; binds port 8080 without `SO_REUSEADDR` (as a bare C server does), so it cannot start while a closed connection of port 8080 lingers in `TIME_WAIT` in its network namespace |
 //! | `listen-first`  | listens at once but answers 503 `not ready yet` until it prints the ready line `MARK_DELAY_SECS` (default 2) later; then echoes |
+//! | `probe`         | ready; `POST /` with a JSON array of `"IP:PORT"` strings tries a TCP connect (1 s timeout) to each; answers `{"hostname": .., "interfaces": [..from /proc/net/dev..], "results": {"IP:PORT": "connected" \| "refused" \| "unreachable" \| "timeout" \| "error: <kind>"}}` |
 //!
 //! Any other (or no) `MODE`: an error on stderr and exit code 64.
 
@@ -211,11 +212,19 @@ fn main() {
                 }
             })
         }
+        "probe" => ready_and_serve(|req, conn| {
+            if req.method == "POST" && req.path == "/" {
+                conn.respond(200, "application/json", probe(&req.body).as_bytes())
+            } else {
+                not_found(conn)
+            }
+        }),
         other => {
             eprintln!(
                 "misbehave-task: unknown MODE {other:?} (expected one of: crash, never-ready, \
                  exit-at-start, slow-start, slow-answer, binary, hang, huge, oom, bad-status, garbage, sgx, routes, \
-                 kernel, buffered, mark-first, listen-first, env, limits, mark-no-listen, no-reuseaddr)"
+                 kernel, buffered, mark-first, listen-first, env, limits, mark-no-listen, no-reuseaddr, \
+                 probe)"
             );
             std::process::exit(64)
         }
@@ -295,7 +304,10 @@ fn bind_without_reuseaddr() -> std::net::TcpListener {
             || bind(fd, &addr, std::mem::size_of::<SockaddrIn>() as u32) != 0
             || listen(fd, 128) != 0
         {
-            eprintln!("cannot listen on 0.0.0.0:8080: {}", io::Error::last_os_error());
+            eprintln!(
+                "cannot listen on 0.0.0.0:8080: {}",
+                io::Error::last_os_error()
+            );
             std::process::exit(1);
         }
         std::net::TcpListener::from_raw_fd(fd)
@@ -342,6 +354,128 @@ fn cgroup_limits() -> String {
     };
     let mem = memory.map_or("null".into(), |m| format!("{}", m / 1048576.0));
     format!("{{\"cpu\":{cpu},\"mem_mb\":{mem}}}")
+}
+
+/// `probe`: the task's hostname (in a joined network namespace Docker gives the task the
+/// hostname of the container it joined), the network interfaces of its namespace and, for
+/// each `IP:PORT` of the JSON array `body`, what a TCP connect to it (1 s timeout) does.
+/// As JSON.
+fn probe(body: &[u8]) -> String {
+    let targets = match parse_string_array(&String::from_utf8_lossy(body)) {
+        Some(targets) => targets,
+        None => return "{\"error\":\"the body is not a JSON array of strings\"}".into(),
+    };
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let mut out = String::from("{\"hostname\":");
+    push_json_string(&mut out, hostname.trim());
+    out.push_str(",\"interfaces\":[");
+    for (i, name) in interfaces().iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_json_string(&mut out, name);
+    }
+    out.push_str("],\"results\":{");
+    for (i, target) in targets.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_json_string(&mut out, target);
+        out.push(':');
+        push_json_string(&mut out, &connect_outcome(target));
+    }
+    out.push_str("}}");
+    out
+}
+
+/// The interface names in /proc/net/dev (after its two header lines).
+fn interfaces() -> Vec<String> {
+    std::fs::read_to_string("/proc/net/dev")
+        .unwrap_or_default()
+        .lines()
+        .skip(2)
+        .filter_map(|line| {
+            line.split_once(':')
+                .map(|(name, _)| name.trim().to_string())
+        })
+        .filter(|name| !name.is_empty())
+        .collect()
+}
+
+/// What a TCP connect to `target` (`IP:PORT`) does within 1 s.
+fn connect_outcome(target: &str) -> String {
+    let addr: std::net::SocketAddr = match target.trim().parse() {
+        Ok(addr) => addr,
+        Err(_) => return "error: not an IP:PORT".into(),
+    };
+    match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+        Ok(_) => "connected".into(),
+        Err(e) => match e.kind() {
+            io::ErrorKind::ConnectionRefused => "refused".into(),
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => "timeout".into(),
+            io::ErrorKind::NetworkUnreachable | io::ErrorKind::HostUnreachable => {
+                "unreachable".into()
+            }
+            kind => format!("error: {kind:?} ({e})"),
+        },
+    }
+}
+
+/// Parses a JSON array of strings (escapes `\"`, `\\`, `\/`, `\n`, `\r`, `\t`, `\b`, `\f`,
+/// `\uXXXX` of the basic plane). `None` when `text` is anything else.
+fn parse_string_array(text: &str) -> Option<Vec<String>> {
+    let mut chars = text.trim().chars().peekable();
+    let skip_ws = |chars: &mut std::iter::Peekable<std::str::Chars>| {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+    };
+    if chars.next()? != '[' {
+        return None;
+    }
+    let mut items = Vec::new();
+    skip_ws(&mut chars);
+    if chars.peek() == Some(&']') {
+        chars.next();
+        return chars.next().is_none().then_some(items);
+    }
+    loop {
+        skip_ws(&mut chars);
+        if chars.next()? != '"' {
+            return None;
+        }
+        let mut item = String::new();
+        loop {
+            match chars.next()? {
+                '"' => break,
+                '\\' => match chars.next()? {
+                    '"' => item.push('"'),
+                    '\\' => item.push('\\'),
+                    '/' => item.push('/'),
+                    'n' => item.push('\n'),
+                    'r' => item.push('\r'),
+                    't' => item.push('\t'),
+                    'b' => item.push('\u{8}'),
+                    'f' => item.push('\u{c}'),
+                    'u' => {
+                        let hex: String = (0..4).filter_map(|_| chars.next()).collect();
+                        item.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?);
+                    }
+                    _ => return None,
+                },
+                c => item.push(c),
+            }
+        }
+        items.push(item);
+        skip_ws(&mut chars);
+        match chars.next()? {
+            ',' => continue,
+            ']' => break,
+            _ => return None,
+        }
+    }
+    skip_ws(&mut chars);
+    chars.next().is_none().then_some(items)
 }
 
 fn not_found(conn: &mut http::Conn) -> io::Result<()> {
