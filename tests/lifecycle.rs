@@ -225,30 +225,40 @@ fn bad_config_value_is_refused_and_named() {
     );
 }
 
-/// The executor deployed as a container: its container, the task containers it made, and
+/// The executor deployed as a container: its container (with its anonymous volume, the
+/// sandboxes' socket directory), the task containers it made, the test's own containers and
 /// its network are removed on drop (in that order), also when the test fails.
 struct Deployment {
     container: String,
     network: String,
     executor_name: String,
+    /// Containers the test started itself on the network.
+    others: Vec<String>,
 }
 
 impl Drop for Deployment {
     fn drop(&mut self) {
-        // With its anonymous volume (the sandbox sockets).
         let _ = Command::new("docker")
             .args(["rm", "-f", "-v", &self.container])
             .output();
-        let tasks = containers_of(&self.executor_name);
-        if !tasks.is_empty() {
-            let mut args = vec!["rm", "-f"];
-            args.extend(tasks.iter().map(String::as_str));
+        let mut left = containers_of(&self.executor_name);
+        left.extend(self.others.iter().cloned());
+        if !left.is_empty() {
+            let mut args = vec!["rm", "-f", "-v"];
+            args.extend(left.iter().map(String::as_str));
             let _ = Command::new("docker").args(&args).output();
         }
         let _ = Command::new("docker")
             .args(["network", "rm", &self.network])
             .output();
     }
+}
+
+/// What a TCP connect from the test process to `addr` does.
+fn connect_from_host(addr: std::net::SocketAddr) -> Result<(), String> {
+    std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 #[test]
@@ -266,13 +276,15 @@ fn executor_runs_as_a_container_on_a_user_network() {
     );
 
     let network = format!("meca-test-net-{}", std::process::id());
-    let deployment = Deployment {
+    let mut deployment = Deployment {
         container: unique_name("executor-container"),
         network: network.clone(),
         executor_name: unique_name("in-container"),
+        others: Vec::new(),
     };
     docker(&["network", "create", &network]);
 
+    // No `network:` (refused under the default task_network: isolated).
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(
         dir.path(),
@@ -281,7 +293,11 @@ fn executor_runs_as_a_container_on_a_user_network() {
             deployment.executor_name
         ),
     );
+    // The seed's deployment command: `-v /var/run/docker.sock:/var/run/docker.sock
+    // --net=<network>`, no volume flag of its own; only the config mount and the port
+    // published to this test are added.
     let mount = format!("{config}:/app/mecanywhere_executor.yaml:ro");
+    let net_flag = format!("--net={network}");
     docker(&[
         "run",
         "-d",
@@ -289,10 +305,9 @@ fn executor_runs_as_a_container_on_a_user_network() {
         &deployment.container,
         "-v",
         "/var/run/docker.sock:/var/run/docker.sock",
+        &net_flag,
         "-v",
         &mount,
-        "--net",
-        &network,
         "-p",
         "127.0.0.1::2591",
         "mecanywhere-executor:latest",
@@ -308,6 +323,43 @@ fn executor_runs_as_a_container_on_a_user_network() {
             String::from_utf8_lossy(&out.stderr)
         )
     };
+    // The socket directory is the image's VOLUME, an anonymous volume of this container.
+    let mounts = inspect(
+        &deployment.container,
+        "{{range .Mounts}}{{.Type}}|{{.Destination}}|{{.Name}} {{end}}",
+    );
+    let mut kinds: Vec<(String, String)> = mounts
+        .split_whitespace()
+        .map(|m| {
+            let mut parts = m.split('|');
+            (
+                parts.next().unwrap_or("").to_string(),
+                parts.next().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        [
+            (
+                "bind".to_string(),
+                "/app/mecanywhere_executor.yaml".to_string()
+            ),
+            ("bind".to_string(), "/var/run/docker.sock".to_string()),
+            (
+                "volume".to_string(),
+                "/run/mecanywhere-executor".to_string()
+            ),
+        ],
+        "mounts of the executor container: {mounts}"
+    );
+    let volume = mounts
+        .split_whitespace()
+        .find_map(|m| m.strip_prefix("volume|/run/mecanywhere-executor|"))
+        .unwrap()
+        .to_string();
+
     let published = docker(&["port", &deployment.container, "2591"]);
     let port: u16 = published
         .lines()
@@ -351,7 +403,8 @@ fn executor_runs_as_a_container_on_a_user_network() {
 
     let tasks = tasks_of(&deployment.executor_name);
     assert_eq!(tasks.len(), 1, "{tasks:?}");
-    // The task joined a pooled sandbox: the holder's network is the task's.
+    // The task joined a pooled sandbox, and the sandbox has no network at all (not the
+    // executor's): the executor reaches it through the socket in the shared volume.
     let mode = inspect(&tasks[0], "{{.HostConfig.NetworkMode}}");
     let holder = mode
         .strip_prefix("container:")
@@ -362,19 +415,98 @@ fn executor_runs_as_a_container_on_a_user_network() {
             .any(|h| holder.starts_with(h.as_str())),
         "the task's sandbox {holder} is not one of the executor's holders"
     );
-    // The sandbox has no network: the executor, on its own network, reaches the task only
-    // through the holder's socket on the executor container's volume.
-    assert_eq!(
-        inspect(holder, "{{.HostConfig.NetworkMode}}"),
-        "none",
-        "the task's sandbox has a network"
+    assert_eq!(inspect(holder, "{{.HostConfig.NetworkMode}}"), "none");
+    let networks = inspect(
+        holder,
+        "{{range $name, $n := .NetworkSettings.Networks}}{{$name}}={{$n.IPAddress}} {{end}}",
     );
-    let mounts = inspect(holder, "{{range .Mounts}}{{.Type}} {{end}}");
-    assert_eq!(
-        mounts.trim(),
-        "volume",
-        "the holder mounts the executor's volume"
+    assert!(
+        networks.split_whitespace().all(|n| n == "none="),
+        "the task's sandbox is on a network or has an address: {networks:?}"
     );
+
+    // What a task could try to reach on the executor's network: the executor's API at its
+    // address there, the network's gateway (this host, with a listener of the test), and
+    // another container on it. Each is reachable from the host first.
+    let executor_ip = inspect(
+        &deployment.container,
+        &format!("{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}"),
+    );
+    let api: std::net::SocketAddr = format!("{executor_ip}:2591").parse().unwrap();
+    let health = client.request("GET", &format!("http://{api}/health"), None);
+    assert!(
+        health.as_ref().is_ok_and(|r| r.status == 200),
+        "the executor's API is not at {api} on {network}: {health:?}"
+    );
+    let gateway = docker(&[
+        "network",
+        "inspect",
+        &network,
+        "-f",
+        "{{range .IPAM.Config}}{{.Gateway}}{{end}}",
+    ]);
+    let gateway_listener = std::net::TcpListener::bind((gateway.as_str(), 0))
+        .unwrap_or_else(|e| panic!("cannot listen on the gateway {gateway:?} of {network}: {e}"));
+    let gateway_addr = gateway_listener.local_addr().unwrap();
+    connect_from_host(gateway_addr).expect("the host reaches its own gateway listener");
+    let other = docker(&[
+        "run",
+        "-d",
+        "--name",
+        &unique_name("user-net-peer"),
+        &net_flag,
+        ECHO,
+    ]);
+    deployment.others.push(other.clone());
+    let other_ip = inspect(
+        &other,
+        &format!("{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}"),
+    );
+    let other_addr: std::net::SocketAddr = format!("{other_ip}:8080").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Err(e) = connect_from_host(other_addr) {
+        assert!(
+            Instant::now() < deadline,
+            "the test's container at {other_addr} is not reachable from the host: {e}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let targets = [
+        ("the executor's API on its network", api),
+        ("listener on the network's gateway", gateway_addr),
+        ("a container on the network", other_addr),
+    ];
+    let list: Vec<String> = targets.iter().map(|(_, a)| a.to_string()).collect();
+    let body =
+        json!({"id": "meca-test-probe:latest", "input": serde_json::to_string(&list).unwrap()})
+            .to_string();
+    let reply = client
+        .request("POST", &url("/"), Some(body.into_bytes()))
+        .unwrap();
+    assert!(
+        reply.success(),
+        "the probe failed: {reply:?}; logs:\n{}",
+        logs()
+    );
+    let answer: serde_json::Value = serde_json::from_str(reply.msg())
+        .unwrap_or_else(|e| panic!("probe answer not JSON ({e}): {:?}", reply.msg()));
+    eprintln!("probe through the containerized executor: {answer}");
+    assert_eq!(
+        answer["interfaces"],
+        json!(["lo"]),
+        "the task has interfaces beyond loopback"
+    );
+    for (what, addr) in targets {
+        let got = answer["results"][addr.to_string()].as_str();
+        assert!(
+            got.is_some_and(|g| g != "connected"),
+            "the task reached {what} at {addr}: {got:?}"
+        );
+    }
+    // Only the host's own check ever reached the gateway listener.
+    gateway_listener.set_nonblocking(true).unwrap();
+    let accepted = std::iter::from_fn(|| gateway_listener.accept().ok()).count();
+    assert_eq!(accepted, 1, "connections to the gateway listener");
 
     let stopped = client.request("POST", &url("/stop"), None).unwrap();
     assert!(stopped.success(), "{stopped:?}");
@@ -398,5 +530,14 @@ fn executor_runs_as_a_container_on_a_user_network() {
         left.is_empty(),
         "task containers left: {left:?}; logs:\n{}",
         logs()
+    );
+    drop(deployment);
+    let volume_left = Command::new("docker")
+        .args(["volume", "inspect", &volume])
+        .output()
+        .unwrap();
+    assert!(
+        !volume_left.status.success(),
+        "the executor container's volume {volume} was left"
     );
 }
