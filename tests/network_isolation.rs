@@ -13,10 +13,9 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -33,100 +32,28 @@ const TEST_LABEL: &str = "org.mecanywhere.test=network-isolation";
 // ---------------------------------------------------------------------------------------
 // The executor, listening beyond loopback.
 
-/// An executor process listening on `0.0.0.0:<port>` (so its API is at the bridge gateway
-/// and the host's address too). Dropping it stops it and removes its containers and socket
-/// directories, also when a test fails.
+/// An executor listening on `0.0.0.0:<port>` (so its API is at the bridge gateway and the
+/// host's address too), and the guard of its socket directories: dropped in this order, also
+/// when a test fails (the executor stops and its containers are removed first).
 struct WideExecutor {
-    name: String,
-    port: u16,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-/// A port free on every interface right now.
-fn free_port_everywhere() -> u16 {
-    TcpListener::bind("0.0.0.0:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    ex: Executor,
+    _dirs: SocketDirs,
 }
 
 impl WideExecutor {
     fn start(prefix: &str, yaml: &str) -> WideExecutor {
-        require_images();
         require_image(PROBE);
-        let name = unique_name(prefix);
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("mecanywhere_executor.yaml");
-        let mut f = std::fs::File::create(&config).unwrap();
-        writeln!(f, "{yaml}\nname: {name}\nspare_containers: 0").unwrap();
-        let port = free_port_everywhere();
-        let log = std::fs::File::create(dir.path().join("executor.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_mecanywhere-executor"))
-            .arg("--config")
-            .arg(&config)
-            .arg("--listen")
-            .arg(format!("0.0.0.0:{port}"))
-            .env("RUST_LOG", "info,mecanywhere_executor=debug")
-            .env_remove("MECANYWHERE_EXECUTOR_TOKEN")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("executor binary starts");
-        let mut ex = WideExecutor {
-            name,
-            port,
-            dir,
-            child: Some(child),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = ex.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
-                panic!("executor exited at start ({status}); log:\n{}", ex.log());
-            }
-            if Client::new()
-                .request("GET", &ex.url("/health"), None)
-                .is_ok()
-            {
-                return ex;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "executor did not answer /health within 30s; log:\n{}",
-                ex.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("executor.log")).unwrap_or_default()
-    }
-
-    fn execute(&self, request: &Value) -> Reply {
-        Client::new()
-            .request(
-                "POST",
-                &self.url("/"),
-                Some(request.to_string().into_bytes()),
-            )
-            .unwrap_or_else(|e| panic!("POST /: {e}; log:\n{}", self.log()))
+        let ex = Executor::start_everywhere(prefix, yaml);
+        let dirs = SocketDirs(ex.name.clone());
+        WideExecutor { ex, _dirs: dirs }
     }
 }
 
-impl Drop for WideExecutor {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            terminate(&mut child);
-        }
-        remove_containers_of(&self.name);
-        remove_socket_dirs_of(&self.name);
+impl std::ops::Deref for WideExecutor {
+    type Target = Executor;
+
+    fn deref(&self) -> &Executor {
+        &self.ex
     }
 }
 

@@ -208,16 +208,30 @@ impl DockerEngine {
         })
     }
 
-    /// Waits until container `id` is not running any more.
-    async fn kill_wait(&self, id: &str) -> Result<(), EngineError> {
+    /// Waits until container `id` is not running any more (a missing one is not).
+    async fn wait_not_running(&self, id: &str) -> Result<(), EngineError> {
         let options = WaitContainerOptions {
             condition: "not-running".into(),
         };
         match self.docker.wait_container(id, Some(options)).next().await {
             None | Some(Ok(_)) => Ok(()),
+            // A non-zero exit code (137 after a kill) comes as an error: it exited all the same.
             Some(Err(bollard::errors::Error::DockerContainerWaitError { .. })) => Ok(()),
+            Some(Err(e)) if is_not_found(&e) => Ok(()),
             Some(Err(e)) => Err(api_error(e)),
         }
+    }
+
+    /// What a container printed, as text (not followed).
+    async fn output(&self, id: &str, options: LogsOptions) -> Result<String, EngineError> {
+        let mut logs = self.docker.logs(id, Some(options));
+        let mut text = String::new();
+        while let Some(item) = logs.next().await {
+            text.push_str(&String::from_utf8_lossy(
+                &item.map_err(api_error)?.into_bytes(),
+            ));
+        }
+        Ok(text)
     }
 
     /// The last lines a container printed (for the error of a holder that exited).
@@ -228,11 +242,7 @@ impl DockerEngine {
             tail: "5".into(),
             ..Default::default()
         };
-        let mut logs = self.docker.logs(id, Some(options));
-        let mut text = String::new();
-        while let Some(Ok(item)) = logs.next().await {
-            text.push_str(&String::from_utf8_lossy(&item.into_bytes()));
-        }
+        let text = self.output(id, options).await.unwrap_or_default();
         text.trim().to_string()
     }
 
@@ -590,16 +600,7 @@ impl Engine for DockerEngine {
             Err(e) => return Err(api_error(e)),
         }
         // Docker answers the kill once the signal is sent: wait until the processes are gone.
-        let options = WaitContainerOptions {
-            condition: "not-running".into(),
-        };
-        match self.docker.wait_container(id, Some(options)).next().await {
-            None | Some(Ok(_)) => Ok(()),
-            // A non-zero exit code (137 here) comes as an error: it exited all the same.
-            Some(Err(bollard::errors::Error::DockerContainerWaitError { .. })) => Ok(()),
-            Some(Err(e)) if is_not_found(&e) => Ok(()),
-            Some(Err(e)) => Err(api_error(e)),
-        }
+        self.wait_not_running(id).await
     }
 
     async fn list_labelled(&self, key: &str, value: &str) -> Result<Vec<String>, EngineError> {
@@ -709,19 +710,12 @@ impl Engine for DockerEngine {
                 .start_container(&id, None::<StartContainerOptions>)
                 .await
                 .map_err(api_error)?;
-            self.kill_wait(&id).await?;
+            self.wait_not_running(&id).await?;
             let options = LogsOptions {
                 stdout: true,
                 ..Default::default()
             };
-            let mut logs = self.docker.logs(&id, Some(options));
-            let mut text = String::new();
-            while let Some(item) = logs.next().await {
-                text.push_str(&String::from_utf8_lossy(
-                    &item.map_err(api_error)?.into_bytes(),
-                ));
-            }
-            Ok::<_, EngineError>(text)
+            self.output(&id, options).await
         };
         let listed = listed.await;
         self.remove(&id).await?;

@@ -271,15 +271,26 @@ impl Executor {
 
     /// Starts an executor with the given instance `name`.
     pub fn start_named(name: &str, yaml: &str) -> Executor {
-        Self::start_full(name, yaml, &[])
+        Self::start_full(name, yaml, &[], "127.0.0.1")
     }
 
     /// Starts an executor with extra environment variables (e.g. `DOCKER_HOST`).
     pub fn start_with_env(prefix: &str, yaml: &str, env: &[(&str, &str)]) -> Executor {
-        Self::start_full(&unique_name(prefix), yaml, env)
+        Self::start_full(&unique_name(prefix), yaml, env, "127.0.0.1")
     }
 
-    fn start_full(name: &str, yaml: &str, env: &[(&str, &str)]) -> Executor {
+    /// Starts an executor listening on every interface (`0.0.0.0`, no token), so its API is
+    /// at the bridge gateway and the host's own address too.
+    pub fn start_everywhere(prefix: &str, yaml: &str) -> Executor {
+        Self::start_full(
+            &unique_name(prefix),
+            yaml,
+            &[("MECANYWHERE_EXECUTOR_TOKEN", "")],
+            "0.0.0.0",
+        )
+    }
+
+    fn start_full(name: &str, yaml: &str, env: &[(&str, &str)], host: &str) -> Executor {
         require_images();
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("mecanywhere_executor.yaml");
@@ -296,7 +307,7 @@ impl Executor {
             .arg("--config")
             .arg(&config)
             .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
+            .arg(format!("{host}:{port}"))
             .env("RUST_LOG", "info,mecanywhere_executor=debug")
             .envs(env.iter().copied())
             .stdout(log.try_clone().unwrap())
