@@ -1700,6 +1700,8 @@ async fn run(args: Args) -> Result<(), String> {
     // --- stop ---------------------------------------------------------------------------------
     drop(conn);
     drop(direct);
+    // The direct baseline's own container goes before the check that nothing is left.
+    remove_baseline(&docker, &direct_id).await?;
     let t = Instant::now();
     ctl.control(Method::POST, "/stop").await?;
     let exit = loop {
