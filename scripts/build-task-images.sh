@@ -16,7 +16,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TASKS="$ROOT/tasks"
 LABEL="org.mecanywhere.test-image=1"
 MODES=(crash never-ready exit-at-start slow-start slow-answer binary hang huge oom bad-status garbage sgx routes kernel
-    buffered mark-first listen-first limits mark-no-listen no-reuseaddr probe)
+    buffered mark-first listen-first limits mark-no-listen no-reuseaddr probe sized-at-start chatty)
 
 command -v cargo >/dev/null || { echo "cargo not found" >&2; exit 1; }
 command -v docker >/dev/null || { echo "docker not found" >&2; exit 1; }

@@ -146,3 +146,36 @@ fn the_readme_example_task_answers() {
     let reply = ex.execute(&run(image, "not json"));
     assert!(reply.msg().contains("task answered HTTP 400"), "{reply:?}");
 }
+
+/// The executor's peak resident memory so far (VmHWM), in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("executor status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status")
+}
+
+/// A task that writes one 64 MiB line before its ready mark (a progress bar redrawn with `\r`
+/// and no newline, as tqdm does while a model downloads), on a terminal and on a pipe: the
+/// mark behind the `\r` is found well within the start timeout, and the executor's memory
+/// does not grow by the line.
+#[test]
+fn a_chatty_start_costs_bounded_memory_and_is_seen_ready() {
+    for tty in [true, false] {
+        let ex = Executor::start(
+            "chatty",
+            &format!("start_timeout: \"30s\"\ntask_tty: {tty}\nspare_containers: 0\n"),
+        );
+        let before = peak_rss_kib(ex.pid());
+        let reply = ex.execute(&run("meca-test-chatty:latest", "{\"n\": 2}"));
+        assert!(reply.success(), "tty {tty}: {reply:?}\nlog:\n{}", ex.log());
+        assert_eq!(reply.msg(), "{\"n\": 2}");
+        let grown_mib = peak_rss_kib(ex.pid()).saturating_sub(before) / 1024;
+        assert!(
+            grown_mib < 24,
+            "tty {tty}: the executor's peak RSS grew by {grown_mib} MiB over a 64 MiB line"
+        );
+    }
+}

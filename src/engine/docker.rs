@@ -11,7 +11,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bollard::container::LogOutput;
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerUpdateBody, DeviceMapping,
     DeviceRequest, HostConfig, HostConfigLogConfig, Mount, MountPointTypeEnum, MountTypeEnum,
@@ -26,7 +25,8 @@ use bollard::Docker;
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 
-use super::ready::{OutputScanner, Stream};
+use super::docker_logs::{Endpoint, LogFollower};
+use super::ready::OutputScanner;
 use super::{
     holder, ContainerSpec, Engine, EngineError, ExitState, HolderSpec, SandboxNetwork, SandboxRef,
     TaskAddr,
@@ -45,6 +45,10 @@ pub struct DockerEngine {
     docker: Docker,
     /// How holders get the executor's socket directory ([`Engine::prepare_sandboxes`]).
     sockets: Arc<OnceLock<SocketDir>>,
+    /// Where starting containers' output is followed from (see [`super::docker_logs`]).
+    logs: Endpoint,
+    /// The API version negotiated with the daemon, as in request paths ("1.41").
+    api_version: String,
 }
 
 /// The executor's socket directory as a holder gets it.
@@ -122,10 +126,14 @@ impl DockerEngine {
         let docker = docker.negotiate_version().await.map_err(|e| {
             EngineError::Unreachable(format!("cannot talk to the Docker daemon: {e}"))
         })?;
-        tracing::info!(api_version = %docker.client_version(), "connected to Docker");
+        let version = docker.client_version();
+        let api_version = format!("{}.{}", version.major_version, version.minor_version);
+        tracing::info!(%api_version, "connected to Docker");
         Ok(DockerEngine {
             docker,
             sockets: Arc::new(OnceLock::new()),
+            logs: Endpoint::from_env()?,
+            api_version,
         })
     }
 
@@ -344,18 +352,12 @@ impl DockerEngine {
     /// Follows the container's output until the ready line; `Ok(false)` when the stream
     /// ended first (the container stopped).
     async fn follow_until_ready(
-        logs: &mut LogStream,
+        logs: &mut LogFollower,
         scanner: &mut OutputScanner,
     ) -> Result<bool, EngineError> {
-        while let Some(item) = logs.next().await {
-            let ready = match item.map_err(api_error)? {
-                LogOutput::StdOut { message } | LogOutput::Console { message } => {
-                    scanner.feed(Stream::Stdout, &message)
-                }
-                LogOutput::StdErr { message } => scanner.feed(Stream::Stderr, &message),
-                LogOutput::StdIn { .. } => false,
-            };
-            if ready {
+        while let Some(piece) = logs.next().await {
+            let (stream, bytes) = piece?;
+            if scanner.feed(stream, &bytes) {
                 return Ok(true);
             }
         }
@@ -365,7 +367,7 @@ impl DockerEngine {
     /// Waits, after the ready line, until the task accepts connections at `addr` (a task
     /// may print the line before it listens: Flask apps print it while their module loads).
     /// False when the container's output ended first, i.e. it stopped.
-    async fn until_listening(addr: &TaskAddr, logs: &mut LogStream) -> bool {
+    async fn until_listening(addr: &TaskAddr, logs: &mut LogFollower) -> bool {
         let probe = async {
             // Through the relay, a connection stands only once the task's port accepted it.
             // The probe connection is closed without a request.
@@ -373,15 +375,13 @@ impl DockerEngine {
                 tokio::time::sleep(PROBE_INTERVAL).await;
             }
         };
-        let stopped = async { while logs.next().await.is_some() {} };
+        let stopped = async { while let Some(Ok(_)) = logs.next().await {} };
         tokio::select! {
             () = probe => true,
             () = stopped => false,
         }
     }
 }
-
-type LogStream = BoxStream<'static, Result<LogOutput, bollard::errors::Error>>;
 
 /// How often a task that printed the ready line is checked for its port.
 const PROBE_INTERVAL: Duration = Duration::from_millis(20);
@@ -507,13 +507,7 @@ impl Engine for DockerEngine {
             .await
             .map_err(api_error)?;
         let started = tokio::time::Instant::now();
-        let options = LogsOptions {
-            follow: true,
-            stdout: true,
-            stderr: true,
-            ..Default::default()
-        };
-        let mut logs: LogStream = self.docker.logs(id, Some(options)).boxed();
+        let mut logs = LogFollower::open(&self.logs, &self.api_version, id, spec.tty).await?;
         let mut scanner = OutputScanner::default();
         let ready =
             match tokio::time::timeout(deadline, Self::follow_until_ready(&mut logs, &mut scanner))

@@ -7,6 +7,7 @@
 //! trait, without touching the executor.
 
 pub mod docker;
+mod docker_logs;
 pub mod holder;
 pub mod memory;
 pub mod ready;

@@ -1,9 +1,11 @@
 //! Reading a starting task's output: finds the ready line as frames arrive, on stdout or
 //! stderr (or the single stream of a terminal), and keeps the last lines for error messages.
 //!
-//! Pure and bounded: a line longer than [`MAX_LINE`] cannot be the ready line, so at most
-//! that much of an unfinished line is buffered per stream, whatever the task prints. It knows
-//! nothing of Docker; the engine feeds it frames.
+//! Pure and bounded: a line ends at `\n` or `\r` (a progress bar redrawn in place, as tqdm
+//! does, is a line per redraw); a line longer than [`MAX_LINE`] cannot be the ready line, so
+//! at most that much of an unfinished line is buffered per stream, and the tail quoted in
+//! errors is [`TAIL_LINES`] × [`TAIL_CHARS`], whatever the task prints. Each byte is looked
+//! at once. It knows nothing of Docker; the engine feeds it frames.
 
 use std::collections::VecDeque;
 
@@ -13,8 +15,8 @@ use super::READY_LINE;
 /// terminal's `\r` and some surrounding spaces, is far shorter.
 pub const MAX_LINE: usize = 4096;
 /// How many lines of output an error message quotes, and how many characters of each.
-const TAIL_LINES: usize = 5;
-const TAIL_CHARS: usize = 200;
+pub const TAIL_LINES: usize = 5;
+pub const TAIL_CHARS: usize = 200;
 
 /// Which output a frame came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,7 +44,7 @@ pub struct OutputScanner {
 impl OutputScanner {
     /// Feeds one frame; returns true as soon as a complete line of it is the ready line.
     pub fn feed(&mut self, stream: Stream, mut bytes: &[u8]) -> bool {
-        while let Some(end) = bytes.iter().position(|b| *b == b'\n') {
+        while let Some(end) = bytes.iter().position(|b| *b == b'\n' || *b == b'\r') {
             if self.line_done(stream, &bytes[..end]) {
                 return true;
             }
@@ -94,6 +96,14 @@ impl OutputScanner {
     fn line_done(&mut self, stream: Stream, rest: &[u8]) -> bool {
         let buffer = self.buffer(stream);
         if std::mem::take(&mut buffer.skipping) {
+            return false;
+        }
+        if buffer.pending.len() + rest.len() > MAX_LINE {
+            // Too long to be the mark: only its head is quoted, never a copy of all of it.
+            let mut head = std::mem::take(&mut buffer.pending);
+            let room = MAX_LINE.saturating_sub(head.len());
+            head.extend_from_slice(&rest[..room.min(rest.len())]);
+            self.remember(&head);
             return false;
         }
         let line = if buffer.pending.is_empty() {
@@ -169,6 +179,27 @@ mod tests {
         assert!(!s.feed(Stream::Stdout, b"meca-init-done\n"));
         assert!(s.feed(Stream::Stdout, b"meca-init-done\n"));
         assert!(s.tail().starts_with("xxx"));
+    }
+
+    #[test]
+    fn a_carriage_return_ends_a_line() {
+        // A progress bar redrawn in place, then the mark after the last redraw.
+        let mut s = OutputScanner::default();
+        assert!(!s.feed(Stream::Stdout, b" 10%|#   |\r 20%|##  |\r"));
+        assert!(s.feed(Stream::Stdout, b"meca-init-done\r\n"));
+        // A mark glued behind a redraw without one is found too.
+        let mut s = OutputScanner::default();
+        assert!(!s.feed(Stream::Stdout, &[b'#'; 100_000]));
+        assert!(s.feed(Stream::Stdout, b"\rmeca-init-done\n"));
+    }
+
+    #[test]
+    fn a_long_line_in_one_frame_is_quoted_by_its_head_only() {
+        let mut s = OutputScanner::default();
+        let mut frame = vec![b'y'; 10 * MAX_LINE];
+        frame.extend_from_slice(b"\nmeca-init-done\n");
+        assert!(s.feed(Stream::Stdout, &frame));
+        assert_eq!(s.tail().len(), TAIL_CHARS);
     }
 
     #[test]

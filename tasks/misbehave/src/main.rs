@@ -23,6 +23,8 @@
 //! | `env`           | ready; `POST /` with a variable's name answers its value in the task's environment, or `(unset)` |
 //! | `limits`        | ready; `POST /` answers the cgroup limits the task sees: `{"cpu": cores, "mem_mb": MB}` (null when unlimited) |
 //! | `mark-no-listen`| prints the ready line but never listens                          |
+//! | `sized-at-start`| reads its cgroup limits once at start (as the JVM, Node or automemlimit do); on `POST /` allocates and touches 85% of the memory limit it read at start, frees it, and answers `{"start": limits at start, "now": limits now, "filled_mb": MB}` |
+//! | `chatty`        | before the ready line writes one line of `CHATTY_MIB` (default 64) MiB of `#` to stdout, ended by `\r` (a progress bar redrawn in place) and then the ready line; echoes |
 //! | `no-reuseaddr`  | ready; echoes; binds port 8080 without `SO_REUSEADDR` (as a bare C server does), so it cannot start while a closed connection of port 8080 lingers in `TIME_WAIT` in its network namespace |
 //! | `listen-first`  | listens at once but answers 503 `not ready yet` until it prints the ready line `MARK_DELAY_SECS` (default 2) later; then echoes |
 //! | `probe`         | ready; `POST /` with a JSON array of `"IP:PORT"` strings tries a TCP connect (1 s timeout) to each; answers `{"hostname": .., "interfaces": [..from /proc/net/dev..], "results": {"IP:PORT": "connected" \| "refused" \| "unreachable" \| "timeout" \| "error: <kind>"}}` |
@@ -182,6 +184,34 @@ fn main() {
                 not_found(conn)
             }
         }),
+        "sized-at-start" => {
+            let at_start = cgroup_limits();
+            let start_mb = mem_mb_of(&at_start);
+            ready_and_serve(move |req, conn| {
+                if req.method != "POST" || req.path != "/" {
+                    return not_found(conn);
+                }
+                let filled_mb = start_mb.map_or(0, |mb| mb * 85 / 100);
+                fill(filled_mb << 20);
+                let body = format!(
+                    "{{\"start\":{at_start},\"now\":{},\"filled_mb\":{filled_mb}}}",
+                    cgroup_limits()
+                );
+                conn.respond(200, "application/json", body.as_bytes())
+            })
+        }
+        "chatty" => {
+            let mib = env_u64("CHATTY_MIB", 64) as usize;
+            let line = vec![b'#'; CHUNK];
+            let mut out = io::stdout().lock();
+            for _ in 0..mib {
+                let _ = out.write_all(&line);
+            }
+            let _ = out.write_all(b"\r");
+            let _ = out.flush();
+            drop(out);
+            ready_and_serve(echo)
+        }
         "mark-no-listen" => {
             http::print_ready();
             loop {
@@ -329,6 +359,22 @@ fn first_kernel_log_line() -> String {
 }
 
 /// The CPU and memory limits of the task's own cgroup, as JSON (cgroup v1 or v2).
+/// The `mem_mb` of a [`cgroup_limits`] answer, whole megabytes; `None` when unlimited.
+fn mem_mb_of(limits: &str) -> Option<usize> {
+    let rest = &limits[limits.find("\"mem_mb\":")? + 9..];
+    let end = rest.find(['}', ',']).unwrap_or(rest.len());
+    rest[..end].parse::<f64>().ok().map(|mb| mb as usize)
+}
+
+/// Allocates `bytes`, touches every page (so they count against the memory limit), frees them.
+fn fill(bytes: usize) {
+    let mut block = vec![0u8; bytes];
+    for i in (0..block.len()).step_by(4096) {
+        block[i] = 1;
+    }
+    std::hint::black_box(&block);
+}
+
 fn cgroup_limits() -> String {
     let read = |path: &str| std::fs::read_to_string(path).ok();
     let num = |text: Option<String>| text.and_then(|t| t.trim().parse::<f64>().ok());
