@@ -346,7 +346,7 @@ fn stats_table(s: &Value) -> String {
             format!("{} cores, {} MB", num("task_cpu"), num("task_mem")),
         ),
         (
-            "reserved",
+            "tasks hold",
             format!(
                 "{:.1}% of the CPU budget, {:.1}% of the memory budget",
                 num("task_used_cpu"),
@@ -362,6 +362,17 @@ fn stats_table(s: &Value) -> String {
             ),
         ),
         ("containers", format!("{}", num("containers"))),
+        (
+            "stock",
+            format!(
+                "{} spare containers ({:.1}% of the CPU budget, {:.1}% of the memory budget), \
+                 {} free sandboxes",
+                num("spare_containers"),
+                num("spare_used_cpu"),
+                num("spare_used_mem"),
+                num("free_sandboxes")
+            ),
+        ),
         ("runtimes", runtimes),
     ];
     rows.iter().map(|(k, v)| format!("{k:<12} {v}\n")).collect()
@@ -388,12 +399,17 @@ mod tests {
         let table = stats_table(&json!({"total_cpu": 2, "total_mem": 2048, "used_cpu": 1.5,
             "used_mem": 10.0, "task_cpu": 2, "task_mem": 1024, "task_used_cpu": 50.0,
             "task_used_mem": 12.5, "gpu_model": "", "task_gpu": 0, "task_used_gpu": 0,
-            "containers": 1, "runtimes": ["container"]}));
+            "containers": 1, "runtimes": ["container"], "spare_containers": 1,
+            "spare_used_cpu": 25.0, "spare_used_mem": 12.5, "free_sandboxes": 2}));
         assert!(table.contains("task budget  2 cores, 1024 MB\n"), "{table}");
         assert!(
-            table.contains("reserved     50.0% of the CPU budget"),
+            table.contains("tasks hold   50.0% of the CPU budget"),
             "{table}"
         );
         assert!(table.contains("runtimes     container\n"), "{table}");
+        assert!(
+            table.contains("stock        1 spare containers (25.0% of the CPU budget, 12.5% of the memory budget), 2 free sandboxes\n"),
+            "{table}"
+        );
     }
 }

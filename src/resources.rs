@@ -18,6 +18,14 @@ pub struct Demand {
 }
 
 impl Demand {
+    /// What is left of `self` without `other` (never below zero).
+    pub fn saturating_sub(self, other: Demand) -> Demand {
+        Demand {
+            milli_cpu: self.milli_cpu.saturating_sub(other.milli_cpu),
+            mem_mb: self.mem_mb.saturating_sub(other.mem_mb),
+        }
+    }
+
     /// The demand in cores, as a float.
     pub fn cores(&self) -> f64 {
         self.milli_cpu as f64 / 1000.0

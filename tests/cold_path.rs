@@ -22,7 +22,7 @@ fn metric(ex: &Executor, series: &str) -> f64 {
 }
 
 /// Waits up to 30 s until `check` holds.
-fn wait_until(ex: &Executor, what: &str, check: impl Fn() -> bool) {
+fn wait_until(ex: &Executor, what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !check() {
         assert!(
@@ -40,14 +40,6 @@ fn sandbox_of(id: &str) -> String {
     mode.strip_prefix("container:")
         .unwrap_or_else(|| panic!("task {id} is not in a sandbox: network mode {mode:?}"))
         .to_string()
-}
-
-fn limits_of(reply: &Reply) -> (f64, f64) {
-    let seen: Value = serde_json::from_str(reply.msg()).expect("the task answers JSON");
-    (
-        seen["cpu"].as_f64().unwrap(),
-        seen["mem_mb"].as_f64().unwrap(),
-    )
 }
 
 #[test]
@@ -97,59 +89,142 @@ fn a_task_in_a_pooled_sandbox_answers_and_its_sandbox_serves_the_next_task() {
     );
 }
 
-#[test]
-fn a_new_key_of_a_recent_image_takes_a_spare_resized_to_its_limits() {
-    let ex = Executor::start("spare", "spare_containers: 2\ncpu: 2\nmem: 2048");
-    let reply = ex.execute(&json!({"id": LIMITS, "resource": {"cpu": 1, "mem": 256}, "input": ""}));
-    assert!(reply.success(), "{reply:?}");
-    assert_eq!(limits_of(&reply), (1.0, 256.0));
-    // A spare of the image is started in the background, with the limits of the key that ran.
-    wait_until(&ex, "a spare container", || {
-        metric(&ex, "meca_containers{state=\"spare\"}") == 1.0
-    });
-    let before = ex.containers();
-    assert_eq!(
-        before.len(),
-        2,
-        "the key's container and the spare: {before:?}"
-    );
+/// The task that reads its cgroup limits once at start and, on each request, allocates and
+/// touches 85% of the memory it read then: `{"start": limits, "now": limits, "filled_mb": MB}`.
+const SIZED: &str = "meca-test-sized-at-start:latest";
 
-    // A new key of the image: the spare is resized and serves it; no container is created.
-    let reply =
-        ex.execute(&json!({"id": LIMITS, "resource": {"cpu": 0.5, "mem": 384}, "input": ""}));
+/// What a `SIZED` task read at start and reads now, as (cores, MB) pairs.
+fn sized_limits(reply: &Reply) -> ((f64, f64), (f64, f64)) {
+    let seen: Value = serde_json::from_str(reply.msg()).expect("the task answers JSON");
+    let pair = |v: &Value| (v["cpu"].as_f64().unwrap(), v["mem_mb"].as_f64().unwrap());
+    (pair(&seen["start"]), pair(&seen["now"]))
+}
+
+fn sized(cpu: f64, mem: u64) -> Value {
+    json!({"id": SIZED, "resource": {"cpu": cpu, "mem": mem}, "input": ""})
+}
+
+/// The executor's one spare, once it is one of `mem` MB. (A claimed spare keeps its label,
+/// as Docker cannot change labels, but no longer counts in `meca_containers{state="spare"}`.)
+fn wait_spare_of(ex: &Executor, mem: u64) -> String {
+    let mut spare = String::new();
+    wait_until(ex, &format!("a spare of {mem} MB"), || {
+        if metric(ex, "meca_containers{state=\"spare\"}") != 1.0 {
+            return false;
+        }
+        let spares: Vec<String> = ex
+            .containers()
+            .into_iter()
+            .filter(|id| {
+                // A container removed since the listing is no spare.
+                let format =
+                    "{{index .Config.Labels \"org.mecanywhere.role\"}} {{.HostConfig.Memory}}";
+                let out = std::process::Command::new("docker")
+                    .args(["inspect", "-f", format, id])
+                    .output()
+                    .expect("docker CLI runs");
+                String::from_utf8_lossy(&out.stdout).trim() == format!("spare {}", mem << 20)
+            })
+            .collect();
+        match spares.as_slice() {
+            [one] => {
+                spare = one.clone();
+                true
+            }
+            _ => false,
+        }
+    });
+    spare
+}
+
+#[test]
+fn a_spare_never_shows_a_task_more_than_its_keys_limits() {
+    let ex = Executor::start("spare", "spare_containers: 2\ncpu: 2\nmem: 2048");
+    let reply = ex.execute(&sized(0.25, 128));
     assert!(reply.success(), "{reply:?}");
-    assert_eq!(
-        limits_of(&reply),
-        (0.5, 384.0),
-        "the task must see its key's limits from inside"
-    );
+    assert_eq!(sized_limits(&reply), ((0.25, 128.0), (0.25, 128.0)));
+    // A spare of the image is started in the background, at the limits of the key that ran.
+    let spare = wait_spare_of(&ex, 128);
+
+    // A larger key of the image takes the spare: it is grown, and its task, which read the
+    // spare's smaller limits at start, fills 85% of them without harm.
+    let reply = ex.execute(&sized(0.5, 256));
+    assert!(reply.success(), "{reply:?}\nlog:\n{}", ex.log());
     assert_eq!(metric(&ex, "meca_spares_claimed_total"), 1.0);
-    let spare = before
-        .iter()
-        .find(|id| inspect(id, "{{.HostConfig.Memory}}") == (384u64 << 20).to_string())
-        .unwrap_or_else(|| panic!("no container of {before:?} was resized to 384 MB"));
+    let (at_start, now) = sized_limits(&reply);
+    assert_eq!(at_start, (0.25, 128.0), "the task started as the spare");
     assert_eq!(
-        inspect(spare, "{{.HostConfig.MemorySwap}}"),
-        (384u64 << 20).to_string(),
+        now,
+        (0.5, 256.0),
+        "while it runs its cgroup holds its key's limits"
+    );
+    assert_eq!(
+        inspect(&spare, "{{.HostConfig.Memory}}"),
+        (256u64 << 20).to_string()
+    );
+    assert_eq!(
+        inspect(&spare, "{{.HostConfig.MemorySwap}}"),
+        (256u64 << 20).to_string(),
         "no swap beyond the memory limit"
     );
-    assert_eq!(inspect(spare, "{{.HostConfig.NanoCpus}}"), "500000000");
-    // The image ran again: a new spare is started, with the last key's limits. The budget
-    // then holds both keys at their own sizes and the spare.
-    wait_until(&ex, "a new spare", || {
-        metric(&ex, "meca_containers{state=\"spare\"}") == 1.0
+    assert_eq!(inspect(&spare, "{{.HostConfig.NanoCpus}}"), "500000000");
+
+    // The next spare is at the smallest limits of the image's recent keys.
+    let spare = wait_spare_of(&ex, 128);
+
+    // A smaller key never takes a larger spare: it starts afresh and reads its own limits,
+    // and the spare above it is replaced by one at the new floor.
+    let reply = ex.execute(&sized(0.125, 64));
+    assert!(reply.success(), "{reply:?}\nlog:\n{}", ex.log());
+    assert_eq!(sized_limits(&reply), ((0.125, 64.0), (0.125, 64.0)));
+    assert_eq!(metric(&ex, "meca_spares_claimed_total"), 1.0);
+    let smaller = wait_spare_of(&ex, 64);
+    assert_ne!(smaller, spare);
+    assert_eq!(inspect(&smaller, "{{.HostConfig.NanoCpus}}"), "125000000");
+
+    // A key above the floor in both CPU and memory takes it.
+    let reply = ex.execute(&sized(0.25, 192));
+    assert!(reply.success(), "{reply:?}\nlog:\n{}", ex.log());
+    assert_eq!(metric(&ex, "meca_spares_claimed_total"), 2.0);
+    assert_eq!(sized_limits(&reply), ((0.125, 64.0), (0.25, 192.0)));
+}
+
+/// `/stats` counts the containers that serve task keys; the executor's own stock (spares,
+/// free sandbox holders) is reported apart.
+#[test]
+fn stats_count_tasks_and_report_the_executors_stock_apart() {
+    let ex = Executor::start(
+        "stats",
+        "spare_containers: 1\nsandbox_pool: 1\ncpu: 2\nmem: 2048",
+    );
+    // The seed's default limits: 1 CPU, 128 MB.
+    let reply = ex.execute(&json!({"id": LIMITS, "input": ""}));
+    assert!(reply.success(), "{reply:?}");
+    wait_spare_of(&ex, 128);
+    wait_until(&ex, "a free sandbox", || {
+        metric(&ex, "meca_sandboxes{state=\"free\"}") >= 1.0
     });
+    let stats: Value = serde_json::from_str(&ex.get("/stats").raw).expect("stats JSON");
+    assert_eq!(stats["task_used_cpu"], 50.0, "{stats}");
+    assert_eq!(stats["task_used_mem"], 6.25, "{stats}");
+    assert_eq!(stats["containers"], 1, "{stats}");
+    assert_eq!(stats["spare_containers"], 1, "{stats}");
+    assert_eq!(stats["spare_used_cpu"], 50.0, "{stats}");
+    assert_eq!(stats["spare_used_mem"], 6.25, "{stats}");
+    assert!(stats["free_sandboxes"].as_u64().unwrap() >= 1, "{stats}");
+    assert_eq!(metric(&ex, "meca_budget_memory_mb{kind=\"tasks\"}"), 128.0);
+    assert_eq!(metric(&ex, "meca_budget_memory_mb{kind=\"spares\"}"), 128.0);
     assert_eq!(
         metric(&ex, "meca_budget_memory_mb{kind=\"reserved\"}"),
-        256.0 + 384.0 + 384.0
+        256.0
     );
 
-    // Smaller limits work too: the new spare shrinks to a third key's.
+    // The stock gives way: a key of another image that needs the spare's room evicts it.
     let reply =
-        ex.execute(&json!({"id": LIMITS, "resource": {"cpu": 0.25, "mem": 128}, "input": ""}));
-    assert!(reply.success(), "{reply:?}");
-    assert_eq!(limits_of(&reply), (0.25, 128.0));
-    assert_eq!(metric(&ex, "meca_spares_claimed_total"), 2.0);
+        ex.execute(&json!({"id": ECHO, "resource": {"cpu": 1, "mem": 1900}, "input": "room"}));
+    assert!(reply.success(), "{reply:?}\nlog:\n{}", ex.log());
+    let stats: Value = serde_json::from_str(&ex.get("/stats").raw).expect("stats JSON");
+    assert_eq!(stats["spare_containers"], 0, "{stats}");
 }
 
 #[test]

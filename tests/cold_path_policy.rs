@@ -182,7 +182,7 @@ async fn a_spare_is_resized_for_a_new_key_of_its_image_within_the_budget() {
     assert_eq!(
         (spare.milli_cpu, spare.mem_mb),
         (500, 128),
-        "the last key's size"
+        "the key's size"
     );
     let created = engine.containers().len() + engine.removed().len();
     ex.execute(request(&key("a:v1", 1000, 256))).await.unwrap();
@@ -205,11 +205,22 @@ async fn a_spare_is_resized_for_a_new_key_of_its_image_within_the_budget() {
             mem_mb: 384
         }
     );
-    // Its replacement (1 core, the last key's size) finds no free room: no spare, and
-    // nothing was evicted for one.
+    // Its replacement is at the image's floor (the smallest recent key: 0.5 core, 128 MB),
+    // which the free half core holds; nothing was evicted for it.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(metric(&ex, "meca_containers{state=\"spare\"}"), 0.0);
+    assert_eq!(metric(&ex, "meca_containers{state=\"spare\"}"), 1.0);
+    assert_eq!(
+        ex.budget().used,
+        Demand {
+            milli_cpu: 2000,
+            mem_mb: 512
+        }
+    );
     assert_eq!(metric(&ex, "meca_evictions_total"), 0.0);
+    // A key below the floor never takes that spare: it is replaced, and the key starts
+    // afresh (evicting the spare for room).
+    ex.execute(request(&key("a:v1", 250, 64))).await.unwrap();
+    assert_eq!(metric(&ex, "meca_spares_claimed_total"), 1.0);
     ex.shutdown().await;
     assert!(engine.containers().is_empty());
 }

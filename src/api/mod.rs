@@ -282,6 +282,10 @@ fn stats_answer(s: &Stats) -> StatsAnswer {
         task_used_gpu: s.task_used_gpu,
         containers: s.containers,
         runtimes: s.runtimes.clone(),
+        spare_containers: s.spare_containers,
+        spare_used_cpu: s.spare_used_cpu_percent,
+        spare_used_mem: s.spare_used_mem_percent,
+        free_sandboxes: s.free_sandboxes,
     }
 }
 

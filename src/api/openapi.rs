@@ -36,9 +36,10 @@ pub struct StatsAnswer {
     pub task_cpu: serde_json::Value,
     /// Task memory budget, MB.
     pub task_mem: u64,
-    /// Percent of the CPU budget reserved by task containers.
+    /// Percent of the CPU budget reserved by containers serving task keys (running or warm,
+    /// prewarmed keys included); spares are counted apart.
     pub task_used_cpu: f64,
-    /// Percent of the memory budget reserved by task containers.
+    /// Percent of the memory budget reserved by containers serving task keys.
     pub task_used_mem: f64,
     /// Model of the GPUs tasks may use ("" without GPUs).
     pub gpu_model: String,
@@ -46,10 +47,20 @@ pub struct StatsAnswer {
     pub task_gpu: u32,
     /// GPUs reserved now.
     pub task_used_gpu: u32,
-    /// Task containers starting, warm, being removed, or whose removal is retried.
+    /// Task containers starting, warm, being removed, or whose removal is retried (spares
+    /// and sandbox holders are not task containers).
     pub containers: usize,
     /// The `runtime` values requests may use on this host.
     pub runtimes: Vec<&'static str>,
+    /// Spare containers ready for new keys of recently used images: the executor's own
+    /// stock, evicted first whenever a task needs room.
+    pub spare_containers: usize,
+    /// Percent of the CPU budget held by spares (ready or starting).
+    pub spare_used_cpu: f64,
+    /// Percent of the memory budget held by spares (ready or starting).
+    pub spare_used_mem: f64,
+    /// Sandbox holders started ahead and waiting for a task (outside the budget).
+    pub free_sandboxes: usize,
 }
 
 /// `GET /stats`: the figures while running, `{"success": false, "msg": ...}` while paused.
@@ -142,6 +153,11 @@ pub struct UpdateConfig {
     has_gpu: Option<HasGpu>,
     /// Docker runtime used for `runtime: microVM` ("" to unset).
     microVM_runtime: Option<String>,
+    /// Keep-alive policy: "fixed", "adaptive" or "priced" (a new one starts learning afresh).
+    keep_alive: Option<String>,
+    /// `priced`: what a warm start is worth, MB·s of idle memory-time (above 0, at most
+    /// 1e15); alone, it selects `priced`.
+    keep_alive_price: Option<f64>,
 }
 
 #[derive(ToSchema)]

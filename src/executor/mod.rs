@@ -95,8 +95,15 @@ pub struct Stats {
     pub gpu_model: String,
     pub task_gpu: u32,
     pub task_used_gpu: u32,
-    /// Task containers starting, warm, or being removed.
+    /// Task containers starting, warm, or being removed (not spares, not holders).
     pub containers: usize,
+    /// Spare containers ready (the executor's own stock, evicted first for any task).
+    pub spare_containers: usize,
+    /// Percent of the CPU and memory budget held by spares, ready or starting.
+    pub spare_used_cpu_percent: f64,
+    pub spare_used_mem_percent: f64,
+    /// Sandbox holders started ahead, waiting for a task (outside the budget).
+    pub free_sandboxes: usize,
     /// The `runtime` values requests may use on this host.
     pub runtimes: Vec<&'static str>,
 }
@@ -447,6 +454,8 @@ impl Executor {
                 .set(n as i64);
         }
         let budget = self.budget.snapshot();
+        let spares = self.spares.stock().demand;
+        let tasks = budget.used.saturating_sub(spares);
         for (kind, cpu, mem, gpus) in [
             (
                 "total",
@@ -460,6 +469,8 @@ impl Executor {
                 budget.used.mem_mb,
                 budget.gpus_used,
             ),
+            ("tasks", tasks.cores(), tasks.mem_mb, budget.gpus_used),
+            ("spares", spares.cores(), spares.mem_mb, 0),
         ] {
             let kind = KindLabel { kind };
             m.budget_cpu_cores.get_or_create(&kind).set(cpu);
@@ -584,22 +595,27 @@ impl Executor {
             }
         };
         let counts = self.pool.counts();
+        let spares = self.spares.stock();
+        let tasks = budget.used.saturating_sub(spares.demand);
         Some(Stats {
             host: self.host.capacity(),
             host_cpu_percent: usage.cpu_percent,
             host_mem_percent: usage.mem_percent,
             task_cpu: budget.total.cores(),
             task_mem_mb: budget.total.mem_mb,
-            task_used_cpu_percent: percent(budget.used.milli_cpu, budget.total.milli_cpu),
-            task_used_mem_percent: percent(budget.used.mem_mb, budget.total.mem_mb),
+            task_used_cpu_percent: percent(tasks.milli_cpu, budget.total.milli_cpu),
+            task_used_mem_percent: percent(tasks.mem_mb, budget.total.mem_mb),
             gpu_model: self.gpus.monitor().map(|m| m.model()).unwrap_or_default(),
             task_gpu: budget.gpus_total as u32,
             task_used_gpu: budget.gpus_used as u32,
             containers: counts.ready
                 + counts.starting
-                + self.spares.count()
                 + self.removals.retiring()
                 + self.removals.removal_failed(),
+            spare_containers: spares.count,
+            spare_used_cpu_percent: percent(spares.demand.milli_cpu, budget.total.milli_cpu),
+            spare_used_mem_percent: percent(spares.demand.mem_mb, budget.total.mem_mb),
+            free_sandboxes: self.sandboxes.counts().0,
             runtimes: if self.admission.microvm_runtime(&self.config()).is_ok() {
                 vec!["container", "microVM"]
             } else {

@@ -1,18 +1,26 @@
 //! Spare containers of recently used images: when a new task key of an image that ran
-//! recently arrives, it takes a started spare of that image, resized by the engine to the
-//! key's CPU, memory and swap (tens of milliseconds), instead of waiting for a fresh start.
+//! recently arrives, it takes a started spare of that image, grown by the engine to the key's
+//! CPU, memory and swap (tens of milliseconds), instead of waiting for a fresh start.
 //!
 //! Owns the list of spares (ready containers that serve no key yet), which images have a
-//! spare starting, and the reaper that removes a spare `idle_timeout` after it was started.
-//! At most one spare per image; in all at most `spare_containers`, holding at most
-//! `spare_memory_mb`. A spare is started only after a key of its image started (so there are
-//! never spares of images the host has not run), with that key's limits, from free room only
-//! (never evicting, never waiting, never while a start waits for room); it counts in the
-//! budget like an idle container and is the first to be evicted. Claiming and resizing is
-//! the starter's job (`Starter::claim_spare`), which holds the room of the larger of the two
-//! sizes while the engine resizes, so the budget is never below what runs. Only keys whose
-//! limits the engine can change in place take this path: plain containers without GPUs or
-//! SGX (device requests and micro-VM runtimes are not resized).
+//! spare starting, the limits of each image's recent keys, and the reaper that removes a
+//! spare `idle_timeout` after it was started. At most one spare per image; in all at most
+//! `spare_containers`, holding at most `spare_memory_mb`. A spare is started only after a
+//! key of its image started (so there are never spares of images the host has not run),
+//! from free room only (never evicting, never waiting, never while a start waits for room);
+//! it counts in the budget as the executor's own stock (reported apart from tasks in
+//! /stats), and is the first to be evicted.
+//!
+//! **A spare never shows a task more than its key's limits.** A task reads its limits when
+//! its process starts, which for a spare is before any key claims it: runtimes that size
+//! themselves once (the JVM, Node, Go's automemlimit, ML batch sizes) trust that first
+//! figure. So a spare is started at the smallest CPU and memory among its image's keys of
+//! the last `idle_timeout`, and serves only a key whose limits are at least those: claiming
+//! only ever grows it. A spare above a newly seen smaller key is replaced by one at the new
+//! floor. Claiming and resizing is the starter's job (`Starter::claim_spare`), which holds
+//! the room of the key while the engine resizes. Only keys whose limits the engine can
+//! change in place take this path: plain containers without GPUs or SGX (device requests
+//! and micro-VM runtimes are not resized).
 //! This module never touches the pool and removes spares only through [`Removals`].
 
 use std::collections::{HashMap, HashSet};
@@ -30,15 +38,75 @@ use crate::task::TaskKey;
 #[derive(Default)]
 struct State {
     spares: Vec<Spare>,
-    /// Images with a spare starting, and the memory of each.
-    starting: HashMap<String, u64>,
+    /// Images with a spare starting: its limits, and whether its room is reserved yet.
+    starting: HashMap<String, Starting>,
+    /// Per image, the limits of its keys started lately, with when each was last seen.
+    recent: HashMap<String, Vec<(Demand, Instant)>>,
     /// False while paused or stopping.
     disabled: bool,
+}
+
+struct Starting {
+    demand: Demand,
+    reserved: bool,
+}
+
+/// Distinct limits remembered per image (the oldest is forgotten first).
+const RECENT_LIMITS: usize = 8;
+
+/// Whether `small` fits in `large` in every dimension.
+fn fits(small: Demand, large: Demand) -> bool {
+    small.milli_cpu <= large.milli_cpu && small.mem_mb <= large.mem_mb
+}
+
+/// What the spares hold in the budget, and how many there are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpareStock {
+    /// Ready spares.
+    pub count: usize,
+    /// The room reserved by ready spares and by spares starting.
+    pub demand: Demand,
 }
 
 struct Spare {
     container: Arc<Container>,
     started: Instant,
+}
+
+fn sum(demands: impl Iterator<Item = Demand>) -> Demand {
+    demands.fold(
+        Demand {
+            milli_cpu: 0,
+            mem_mb: 0,
+        },
+        |d, e| Demand {
+            milli_cpu: d.milli_cpu + e.milli_cpu,
+            mem_mb: d.mem_mb + e.mem_mb,
+        },
+    )
+}
+
+impl State {
+    /// Remembers that a key of `key`'s image started with its limits; returns the image's
+    /// floor: the smallest CPU and the smallest memory among its keys seen within `window`.
+    fn record(&mut self, key: &TaskKey, now: Instant, window: std::time::Duration) -> Demand {
+        let seen = self.recent.entry(key.image.clone()).or_default();
+        seen.retain(|(d, at)| *d != key.demand && now.saturating_duration_since(*at) < window);
+        seen.push((key.demand, now));
+        if seen.len() > RECENT_LIMITS {
+            seen.remove(0);
+        }
+        let floor = Demand {
+            milli_cpu: seen.iter().map(|(d, _)| d.milli_cpu).min().unwrap_or(0),
+            mem_mb: seen.iter().map(|(d, _)| d.mem_mb).min().unwrap_or(0),
+        };
+        // Images whose keys were all seen long ago are forgotten.
+        self.recent.retain(|_, seen| {
+            seen.iter()
+                .any(|(_, at)| now.saturating_duration_since(*at) < window)
+        });
+        floor
+    }
 }
 
 pub(super) struct Spares {
@@ -64,32 +132,67 @@ impl Spares {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// After a container of `key` started: whether a spare of its image should be started
-    /// (none there or starting, within the count and memory bounds). If so, the image is
-    /// marked as starting one; the caller must call [`start_ended`](Self::start_ended).
-    pub(super) fn wants(&self, key: &TaskKey) -> bool {
+    /// After a container of `key` started: records its limits, and says which spare of its
+    /// image should be started, if one should (none there or starting at the image's
+    /// floor, within the count and memory bounds): the key of the spare, with the smallest
+    /// limits of the image's recent keys. A spare of the image above that floor is removed.
+    /// If one is wanted, the image is marked as starting one; the caller must call
+    /// [`start_ended`](Self::start_ended).
+    pub(super) fn wants(&self, key: &TaskKey) -> Option<TaskKey> {
         let config = self.ctx.config();
         if !key.is_plain_container() || config.spare_containers == 0 {
-            return false;
+            return None;
         }
+        let now = Instant::now();
         let mut state = self.lock();
+        let floor = state.record(key, now, config.idle_timeout);
         let image = &key.image;
+        if let Some(at) = state
+            .spares
+            .iter()
+            .position(|s| &s.container.key.image == image && !fits(s.container.key.demand, floor))
+        {
+            let above = state.spares.swap_remove(at).container;
+            tracing::info!(container = %above.id, image = %image, "removing a spare above the limits of a newer key of its image");
+            self.removals.retire_later(above);
+        }
         let count = state.spares.len() + state.starting.len();
         let mem: u64 = state
             .spares
             .iter()
             .map(|s| s.container.key.demand.mem_mb)
             .sum::<u64>()
-            + state.starting.values().sum::<u64>();
+            + state
+                .starting
+                .values()
+                .map(|s| s.demand.mem_mb)
+                .sum::<u64>();
         let wanted = !state.disabled
             && count < config.spare_containers as usize
-            && mem + key.demand.mem_mb <= config.spare_memory_mb
+            && mem + floor.mem_mb <= config.spare_memory_mb
             && !state.starting.contains_key(image)
             && !state.spares.iter().any(|s| &s.container.key.image == image);
-        if wanted {
-            state.starting.insert(image.clone(), key.demand.mem_mb);
+        if !wanted {
+            return None;
         }
-        wanted
+        state.starting.insert(
+            image.clone(),
+            Starting {
+                demand: floor,
+                reserved: false,
+            },
+        );
+        Some(TaskKey {
+            demand: floor,
+            ..key.clone()
+        })
+    }
+
+    /// The spare of `key`'s image being started now holds its room in the budget.
+    pub(super) fn start_reserved(&self, key: &TaskKey) {
+        if let Some(starting) = self.lock().starting.get_mut(&key.image) {
+            starting.reserved = true;
+        }
     }
 
     /// The spare start of `key` (see [`wants`](Self::wants)) ended.
@@ -104,6 +207,7 @@ impl Spares {
             return Err(container);
         }
         tracing::info!(container = %container.id, image = %container.key.image, "spare container ready");
+        state.starting.remove(&container.key.image);
         state.spares.push(Spare {
             container,
             started: Instant::now(),
@@ -124,13 +228,13 @@ impl Spares {
         state.spares.push(Spare { container, started });
     }
 
-    /// Takes the spare of `image`, if there is one, with when it was started.
-    pub(super) fn take(&self, image: &str) -> Option<(Arc<Container>, Instant)> {
+    /// Takes the spare of `key`'s image, if there is one within `key`'s limits (claiming
+    /// may only grow it), with when it was started.
+    pub(super) fn take_fitting(&self, key: &TaskKey) -> Option<(Arc<Container>, Instant)> {
         let mut state = self.lock();
-        let at = state
-            .spares
-            .iter()
-            .position(|s| s.container.key.image == image)?;
+        let at = state.spares.iter().position(|s| {
+            s.container.key.image == key.image && fits(s.container.key.demand, key.demand)
+        })?;
         let spare = state.spares.swap_remove(at);
         Some((spare.container, spare.started))
     }
@@ -142,22 +246,28 @@ impl Spares {
         Some(state.spares.swap_remove(at).container)
     }
 
-    /// What the spares hold (eviction could free it).
+    /// What the ready spares hold (eviction could free it).
     pub(super) fn demand(&self) -> Demand {
-        self.lock().spares.iter().fold(
-            Demand {
-                milli_cpu: 0,
-                mem_mb: 0,
-            },
-            |d, s| Demand {
-                milli_cpu: d.milli_cpu + s.container.key.demand.milli_cpu,
-                mem_mb: d.mem_mb + s.container.key.demand.mem_mb,
-            },
-        )
+        sum(self.lock().spares.iter().map(|s| s.container.key.demand))
     }
 
     pub(super) fn count(&self) -> usize {
         self.lock().spares.len()
+    }
+
+    /// The spares' stock: ready ones, and the room of those starting too.
+    pub(super) fn stock(&self) -> SpareStock {
+        let state = self.lock();
+        let ready = state.spares.iter().map(|s| s.container.key.demand);
+        let starting = state
+            .starting
+            .values()
+            .filter(|s| s.reserved)
+            .map(|s| s.demand);
+        SpareStock {
+            count: state.spares.len(),
+            demand: sum(ready.chain(starting)),
+        }
     }
 
     /// The engine says container `id` stopped or left: if it is a spare, it is removed.

@@ -256,7 +256,7 @@ impl Starter {
         if !key.is_plain_container() {
             return None;
         }
-        let (spare, started) = self.spares.take(&key.image)?;
+        let (spare, started) = self.spares.take_fitting(key)?;
         let spare = match Arc::try_unwrap(spare) {
             Ok(spare) => spare,
             Err(shared) => {
@@ -301,11 +301,10 @@ impl Starter {
     /// After a container of `key` started: starts a spare of its image in the background,
     /// if the spares' bounds allow one.
     fn maybe_start_spare(self: &Arc<Self>, key: &TaskKey) {
-        if !self.spares.wants(key) {
+        let Some(key) = self.spares.wants(key) else {
             return;
-        }
+        };
         let starter = Arc::clone(self);
-        let key = key.clone();
         self.spawn_start(async move {
             let _ended = super::scopeguard(|| starter.spares.start_ended(&key));
             starter.start_spare(&key).await;
@@ -326,6 +325,7 @@ impl Starter {
         let Some(reservation) = self.room.budget().try_reserve(template.demand) else {
             return;
         };
+        self.spares.start_reserved(template);
         let config = self.ctx.config();
         let phases = Phases::new(&self.ctx.metrics);
         let started = self.launch_as(template, &config, reservation, phases, &cancel, true);
