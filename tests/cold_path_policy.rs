@@ -295,3 +295,47 @@ async fn a_prewarm_key_takes_the_room_of_a_spare() {
     ex.shutdown().await;
     assert!(engine.containers().is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn pause_waits_for_removals_the_executor_began_so_update_config_is_not_refused() {
+    let config = Config {
+        cpu: 4.0,
+        mem_mb: 4096,
+        sandbox_pool: 0,
+        spare_containers: 0,
+        idle_timeout: Duration::from_secs(1),
+        ..Config::default()
+    };
+    let (ex, engine) = executor(config, &["a:v1"]).await;
+    // Docker takes 5 s to remove a container here.
+    engine.set_delays(Duration::from_secs(5), Duration::ZERO);
+    ex.execute(request(&key("a:v1", 2000, 1024))).await.unwrap();
+    // The reaper takes the idle container after 1 s and begins its 5 s removal.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(engine.removed().len(), 0, "the removal is still in flight");
+    let paused = tokio::time::Instant::now();
+    ex.pause().await;
+    assert!(
+        paused.elapsed() >= Duration::from_millis(3500),
+        "pause answered after {:?}, while the reaper's removal still held the room",
+        paused.elapsed()
+    );
+    assert_eq!(
+        ex.budget().used,
+        Demand {
+            milli_cpu: 0,
+            mem_mb: 0
+        },
+        "room still held after pause"
+    );
+    // A budget below what the reaped container held is accepted: nothing holds it now.
+    let update = mecanywhere_executor::executor::ConfigUpdate {
+        cpu: Some(1.0),
+        mem_mb: Some(512),
+        ..Default::default()
+    };
+    ex.update_config(update).await.unwrap();
+    ex.unpause();
+    ex.shutdown().await;
+    assert!(engine.containers().is_empty());
+}

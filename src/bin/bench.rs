@@ -81,6 +81,8 @@ struct Args {
     /// `sandbox_pool` and `spare_containers` in the executor's config; `None` = its defaults.
     sandbox_pool: Option<u64>,
     spare_containers: Option<u64>,
+    /// `--only back-to-back`: only the back-to-back cold-path rows (row 9).
+    only_back_to_back: bool,
 }
 
 fn parse_args() -> Args {
@@ -91,6 +93,7 @@ fn parse_args() -> Args {
         background_eviction: true,
         sandbox_pool: None,
         spare_containers: None,
+        only_back_to_back: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -110,6 +113,7 @@ fn parse_args() -> Args {
             "--json" => args.json = Some(PathBuf::from(&value)),
             "--sandbox-pool" => args.sandbox_pool = Some(number().min(64)),
             "--spare-containers" => args.spare_containers = Some(number().min(64)),
+            "--only" if value == "back-to-back" => args.only_back_to_back = true,
             "--background-eviction" => {
                 args.background_eviction = value.parse().unwrap_or_else(|_| {
                     eprintln!("bench: {flag} needs true or false, got {value:?}");
@@ -119,7 +123,8 @@ fn parse_args() -> Args {
             other => {
                 eprintln!(
                     "bench: unknown flag {other} (use --seconds N, --json PATH, --cold-runs N, \
-                     --background-eviction true|false, --sandbox-pool N, --spare-containers N)"
+                     --background-eviction true|false, --sandbox-pool N, --spare-containers N, \
+                     --only back-to-back)"
                 );
                 std::process::exit(2)
             }
@@ -1273,6 +1278,24 @@ async fn run(args: Args) -> Result<(), String> {
     // Holders the executor keeps free (its default unless set).
     let pool = args.sandbox_pool.unwrap_or(8) as f64;
 
+    if args.only_back_to_back {
+        let (b2b_rows, b2b_json, b2b_targets) =
+            back_to_back_rows(&mut ctl, addr, &docker, &bench_label, &args).await?;
+        println!();
+        print_table(&b2b_rows);
+        results.insert("cold_path_back_to_back".into(), b2b_json);
+        results.insert("targets".into(), Value::Array(b2b_targets));
+        let text = serde_json::to_string_pretty(&Value::Object(results)).map_err(err("JSON"))?;
+        std::fs::write(&json_path, text + "\n").map_err(err(json_path.display()))?;
+        ctl.control(Method::POST, "/stop").await?;
+        println!(
+            "bench: figures written to {}; run took {:.0} s",
+            json_path.display(),
+            run_started.elapsed().as_secs_f64()
+        );
+        return Ok(());
+    }
+
     // --- row 3: cold starts, executor vs engine --------------------------------------------
     let mut conn = Conn::open(addr).await?;
     let input = Bytes::from_static(INPUT.as_bytes());
@@ -1465,6 +1488,9 @@ async fn run(args: Args) -> Result<(), String> {
     // --- row 8: the cold path's pools ---------------------------------------------------------
     let (pools_table, pools_json, pools_targets) =
         pools_rows(&mut ctl, addr, &docker, &bench_label, &args).await?;
+    // --- row 9: the same new keys back to back ------------------------------------------------
+    let (b2b_table, b2b_json, b2b_targets) =
+        back_to_back_rows(&mut ctl, addr, &docker, &bench_label, &args).await?;
     // The request connection sat idle meanwhile, longer than the executor keeps one open.
     conn = Conn::open(addr).await?;
 
@@ -1914,6 +1940,7 @@ async fn run(args: Args) -> Result<(), String> {
         "",
     ));
     rows.extend(pools_table);
+    rows.extend(b2b_table);
     let rss_met = rss_idle_kb as f64 / 1024.0 <= RSS_IDLE_TARGET_MB
         && rss_peak_kb as f64 / 1024.0 <= RSS_LOAD_TARGET_MB;
     rows.push(row(
@@ -2045,6 +2072,7 @@ async fn run(args: Args) -> Result<(), String> {
         }),
     );
     results.insert("cold_path_pools".into(), pools_json);
+    results.insert("cold_path_back_to_back".into(), b2b_json);
     results.insert(
         "memory".into(),
         json!({
@@ -2098,6 +2126,7 @@ async fn run(args: Args) -> Result<(), String> {
     targets.extend(throughput_targets);
     targets.push(json!({"name": "rss", "target": format!("idle <= {RSS_IDLE_TARGET_MB} MB, under load <= {RSS_LOAD_TARGET_MB} MB"), "idle_kb": rss_idle_kb, "peak_kb": rss_peak_kb, "met": rss_met}));
     targets.extend(pools_targets);
+    targets.extend(b2b_targets);
     targets.push(json!({"name": "cold_start_vs_engine", "target": format!("executor median <= engine median + {COLD_TARGET_MS} ms"), "value_ms": cold_diff, "met": cold_met}));
     targets.push(json!({"name": "parallel_cold_starts", "target": format!("{PARALLEL} at once <= {PARALLEL_TARGET_RATIO} x single median"), "value_ratio": parallel_ratio, "met": parallel_met}));
     targets.push(json!({"name": "idle_cpu", "target": format!("<= {IDLE_CPU_TARGET_PERCENT}% of a core"), "value_percent": idle_cpu_percent, "met": idle_met}));
@@ -2361,4 +2390,186 @@ async fn pools_rows(
         json!({"name": "burst_of_new_keys", "target": format!("<= {BURST_TARGET_RATIO} x one engine start"), "value_ratio": burst_ratio, "met": burst_met}),
     ];
     Ok((rows, section, targets))
+}
+
+// ---------------------------------------------------------------------------------------
+// Row 9: the cold path's rows back to back: new keys arriving a fixed gap after the previous
+// answer, without waiting for the pools to refill, so the executor's background refills
+// (holders, spares) run among the requests' own starts.
+
+/// Gaps between one answer and the next request, and the targets at each (ratios to one
+/// Docker default start: seen image, first use, 8 at once).
+const BACK_TO_BACK: [(Duration, f64, f64, f64); 2] = [
+    (Duration::from_millis(3000), 0.3, 0.7, 2.0),
+    (Duration::from_millis(300), 0.3, 0.9, 3.0),
+];
+/// Bursts of [`PARALLEL`] new keys per gap, each key of [`BURST_CPU`] cores: two bursts, the
+/// prewarmed key and the spares of the first burst fit the bench's 2-core budget together,
+/// so the second burst measures refills, not evictions.
+const BURSTS: usize = 2;
+const BURST_CPU: f64 = 0.05;
+
+/// Row 9 with its same-run baseline; the JSON of the section and its targets.
+async fn back_to_back_rows(
+    ctl: &mut Conn,
+    addr: SocketAddr,
+    docker: &Docker,
+    bench_label: &str,
+    args: &Args,
+) -> Result<(Vec<Row>, Value, Vec<Value>), String> {
+    let pool = args.sandbox_pool.unwrap_or(8) as f64;
+    let runs = args.cold_runs;
+    let input = Bytes::from_static(INPUT.as_bytes());
+    // The baseline: Docker's default start of the same image, settled, in this run.
+    let mut baseline = Vec::new();
+    for i in 0..runs {
+        tokio::time::sleep(COLD_SETTLE).await;
+        let mem = POOLS_MEM_BASE + 200 + i as u64;
+        let (run, id) = engine_cold(docker, bench_label, COLD_CPU, mem, &input).await?;
+        remove_baseline(docker, &id).await?;
+        baseline.push(run.total_ms);
+    }
+    let one = median(&baseline);
+    println!("bench: back to back: engine baseline (ms): {baseline:?}");
+    let mut rows = Vec::new();
+    let mut section = serde_json::Map::new();
+    section.insert("engine_ms".into(), json!(baseline));
+    section.insert("engine_median_ms".into(), json!(one));
+    let mut targets = Vec::new();
+    for (g, (gap, seen_target, first_target, burst_target)) in BACK_TO_BACK.into_iter().enumerate()
+    {
+        let gap_s = gap.as_secs_f64();
+        // Each sequence starts from a settled executor with its pools full and room in the
+        // budget, so that only its own refills run among its requests.
+        reset_executor(ctl, pool).await?;
+        tokio::time::sleep(COLD_SETTLE).await;
+        let mut conn = Conn::open(addr).await?;
+
+        // First use of present images, one after another.
+        let mut first = Vec::new();
+        for i in 0..runs {
+            let image = pools_tag(docker, &format!("b2b{g}-first-{i}")).await?;
+            let mem = POOLS_MEM_BASE + i as u64;
+            first.push(
+                executor_cold_of(ctl, &mut conn, &image, COLD_CPU, mem, INPUT)
+                    .await?
+                    .total_ms,
+            );
+            tokio::time::sleep(gap).await;
+        }
+
+        // New keys of one image, one after another (each may take the spare of the last).
+        reset_executor(ctl, pool).await?;
+        tokio::time::sleep(COLD_SETTLE).await;
+        let mut conn = Conn::open(addr).await?;
+        let seen_image = pools_tag(docker, &format!("b2b{g}-seen")).await?;
+        let claimed0 = gauge(&scrape(ctl).await?, SPARES_CLAIMED);
+        executor_cold_of(
+            ctl,
+            &mut conn,
+            &seen_image,
+            COLD_CPU,
+            POOLS_MEM_BASE - 1,
+            INPUT,
+        )
+        .await?;
+        let mut seen = Vec::new();
+        for i in 0..runs {
+            tokio::time::sleep(gap).await;
+            let mem = POOLS_MEM_BASE + 50 + i as u64;
+            seen.push(
+                executor_cold_of(ctl, &mut conn, &seen_image, COLD_CPU, mem, INPUT)
+                    .await?
+                    .total_ms,
+            );
+        }
+        let claimed = gauge(&scrape(ctl).await?, SPARES_CLAIMED) - claimed0;
+
+        // Bursts of new keys of images not run before, one burst after another.
+        reset_executor(ctl, pool).await?;
+        let mut bursts = Vec::new();
+        for b in 0..BURSTS {
+            tokio::time::sleep(gap).await;
+            let mut images = Vec::new();
+            for i in 0..PARALLEL {
+                images.push(pools_tag(docker, &format!("b2b{g}-burst{b}-{i}")).await?);
+            }
+            let conns = open_conns(addr, PARALLEL).await?;
+            let t = Instant::now();
+            let mut tasks = Vec::new();
+            for (i, (mut c, image)) in conns.into_iter().zip(images).enumerate() {
+                let body = execute_body_of(&image, Some(BURST_CPU), Some(POOLS_MEM_BASE), INPUT);
+                let answer = execute_answer(INPUT);
+                tasks.push(tokio::spawn(async move {
+                    let (status, got) = c.send(Method::POST, "/", body).await?;
+                    if status != StatusCode::OK || got != answer {
+                        return Err(format!(
+                            "back-to-back burst start {i}: HTTP {status}: {}",
+                            String::from_utf8_lossy(&got)
+                        ));
+                    }
+                    Ok::<(), String>(())
+                }));
+            }
+            for task in tasks {
+                task.await.map_err(err("burst client"))??;
+            }
+            bursts.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        println!(
+            "bench: back to back, {gap_s} s apart (ms): first use {first:?}, seen image {seen:?}, \
+             bursts {bursts:?}"
+        );
+        let (first_r, seen_r, burst_r) = (
+            median(&first) / one,
+            median(&seen) / one,
+            median(&bursts) / one,
+        );
+        rows.push(row(
+            ["9a", "9b"][g],
+            format!("back to back, {gap_s} s apart: new key of a seen image, median of {runs} ({claimed} spares claimed)"),
+            ms(median(&seen)),
+            format!("{} engine", ms(one)),
+            format!("{seen_r:.2}×"),
+            format!("≤ {seen_target}×: {}", verdict(seen_r <= seen_target)),
+        ));
+        rows.push(row(
+            "",
+            format!("  first use of a present image, median of {runs}"),
+            ms(median(&first)),
+            "",
+            format!("{first_r:.2}×"),
+            format!("≤ {first_target}×: {}", verdict(first_r <= first_target)),
+        ));
+        rows.push(row(
+            "",
+            format!("  {PARALLEL} new keys at once, wall, median of {BURSTS} bursts"),
+            ms(median(&bursts)),
+            "",
+            format!("{burst_r:.2}×"),
+            format!("≤ {burst_target}×: {}", verdict(burst_r <= burst_target)),
+        ));
+        section.insert(
+            format!("gap_{}ms", gap.as_millis()),
+            json!({
+                "first_use_ms": first, "first_use_ratio": first_r,
+                "seen_image_ms": seen, "seen_image_ratio": seen_r, "spares_claimed": claimed,
+                "bursts_wall_ms": bursts, "burst_ratio": burst_r,
+            }),
+        );
+        for (name, value, target) in [
+            ("seen_image", seen_r, seen_target),
+            ("first_use", first_r, first_target),
+            ("burst_of_new_keys", burst_r, burst_target),
+        ] {
+            targets.push(json!({
+                "name": format!("back_to_back_{}ms_{name}", gap.as_millis()),
+                "target": format!("<= {target} x engine"),
+                "value_ratio": value,
+                "met": value <= target,
+            }));
+        }
+    }
+    reset_executor(ctl, pool).await?;
+    Ok((rows, Value::Object(section), targets))
 }

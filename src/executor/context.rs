@@ -1,6 +1,6 @@
 //! The handles every part of the executor shares: the engine, the configuration, the
-//! metrics, the stop signal, the tracker of work that shutdown waits for, and this process's
-//! instance id.
+//! metrics, the stop signal, the tracker of work that shutdown waits for, this process's
+//! instance id, and the gate that orders refills behind requests' starts.
 //!
 //! Owns nothing but these handles; cloning a [`Context`] clones `Arc`s and tokens. It makes
 //! no decision and holds no policy state (the pool, the budget, pauses and pulls belong to
@@ -12,6 +12,7 @@ use std::sync::{Arc, RwLock};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::refills::Refills;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::metrics::Metrics;
@@ -27,6 +28,8 @@ pub(super) struct Context {
     pub(super) work: TaskTracker,
     /// This process's id, on the label of every container it creates.
     pub(super) instance: Arc<str>,
+    /// Requests' starts in flight, which background refills give way to.
+    pub(super) refills: Arc<Refills>,
 }
 
 impl Context {
@@ -38,6 +41,7 @@ impl Context {
             closing: CancellationToken::new(),
             work: TaskTracker::new(),
             instance: uuid::Uuid::new_v4().to_string().into(),
+            refills: Arc::new(Refills::default()),
         }
     }
 

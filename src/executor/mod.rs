@@ -20,6 +20,7 @@ mod gpus;
 mod prewarm;
 mod pulls;
 mod queue;
+mod refills;
 mod removals;
 mod room;
 mod sandboxes;
@@ -505,6 +506,17 @@ impl Executor {
         let removal = self.ctx.work.spawn(async move {
             removals.retire_all(containers, PAUSE_DRAIN_LIMIT).await;
             starter.wait_for_starts().await;
+            // Removals the executor began before (the reaper's, the watcher's, evictions',
+            // discards'): none may still hold room when `/update-config` checks the budget.
+            if tokio::time::timeout(PAUSE_DRAIN_LIMIT, removals.wait_retired())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    retiring = removals.retiring(),
+                    "removals still in flight after pausing"
+                );
+            }
             // Last: the starts and removals above gave their sandboxes back.
             sandboxes.drain().await;
         });

@@ -1,8 +1,10 @@
 //! Taking containers down: removing containers that are out of the pool (retired, evicted,
 //! reaped, broken), and retrying in the background a removal the engine failed.
 //!
-//! Owns the counts of containers being removed (`retiring`) and of those the engine failed
-//! to remove (`removal_failed`). A container reaches this module only after the pool handed
+//! Owns the counts of containers being removed (`retiring`: counted from the moment a
+//! removal is decided, also while a broken container is diagnosed or a removal waits for its
+//! turn, so pause can wait until none is in flight) and of those the engine failed to
+//! remove (`removal_failed`). A container reaches this module only after the pool handed
 //! it out (`take_*`), so nobody can lease it any more; this module never puts anything into
 //! the pool and never reserves. What a container holds (its reservation) is kept until the
 //! engine removed it, so a failed removal keeps its resources reserved.
@@ -15,10 +17,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use std::time::Duration;
+use tokio::sync::Notify;
 use tracing::Instrument;
 
 use super::context::Context;
-use super::scopeguard;
 use crate::engine::{EngineError, ExitState};
 use crate::pool::{Container, Lease, Pool};
 use crate::task_client::CallError;
@@ -42,9 +44,25 @@ pub(super) struct Removals {
     ctx: Context,
     pool: Arc<Pool>,
     /// Containers out of the pool whose removal is in progress.
-    retiring: AtomicUsize,
+    retiring: Arc<AtomicUsize>,
+    /// Woken when `retiring` drops to zero.
+    retired: Arc<Notify>,
     /// Containers the engine failed to remove, still reserved, removal retried.
     removal_failed: Arc<AtomicUsize>,
+}
+
+/// One removal in flight, counted in `retiring` until dropped.
+struct Retiring {
+    count: Arc<AtomicUsize>,
+    retired: Arc<Notify>,
+}
+
+impl Drop for Retiring {
+    fn drop(&mut self) {
+        if self.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.retired.notify_waiters();
+        }
+    }
 }
 
 impl Removals {
@@ -52,8 +70,32 @@ impl Removals {
         Removals {
             ctx,
             pool,
-            retiring: AtomicUsize::new(0),
+            retiring: Arc::new(AtomicUsize::new(0)),
+            retired: Arc::new(Notify::new()),
             removal_failed: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Counts a removal from now until the returned guard is dropped.
+    fn counted(&self) -> Retiring {
+        self.retiring.fetch_add(1, Ordering::AcqRel);
+        Retiring {
+            count: Arc::clone(&self.retiring),
+            retired: Arc::clone(&self.retired),
+        }
+    }
+
+    /// Waits until no removal is in flight (the reaper's, the watcher's, evictions',
+    /// discards' included); removals the engine failed and that are retried do not count.
+    pub(super) async fn wait_retired(&self) {
+        loop {
+            let retired = self.retired.notified();
+            tokio::pin!(retired);
+            retired.as_mut().enable();
+            if self.retiring() == 0 {
+                return;
+            }
+            retired.await;
         }
     }
 
@@ -73,10 +115,11 @@ impl Removals {
     /// container (and so its reservation) kept until it succeeds.
     pub(super) async fn retire(&self, container: Arc<Container>, drain: Duration) {
         // Counted in /stats until it is gone: its resources stay reserved until then.
-        self.retiring.fetch_add(1, Ordering::AcqRel);
-        let _counted = scopeguard(|| {
-            self.retiring.fetch_sub(1, Ordering::AcqRel);
-        });
+        let counted = self.counted();
+        self.retire_counted(container, drain, counted).await;
+    }
+
+    async fn retire_counted(&self, container: Arc<Container>, drain: Duration, _counted: Retiring) {
         if !drain.is_zero() && !container.wait_drained(drain).await {
             tracing::warn!(container = %container.id, "requests still in flight; removing anyway");
         }
@@ -100,10 +143,7 @@ impl Removals {
             match self.ctx.engine.kill(&victim.id).await {
                 Ok(()) => {
                     victim.release_reservation();
-                    let removals = Arc::clone(self);
-                    self.ctx
-                        .work
-                        .spawn(async move { removals.retire(victim, Duration::ZERO).await });
+                    self.retire_later(victim);
                     return;
                 }
                 Err(e) => {
@@ -168,10 +208,17 @@ impl Removals {
     /// [`retire`](Self::retire) as a tracked task of its own, which shutdown waits for:
     /// the caller goes on at once, and its cancellation cannot cut the removal short.
     pub(super) fn retire_later(self: &Arc<Self>, container: Arc<Container>) {
+        let counted = self.counted();
+        self.retire_later_counted(container, counted);
+    }
+
+    fn retire_later_counted(self: &Arc<Self>, container: Arc<Container>, counted: Retiring) {
         let removals = Arc::clone(self);
-        self.ctx
-            .work
-            .spawn(async move { removals.retire(container, Duration::ZERO).await });
+        self.ctx.work.spawn(async move {
+            removals
+                .retire_counted(container, Duration::ZERO, counted)
+                .await
+        });
     }
 
     /// Removes several containers concurrently.
@@ -186,6 +233,8 @@ impl Removals {
         let container = Arc::clone(lease.container());
         drop(lease);
         let ours = self.pool.take_if_current(&container);
+        // Counted as a removal from now: pause waits for the diagnosis and the removal.
+        let counted = ours.then(|| self.counted());
         let removals = Arc::clone(self);
         let diagnosis = self.ctx.work.spawn(async move {
             let message = if matches!(error, CallError::Timeout(_)) {
@@ -206,8 +255,8 @@ impl Removals {
             tracing::warn!(container = %container.id, key = %container.key, reason = %message, "discarding task container");
             // Only one of the requests that saw it break removes it, in the background:
             // the answer does not wait for the removal.
-            if ours {
-                removals.retire_later(container);
+            if let Some(counted) = counted {
+                removals.retire_later_counted(container, counted);
             }
             message
         }

@@ -10,7 +10,8 @@
 //!
 //! Owns the socket directory of this instance, the free holders, which holders are in use,
 //! and the keeper that refills the pool in the background (one holder at a time, up to
-//! `sandbox_pool`) and removes holders that are discarded. A start that finds no free
+//! `sandbox_pool`, each in its turn among the refills: never begun while a request's start
+//! is in flight, see `refills`) and removes holders that are discarded. A start that finds no free
 //! holder starts one of its own ([`Sandboxes::start_own`]). A holder is handed out as a
 //! [`SandboxLease`] that the task's container keeps; it goes back to the pool only when the
 //! engine removed that task container ([`SandboxLease::mark_reusable`]), so a holder never
@@ -41,9 +42,6 @@ use crate::engine::{
 /// doubling with each failure in a row, at most 30 s.
 const FAILURE_BACKOFF_FIRST: Duration = Duration::from_secs(1);
 const FAILURE_BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// How long after a holder was taken the pool is refilled: the starts of a burst get the
-/// CPU first, and holders whose tasks leave meanwhile are reused instead of replaced.
-const REFILL_DELAY: Duration = Duration::from_secs(2);
 
 #[derive(Default)]
 struct State {
@@ -57,8 +55,6 @@ struct State {
     starting: usize,
     /// False while paused or stopping: nothing is handed out or started, returns are removed.
     enabled: bool,
-    /// When a holder was last taken.
-    last_take: Option<tokio::time::Instant>,
 }
 
 struct Shared {
@@ -327,7 +323,6 @@ impl Sandboxes {
         }
         let holder = state.free.pop()?;
         state.in_use.insert(holder.id.clone());
-        state.last_take = Some(tokio::time::Instant::now());
         drop(state);
         // Refill.
         self.shared.wake.notify_one();
@@ -479,28 +474,34 @@ impl Sandboxes {
                     }
                 }
             }
-            let mut refill_at = None;
             if !failed && self.image_ready.load(Ordering::Acquire) {
+                let wanted = |state: &State| {
+                    state.enabled
+                        && !self.ctx.closing.is_cancelled()
+                        && state.free.len() + state.starting < target
+                };
+                // A refill gives way to requests' starts (see `refills`): it waits for its
+                // turn, then checks again whether it is still wanted.
+                let turn = if wanted(&self.shared.lock()) {
+                    tokio::select! {
+                        _ = self.ctx.closing.cancelled() => return,
+                        turn = self.ctx.refills.turn() => Some(turn),
+                    }
+                } else {
+                    None
+                };
                 // Checked and spawned under the lock, so `drain` either waits for this start
                 // or keeps it from beginning.
-                let start = {
+                let start = turn.as_ref().and_then(|_| {
                     let mut state = self.shared.lock();
-                    let wanted = state.enabled
-                        && !self.ctx.closing.is_cancelled()
-                        && state.free.len() + state.starting < target;
-                    let now = tokio::time::Instant::now();
-                    let due = state.last_take.map_or(now, |t| t + REFILL_DELAY);
-                    if wanted && due > now {
-                        refill_at = Some(due);
-                    }
-                    (wanted && due <= now).then(|| {
+                    wanted(&state).then(|| {
                         state.starting += 1;
                         let engine = Arc::clone(&self.ctx.engine);
                         let spec = self.holder_spec();
                         self.starts
                             .spawn(async move { engine.start_holder(&spec).await })
                     })
-                };
+                });
                 if let Some(start) = start {
                     let result = start.await;
                     let mut state = self.shared.lock();
@@ -526,11 +527,7 @@ impl Sandboxes {
                     continue;
                 }
             }
-            let wake_at = if failed {
-                Some(tokio::time::Instant::now() + backoff_delay)
-            } else {
-                refill_at
-            };
+            let wake_at = failed.then(|| tokio::time::Instant::now() + backoff_delay);
             let backoff = super::sleep_until_or_forever(wake_at);
             tokio::select! {
                 _ = self.ctx.closing.cancelled() => return,

@@ -57,10 +57,6 @@ impl<'a> Phases<'a> {
     }
 }
 
-/// How long after a start a spare of its image is started: out of the way of the starts of
-/// a burst.
-const SPARE_DELAY: Duration = Duration::from_millis(500);
-
 /// `demand`'s CPU as a container quota (10⁻⁹ cores).
 fn nano_cpus(demand: Demand) -> i64 {
     demand.milli_cpu as i64 * 1_000_000
@@ -183,6 +179,8 @@ impl Starter {
         starter: oneshot::Sender<Result<Lease, ExecError>>,
     ) {
         let key = ticket.key().clone();
+        // Refills (holders, spares) wait until this start ended.
+        let _request_start = self.ctx.refills.request_start();
         let cancel = self.start_cancel();
         // Pause and shutdown both cancel `cancel`: the start then ends cooperatively, removing
         // what it created, instead of being dropped half-way.
@@ -312,13 +310,14 @@ impl Starter {
     }
 
     /// Starts a spare with `template`'s limits, from free room only, out of the way of
-    /// requests: after a pause of its own, never while a start waits for room.
+    /// requests: in its turn among the refills (no request start in flight), never while a
+    /// start waits for room.
     async fn start_spare(&self, template: &TaskKey) {
         let cancel = self.start_cancel();
-        tokio::select! {
+        let _turn = tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(SPARE_DELAY) => {}
-        }
+            turn = self.ctx.refills.turn() => turn,
+        };
         if self.is_paused() || self.room.waiting_for_room() > 0 {
             return;
         }
