@@ -247,9 +247,10 @@ impl Starter {
         self.launch(key, &config, reservation, phases, cancel).await
     }
 
-    /// The spare of `key`'s image, resized to `key`'s limits, if there is one and the budget
-    /// has room for what `key` adds. Throughout, the spare's reservation covers the larger of
-    /// its old and new limits, so what runs never exceeds what is reserved.
+    /// The spare of `key`'s image, grown to `key`'s limits, if there is one within them (a
+    /// spare is never shrunk: see `spares`) and the budget has room for what `key` adds. The
+    /// reservation is grown before the engine resizes, so what runs never exceeds what is
+    /// reserved.
     async fn claim_spare(&self, key: &TaskKey, config: &Config) -> Option<Arc<Container>> {
         if !key.is_plain_container() {
             return None;
@@ -266,12 +267,7 @@ impl Starter {
             self.removals.retire_later(Arc::new(spare));
             return None;
         };
-        let old = reservation.demand();
-        let peak = Demand {
-            milli_cpu: old.milli_cpu.max(key.demand.milli_cpu),
-            mem_mb: old.mem_mb.max(key.demand.mem_mb),
-        };
-        if !reservation.resize(peak) {
+        if !reservation.resize(key.demand) {
             // No free room to grow into: it stays a spare (evicted first if room is needed).
             spare.put_reservation(reservation);
             self.spares.put_back(Arc::new(spare), started);
@@ -288,9 +284,7 @@ impl Starter {
             self.removals.retire_later(Arc::new(spare));
             return None;
         }
-        let shrunk = reservation.resize(key.demand);
-        debug_assert!(shrunk, "shrinking a reservation always fits");
-        tracing::info!(container = %spare.id, key = %key, "spare container resized for the key");
+        tracing::info!(container = %spare.id, key = %key, "spare container grown for the key");
         self.ctx.metrics.spares_claimed.inc();
         let prewarmed = config.prewarm.iter().any(|p| &p.key == key);
         Some(Arc::new(spare.rekeyed(key.clone(), reservation, prewarmed)))
