@@ -48,22 +48,39 @@ const MB_S_PER_GB_H: f64 = 1024.0 * 3600.0;
 const FIXED_MINUTES: [u64; 7] = [1, 2, 5, 10, 20, 30, 60];
 /// Idle timeouts (the cap) of the adaptive policies replayed, in minutes.
 const ADAPTIVE_MINUTES: [u64; 5] = [5, 10, 20, 30, 60];
-/// The fixed policies the target compares with: fewer cold starts than the first, at no
-/// more idle memory-time than the second.
-const TARGET_COLD_OF: u64 = 10;
-const TARGET_MEMORY_OF: u64 = 1;
+/// The priced policies replayed: idle timeout (the cap) in minutes, and the price of a warm
+/// start in MB·s (`keep_alive_price`).
+const PRICED: [(u64, u64); 7] = [
+    (60, 76_800),
+    (60, 96_000),
+    (60, 115_200),
+    (60, 134_400),
+    (60, 153_600),
+    (60, 192_000),
+    (60, 230_400),
+];
+/// The target: no more cold starts than fixed `TARGET_OF` minutes at no more than
+/// `TARGET_MEMORY_SHARE` of its idle memory-time.
+const TARGET_OF: u64 = 10;
+const TARGET_MEMORY_SHARE: f64 = 0.7;
 
-const USAGE: &str = "usage: replay [--seed N] [--svg PATH] [--hours H] [--keys K]
-  --seed N     seed of the synthetic trace (1)
-  --svg PATH   where the chart goes (keep-alive.svg)
-  --hours H    virtual hours of trace (24)
-  --keys K     task keys in the trace (300)";
+const USAGE: &str = "usage: replay [--seed N] [--svg PATH] [--hours H] [--keys K] [--priced M:P,..] [--only PREFIX,..]
+  --seed N      seed of the synthetic trace (1)
+  --svg PATH    where the chart goes (keep-alive.svg)
+  --hours H     virtual hours of trace (24)
+  --keys K      task keys in the trace (300)
+  --priced M:P  the priced policies: idle timeout M minutes, price P MB·s (the default list)
+  --only P      replay only the policies whose label starts with one of these (all)
+  --per-key CSV also write each policy's requests, cold starts and idle MB·s per key";
 
 struct Args {
     seed: u64,
     svg: PathBuf,
     hours: u64,
     keys: usize,
+    priced: Vec<(u64, u64)>,
+    only: Vec<String>,
+    per_key: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -72,6 +89,9 @@ fn parse_args() -> Result<Args, String> {
         svg: PathBuf::from("keep-alive.svg"),
         hours: 24,
         keys: 300,
+        priced: PRICED.to_vec(),
+        only: Vec::new(),
+        per_key: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -85,6 +105,19 @@ fn parse_args() -> Result<Args, String> {
             "--svg" => args.svg = PathBuf::from(value()?),
             "--hours" => args.hours = number(value()?)?.clamp(1, 24 * 7),
             "--keys" => args.keys = number(value()?)?.clamp(1, 5000) as usize,
+            "--priced" => {
+                args.priced = value()?
+                    .split(',')
+                    .map(|pair| {
+                        let (m, p) = pair
+                            .split_once(':')
+                            .ok_or(format!("--priced: {pair:?} is not MINUTES:PRICE"))?;
+                        Ok((number(m.to_string())?.max(1), number(p.to_string())?.max(1)))
+                    })
+                    .collect::<Result<_, String>>()?
+            }
+            "--per-key" => args.per_key = Some(PathBuf::from(value()?)),
+            "--only" => args.only = value()?.split(',').map(str::to_string).collect(),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -270,6 +303,8 @@ fn generate(seed: u64, keys: usize, horizon: Duration) -> Trace {
 enum Policy {
     Fixed(u64),
     Adaptive(u64),
+    /// Idle timeout in minutes, price of a warm start in MB·s.
+    Priced(u64, u64),
 }
 
 impl Policy {
@@ -277,8 +312,27 @@ impl Policy {
         match self {
             Policy::Fixed(m) => format!("fixed {m} min"),
             Policy::Adaptive(m) => format!("adaptive (idle_timeout {m} min)"),
+            Policy::Priced(m, price) => {
+                format!("priced {} (idle_timeout {m} min)", price_label(price))
+            }
         }
     }
+
+    fn order(self) -> (u8, u64, u64) {
+        match self {
+            Policy::Fixed(m) => (0, m, 0),
+            Policy::Adaptive(m) => (1, m, 0),
+            Policy::Priced(m, price) => (2, m, price),
+        }
+    }
+}
+
+/// A price of a warm start, in MB·s and as memory × minutes of a 128 MB container.
+fn price_label(price: u64) -> String {
+    format!(
+        "{price} MB·s (128 MB × {} min)",
+        price as f64 / 128.0 / 60.0
+    )
 }
 
 /// What one policy did with the trace.
@@ -293,6 +347,8 @@ struct Outcome {
     unused: u64,
     evictions: u64,
     failed: u64,
+    /// Per key: requests, cold ones, idle MB·s.
+    by_key: Vec<(u64, u64, f64)>,
 }
 
 impl Outcome {
@@ -347,6 +403,13 @@ async fn replay_on_paused_clock(trace: &Trace, policy: Policy) -> Outcome {
         Policy::Adaptive(m) => (
             MINUTE * m as u32,
             KeepAlivePolicy::Adaptive(Params::default()),
+        ),
+        Policy::Priced(m, price) => (
+            MINUTE * m as u32,
+            KeepAlivePolicy::Priced {
+                params: Params::priced(),
+                price: price as f64,
+            },
         ),
     };
     let config = Config {
@@ -452,14 +515,18 @@ async fn replay_on_paused_clock(trace: &Trace, policy: Policy) -> Outcome {
         unused: metric(&metrics, "meca_predicted_prewarms_unused_total"),
         evictions: metric(&metrics, "meca_evictions_total"),
         failed: 0,
+        by_key: vec![(0, 0, 0.0); trace.functions.len()],
     };
     let slot = |f: &Function| PATTERNS.iter().position(|p| *p == f.pattern).unwrap_or(0);
     let mut own_cold = 0;
+    let mut per_key_requests = vec![0u64; trace.functions.len()];
     for d in &done {
+        per_key_requests[d.function] += 1;
         let p = slot(&trace.functions[d.function]);
         outcome.by_pattern[p].0 += 1;
         if d.cold {
             outcome.by_pattern[p].1 += 1;
+            outcome.by_key[d.function].1 += 1;
             own_cold += 1;
         }
         if !d.ok {
@@ -493,6 +560,8 @@ async fn replay_on_paused_clock(trace: &Trace, policy: Policy) -> Outcome {
         let idle = alive[i].saturating_sub(busy).as_secs_f64() * f.key.demand.mem_mb as f64;
         outcome.idle_mb_s += idle;
         outcome.by_pattern[slot(f)].2 += idle;
+        outcome.by_key[i].0 = per_key_requests[i];
+        outcome.by_key[i].2 = idle;
     }
     executor.shutdown().await;
     outcome
@@ -513,6 +582,10 @@ fn main() {
         .iter()
         .map(|m| Policy::Fixed(*m))
         .chain(ADAPTIVE_MINUTES.iter().map(|m| Policy::Adaptive(*m)))
+        .chain(args.priced.iter().map(|(m, p)| Policy::Priced(*m, *p)))
+        .filter(|p| {
+            args.only.is_empty() || args.only.iter().any(|k| p.label().starts_with(k.as_str()))
+        })
         .collect();
     let queue = Mutex::new(policies);
     let outcomes = Mutex::new(Vec::new());
@@ -535,12 +608,15 @@ fn main() {
         }
     });
     let mut outcomes = outcomes.into_inner().expect("outcomes");
-    outcomes.sort_by_key(|o| match o.policy {
-        Policy::Fixed(m) => (0, m),
-        Policy::Adaptive(m) => (1, m),
-    });
+    outcomes.sort_by_key(|o| o.policy.order());
     print_tables(&outcomes);
     print_target(&outcomes);
+    if let Some(path) = &args.per_key {
+        if let Err(e) = write_per_key(&outcomes, &trace, path) {
+            eprintln!("could not write {}: {e}", path.display());
+            std::process::exit(1);
+        }
+    }
     match draw(&outcomes, &args.svg, &trace, args.seed) {
         Ok(()) => println!("\nchart: {}", args.svg.display()),
         Err(e) => {
@@ -585,7 +661,7 @@ fn print_tables(outcomes: &[Outcome]) {
     for o in outcomes {
         let predicted = match o.policy {
             Policy::Fixed(_) => "—".to_string(),
-            Policy::Adaptive(_) => format!("{} ({})", o.predicted, o.unused),
+            Policy::Adaptive(_) | Policy::Priced(..) => format!("{} ({})", o.predicted, o.unused),
         };
         println!(
             "| {} | {} | {} | {:.2} | {:.3e} | {:.1} | {predicted} | {} | {} |",
@@ -618,36 +694,60 @@ fn print_tables(outcomes: &[Outcome]) {
     }
 }
 
+/// One line per policy and key: policy, key, pattern, memory, requests, cold starts, idle
+/// MB·s.
+fn write_per_key(
+    outcomes: &[Outcome],
+    trace: &Trace,
+    path: &std::path::Path,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    writeln!(out, "policy,key,pattern,mem_mb,requests,cold,idle_mb_s")?;
+    for o in outcomes {
+        for (i, (requests, cold, idle)) in o.by_key.iter().enumerate() {
+            let f = &trace.functions[i];
+            writeln!(
+                out,
+                "{},{i},{},{},{requests},{cold},{idle:.0}",
+                o.policy.label().replace(',', ";"),
+                f.pattern.name(),
+                f.key.demand.mem_mb
+            )?;
+        }
+    }
+    out.flush()
+}
+
 fn fixed(outcomes: &[Outcome], minutes: u64) -> Option<&Outcome> {
     outcomes.iter().find(|o| o.policy == Policy::Fixed(minutes))
 }
 
 fn print_target(outcomes: &[Outcome]) {
-    let (Some(cold_ref), Some(mem_ref)) = (
-        fixed(outcomes, TARGET_COLD_OF),
-        fixed(outcomes, TARGET_MEMORY_OF),
-    ) else {
+    let Some(reference) = fixed(outcomes, TARGET_OF) else {
         return;
     };
+    let budget = reference.idle_mb_s * TARGET_MEMORY_SHARE;
     println!(
-        "\ntarget: fewer cold starts than fixed {TARGET_COLD_OF} min ({:.2}%) at no more idle memory-time than fixed {TARGET_MEMORY_OF} min ({:.1} GB·h)",
-        cold_ref.cold_percent(),
-        mem_ref.idle_gb_h()
+        "\ntarget: no more cold starts than fixed {TARGET_OF} min ({}, {:.2}%) at no more than {:.0}% of its idle memory-time ({:.1} GB·h)",
+        reference.cold,
+        reference.cold_percent(),
+        TARGET_MEMORY_SHARE * 100.0,
+        budget / MB_S_PER_GB_H
     );
     for o in outcomes
         .iter()
-        .filter(|o| matches!(o.policy, Policy::Adaptive(_)))
+        .filter(|o| !matches!(o.policy, Policy::Fixed(_)))
     {
-        let fewer = o.cold < cold_ref.cold;
-        let no_more = o.idle_mb_s <= mem_ref.idle_mb_s;
+        let met = o.cold <= reference.cold && o.idle_mb_s <= budget;
         println!(
-            "- {}: {:.2}% cold ({}), {:.1} GB·h idle ({:+.0}% against fixed {TARGET_MEMORY_OF} min): {}",
+            "- {}: {} cold ({:+.1}%), {:.1} GB·h idle ({:.0}% of fixed {TARGET_OF} min): {}",
             o.policy.label(),
-            o.cold_percent(),
-            if fewer { "fewer" } else { "not fewer" },
+            o.cold,
+            (o.cold as f64 / reference.cold.max(1) as f64 - 1.0) * 100.0,
             o.idle_gb_h(),
-            (o.idle_mb_s / mem_ref.idle_mb_s - 1.0) * 100.0,
-            if fewer && no_more { "met" } else { "not met" }
+            o.idle_mb_s / reference.idle_mb_s * 100.0,
+            if met { "met" } else { "not met" }
         );
     }
 }
@@ -660,26 +760,45 @@ fn draw(
 ) -> Result<(), Box<dyn std::error::Error>> {
     use plotters::prelude::*;
 
-    let fixed_points: Vec<(f64, f64, u64)> = outcomes
+    let point = |o: &Outcome| (o.idle_gb_h(), o.cold_percent().max(0.001));
+    let fixed_points: Vec<((f64, f64), u64)> = outcomes
         .iter()
         .filter_map(|o| match o.policy {
-            Policy::Fixed(m) => Some((o.idle_gb_h(), o.cold_percent(), m)),
-            Policy::Adaptive(_) => None,
+            Policy::Fixed(m) => Some((point(o), m)),
+            _ => None,
         })
         .collect();
-    let adaptive_points: Vec<(f64, f64, u64)> = outcomes
+    let adaptive_points: Vec<((f64, f64), u64)> = outcomes
         .iter()
         .filter_map(|o| match o.policy {
-            Policy::Adaptive(m) => Some((o.idle_gb_h(), o.cold_percent(), m)),
-            Policy::Fixed(_) => None,
+            Policy::Adaptive(m) => Some((point(o), m)),
+            _ => None,
         })
         .collect();
-    let all = || fixed_points.iter().chain(&adaptive_points);
-    let x_min = 0.0;
-    let x_max = all().map(|p| p.0).fold(0.0, f64::max) * 1.1;
-    let y_max = all().map(|p| p.1).fold(0.0, f64::max) * 1.15;
+    // The priced policies, one curve per idle timeout (the prices swept along it).
+    let mut priced_caps: Vec<u64> = outcomes
+        .iter()
+        .filter_map(|o| match o.policy {
+            Policy::Priced(m, _) => Some(m),
+            _ => None,
+        })
+        .collect();
+    priced_caps.dedup();
+    let priced_points = |cap: u64| -> Vec<((f64, f64), u64)> {
+        outcomes
+            .iter()
+            .filter_map(|o| match o.policy {
+                Policy::Priced(m, price) if m == cap => Some((point(o), price)),
+                _ => None,
+            })
+            .collect()
+    };
+    let all: Vec<(f64, f64)> = outcomes.iter().map(point).collect();
+    let x_max = all.iter().map(|p| p.0).fold(0.0, f64::max) * 1.1;
+    let y_max = all.iter().map(|p| p.1).fold(0.0, f64::max) * 1.5;
+    let y_min = all.iter().map(|p| p.1).fold(f64::INFINITY, f64::min) / 1.5;
 
-    let root = SVGBackend::new(path, (1000, 720)).into_drawing_area();
+    let root = SVGBackend::new(path, (1100, 760)).into_drawing_area();
     root.fill(&WHITE)?;
     let caption = format!(
         "Keep-alive policies on a {} h synthetic trace ({} keys, {} requests, seed {seed})",
@@ -692,38 +811,41 @@ fn draw(
         .margin(20)
         .x_label_area_size(50)
         .y_label_area_size(60)
-        .build_cartesian_2d(x_min..x_max, 0f64..y_max)?;
+        .build_cartesian_2d(0f64..x_max, (y_min..y_max).log_scale())?;
     chart
         .configure_mesh()
         .x_desc("idle memory-time, GB·h: memory × time alive without a request in flight")
-        .y_desc("cold starts, % of requests")
+        .y_desc("cold starts, % of requests (log scale)")
         .x_labels(12)
         .y_labels(12)
         .x_label_formatter(&|x| format!("{x:.0}"))
-        .y_label_formatter(&|y| format!("{y:.1}%"))
+        .y_label_formatter(&|y| format!("{y:.2}%"))
         .draw()?;
 
-    // The target: fewer cold starts than fixed 10 min, no more memory than fixed 1 min.
-    if let (Some(cold_ref), Some(mem_ref)) = (
-        fixed(outcomes, TARGET_COLD_OF),
-        fixed(outcomes, TARGET_MEMORY_OF),
-    ) {
-        let (x, y) = (mem_ref.idle_gb_h(), cold_ref.cold_percent());
+    // The target: no more cold starts than fixed 10 min, at most 70% of its memory.
+    if let Some(reference) = fixed(outcomes, TARGET_OF) {
+        let (x, y) = (
+            reference.idle_gb_h() * TARGET_MEMORY_SHARE,
+            reference.cold_percent(),
+        );
         chart
             .draw_series(std::iter::once(Rectangle::new(
-                [(x_min, 0.0), (x, y)],
+                [(0.0, y_min), (x, y)],
                 GREEN.mix(0.12).filled(),
             )))?
             .label(format!(
-                "target: fewer cold starts than fixed {TARGET_COLD_OF} min, idle memory ≤ fixed {TARGET_MEMORY_OF} min"
+                "target: cold starts ≤ fixed {TARGET_OF} min, idle memory ≤ {:.0}% of it",
+                TARGET_MEMORY_SHARE * 100.0
             ))
-            .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 16, y + 5)], GREEN.mix(0.3).filled()));
+            .legend(|(x, y)| {
+                Rectangle::new([(x, y - 5), (x + 16, y + 5)], GREEN.mix(0.3).filled())
+            });
     }
 
     let blue = RGBColor(31, 119, 180);
     chart
         .draw_series(LineSeries::new(
-            fixed_points.iter().map(|(x, y, _)| (*x, *y)),
+            fixed_points.iter().map(|(p, _)| *p),
             blue.stroke_width(2),
         ))?
         .label("fixed keep-alive (idle_timeout)")
@@ -731,16 +853,16 @@ fn draw(
     chart.draw_series(
         fixed_points
             .iter()
-            .map(|(x, y, _)| Circle::new((*x, *y), 4, blue.filled())),
+            .map(|(p, _)| Circle::new(*p, 4, blue.filled())),
     )?;
-    chart.draw_series(fixed_points.iter().map(|(x, y, m)| {
-        EmptyElement::at((*x, *y))
+    chart.draw_series(fixed_points.iter().map(|(p, m)| {
+        EmptyElement::at(*p)
             + Text::new(format!("{m} min"), (6, -18), ("sans-serif", 14).into_font())
     }))?;
 
     let orange = RGBColor(230, 85, 13);
     chart.draw_series(DashedLineSeries::new(
-        adaptive_points.iter().map(|(x, y, _)| (*x, *y)),
+        adaptive_points.iter().map(|(p, _)| *p),
         6,
         4,
         orange.stroke_width(1),
@@ -749,18 +871,50 @@ fn draw(
         .draw_series(
             adaptive_points
                 .iter()
-                .map(|(x, y, _)| TriangleMarker::new((*x, *y), 9, orange.filled())),
+                .map(|(p, _)| TriangleMarker::new(*p, 9, orange.filled())),
         )?
-        .label("adaptive, by idle_timeout (its cap)")
+        .label("adaptive, per key (histogram), by idle_timeout (its cap)")
         .legend(move |(x, y)| TriangleMarker::new((x + 8, y), 6, orange.filled()));
-    chart.draw_series(adaptive_points.iter().map(|(x, y, m)| {
-        EmptyElement::at((*x, *y))
+    chart.draw_series(adaptive_points.iter().map(|(p, m)| {
+        EmptyElement::at(*p)
             + Text::new(
                 format!("≤ {m} min"),
                 (-58, 6),
                 ("sans-serif", 14).into_font().color(&orange),
             )
     }))?;
+
+    let purples = [
+        RGBColor(117, 52, 170),
+        RGBColor(200, 60, 160),
+        RGBColor(40, 150, 90),
+    ];
+    for (i, cap) in priced_caps.iter().enumerate() {
+        let color = purples[i % purples.len()];
+        let points = priced_points(*cap);
+        chart.draw_series(LineSeries::new(
+            points.iter().map(|(p, _)| *p),
+            color.stroke_width(2),
+        ))?;
+        chart
+            .draw_series(points.iter().map(|(p, _)| {
+                EmptyElement::at(*p) + Rectangle::new([(-5, -5), (5, 5)], color.filled())
+            }))?
+            .label(format!(
+                "priced, across keys, idle_timeout {cap} min; by price (128 MB × minutes)"
+            ))
+            .legend(move |(x, y)| {
+                Rectangle::new([(x + 3, y - 5), (x + 13, y + 5)], color.filled())
+            });
+        chart.draw_series(points.iter().map(|(p, price)| {
+            EmptyElement::at(*p)
+                + Text::new(
+                    format!("{:.0}", *price as f64 / 128.0 / 60.0),
+                    (8, 4),
+                    ("sans-serif", 13).into_font().color(&color),
+                )
+        }))?;
+    }
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperRight)

@@ -98,6 +98,7 @@ struct RawConfig {
     spare_containers: Option<u32>,
     spare_memory_mb: Option<u64>,
     keep_alive: Option<String>,
+    keep_alive_price: Option<f64>,
 }
 
 /// One `prewarm:` entry as written.
@@ -275,6 +276,54 @@ pub enum KeepAlivePolicy {
     /// [`crate::keepalive`]); `idle_timeout` caps every keep-alive. The YAML file selects
     /// it with the paper's parameters; other parameters are for tests and simulations.
     Adaptive(crate::keepalive::Params),
+    /// Per task key, by the cost rule (see [`crate::keepalive::decide_priced`]): an idle
+    /// container is kept over the window of its key's idle times worth most when a warm
+    /// start is worth `price` MB·s of idle memory-time (`keep_alive_price`), on every key
+    /// alike; `idle_timeout` caps every keep-alive and is the keep-alive of keys with too
+    /// few idle times yet. The YAML file selects the paper's histogram parameters.
+    Priced {
+        params: crate::keepalive::Params,
+        price: f64,
+    },
+}
+
+/// The default `keep_alive_price`, MB·s: 128 MB for 15 minutes (see BENCHMARKS.md).
+pub const DEFAULT_KEEP_ALIVE_PRICE: f64 = 128.0 * 900.0;
+
+/// The policy `keep_alive` (and `keep_alive_price`, for `priced`: a number of MB·s above
+/// 0, at most [`crate::keepalive::MAX_PRICE`]) name, as the YAML file and `/update-config`
+/// give them; a price with another policy is refused.
+pub fn keep_alive_policy(name: &str, price: Option<f64>) -> Result<KeepAlivePolicy, ConfigError> {
+    let policy = match name.trim() {
+        "fixed" => KeepAlivePolicy::Fixed,
+        "adaptive" => KeepAlivePolicy::Adaptive(crate::keepalive::Params::default()),
+        "priced" => {
+            let price = price.unwrap_or(DEFAULT_KEEP_ALIVE_PRICE);
+            crate::keepalive::Rule::Priced { price }
+                .validate()
+                .map_err(|e| invalid("keep_alive_price", e.message))?;
+            return Ok(KeepAlivePolicy::Priced {
+                params: crate::keepalive::Params::priced(),
+                price,
+            });
+        }
+        other => {
+            return Err(invalid(
+                "keep_alive",
+                format!("{other:?}: use \"fixed\", \"adaptive\" or \"priced\""),
+            ))
+        }
+    };
+    match price {
+        Some(_) => Err(invalid(
+            "keep_alive_price",
+            format!(
+                "applies to keep_alive \"priced\" only, not {:?}",
+                name.trim()
+            ),
+        )),
+        None => Ok(policy),
+    }
 }
 
 /// How log lines are written (`log_format`, `--log-format`).
@@ -758,17 +807,9 @@ impl Config {
             }
             c.spare_memory_mb = n;
         }
-        if let Some(policy) = raw.keep_alive {
-            c.keep_alive = match policy.trim() {
-                "fixed" => KeepAlivePolicy::Fixed,
-                "adaptive" => KeepAlivePolicy::Adaptive(crate::keepalive::Params::default()),
-                other => {
-                    return Err(invalid(
-                        "keep_alive",
-                        format!("{other:?}: use \"fixed\" or \"adaptive\""),
-                    ))
-                }
-            };
+        if raw.keep_alive.is_some() || raw.keep_alive_price.is_some() {
+            let name = raw.keep_alive.as_deref().unwrap_or("fixed");
+            c.keep_alive = keep_alive_policy(name, raw.keep_alive_price)?;
         }
         if let Some(name) = raw.name {
             let ok = !name.is_empty()
@@ -839,6 +880,48 @@ mod tests {
             parse("keep_alive: adaptive\n").unwrap().keep_alive,
             KeepAlivePolicy::Adaptive(crate::keepalive::Params::default())
         );
+    }
+
+    #[test]
+    fn keep_alive_priced_takes_a_price() {
+        let priced = |price| KeepAlivePolicy::Priced {
+            params: crate::keepalive::Params::priced(),
+            price,
+        };
+        assert_eq!(
+            parse("keep_alive: priced\n").unwrap().keep_alive,
+            priced(DEFAULT_KEEP_ALIVE_PRICE)
+        );
+        assert_eq!(
+            parse("keep_alive: priced\nkeep_alive_price: 96000\n")
+                .unwrap()
+                .keep_alive,
+            priced(96000.0)
+        );
+        for (yaml, key) in [
+            (
+                "keep_alive: priced\nkeep_alive_price: 0\n",
+                "keep_alive_price",
+            ),
+            (
+                "keep_alive: priced\nkeep_alive_price: -5\n",
+                "keep_alive_price",
+            ),
+            (
+                "keep_alive: priced\nkeep_alive_price: 1e300\n",
+                "keep_alive_price",
+            ),
+            (
+                "keep_alive: adaptive\nkeep_alive_price: 96000\n",
+                "keep_alive_price",
+            ),
+            ("keep_alive_price: 96000\n", "keep_alive_price"),
+        ] {
+            match parse(yaml) {
+                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{yaml}"),
+                other => panic!("{yaml}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -100,6 +100,17 @@ pub struct ParamsError {
 }
 
 impl Params {
+    /// The defaults of the cost rule (`keep_alive: priced`): the paper's, with 10-second
+    /// bins over the same 4 hours, so that a pre-warm window (and a keep-alive) fits the
+    /// idle times to 10 seconds, not to a minute.
+    pub fn priced() -> Params {
+        Params {
+            bin: Duration::from_secs(10),
+            bins: 1440,
+            ..Params::default()
+        }
+    }
+
     /// Checks that every parameter is usable.
     pub fn validate(&self) -> Result<(), ParamsError> {
         let bad = |name, message: &str| {
@@ -218,23 +229,52 @@ struct KeyState {
     bins: Box<[u32]>,
     in_bounds: u32,
     oob: u32,
+    /// The sum of the idle times counted (aged with them), seconds.
+    idle_sum: f64,
     decision: Decision,
+    /// The memory of the key's containers (the priced rule weighs keep-alives by it).
+    mem_mb: u64,
     /// The windows placed under a cap shorter than the keep-alive window, for that cap.
     capped: Option<(Duration, Windows)>,
 }
 
 impl KeyState {
-    fn new(bins: usize, now: Instant) -> KeyState {
-        KeyState {
+    fn new(mem_mb: u64, now: Instant, params: &Params, rule: Rule) -> KeyState {
+        let mut state = KeyState {
             in_flight: 0,
             idle_since: None,
             prewarm_claimed: false,
             last_seen: now,
-            bins: vec![0; bins].into_boxed_slice(),
+            bins: vec![0; params.bins].into_boxed_slice(),
             in_bounds: 0,
             oob: 0,
+            idle_sum: 0.0,
             decision: Decision::Fixed(Fallback::FewSamples),
+            mem_mb,
             capped: None,
+        };
+        state.decision = state.decide(params, rule);
+        state
+    }
+
+    fn decide(&self, params: &Params, rule: Rule) -> Decision {
+        match rule {
+            Rule::Histogram => decide(&self.bins, self.in_bounds, self.oob, params),
+            Rule::Priced { price } => {
+                let total = self.in_bounds + self.oob;
+                if total < params.min_samples {
+                    decide_priced_few(total, self.idle_sum, self.mem_mb, price, params)
+                } else {
+                    decide_priced(
+                        &self.bins,
+                        self.in_bounds,
+                        self.oob,
+                        self.mem_mb,
+                        price,
+                        params,
+                    )
+                }
+            }
         }
     }
 
@@ -262,7 +302,7 @@ impl KeyState {
         Some(placed)
     }
 
-    fn record(&mut self, idle: Duration, params: &Params) {
+    fn record(&mut self, idle: Duration, params: &Params, rule: Rule) {
         let bin = (idle.as_nanos() / params.bin.as_nanos()) as usize;
         match self.bins.get_mut(bin) {
             Some(count) => {
@@ -271,14 +311,17 @@ impl KeyState {
             }
             None => self.oob += 1,
         }
-        if self.in_bounds + self.oob >= params.max_samples {
+        self.idle_sum += idle.as_secs_f64();
+        let total = self.in_bounds + self.oob;
+        if total >= params.max_samples {
             for count in self.bins.iter_mut() {
                 *count /= 2;
             }
             self.in_bounds = self.bins.iter().sum();
             self.oob /= 2;
+            self.idle_sum *= f64::from(self.in_bounds + self.oob) / f64::from(total);
         }
-        self.decision = decide(&self.bins, self.in_bounds, self.oob, params);
+        self.decision = self.decide(params, rule);
         self.capped = None;
     }
 }
@@ -347,25 +390,234 @@ pub fn decide(bins: &[u32], in_bounds: u32, oob: u32, params: &Params) -> Decisi
     })
 }
 
+/// The largest price of a warm start (MB·s): a terabyte for ten thousand days.
+pub const MAX_PRICE: f64 = 1e15;
+
+/// The cost rule pre-warms no earlier than this after a request ended (removing a container
+/// and starting it again costs more than memory: a start's CPU, the engine's work).
+pub const MIN_PREWARM: Duration = Duration::from_secs(60);
+
+/// The tail of a key's idle times, for the cost rule: the longest 5% of them, and at least
+/// 5 of them (all when fewer).
+const TAIL_SHARE: f64 = 0.05;
+const TAIL_SAMPLES: f64 = 5.0;
+
+/// Which rule turns a key's histogram of idle times into its windows.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Rule {
+    /// The paper's hybrid histogram policy ([`decide`]): `keep_alive: adaptive`.
+    Histogram,
+    /// The cost rule ([`decide_priced`]): `keep_alive: priced`. A warm start is worth
+    /// `price` MB·s of idle memory-time, on every key alike.
+    Priced { price: f64 },
+}
+
+impl Rule {
+    /// Checks the price.
+    pub fn validate(&self) -> Result<(), ParamsError> {
+        match *self {
+            Rule::Priced { price } if !(price.is_finite() && price > 0.0 && price <= MAX_PRICE) => {
+                Err(ParamsError {
+                    name: "price",
+                    message: format!(
+                        "{price}: use a number of MB·s above 0, at most {MAX_PRICE:e}"
+                    ),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The decision of the cost rule for a key with fewer than `min_samples` idle times
+/// (`count`, summing to `idle_sum` seconds) whose containers hold `mem_mb`, when a warm
+/// start is worth `price` MB·s. With none, nothing is known: the container is kept for the
+/// break-even time `price` / `mem_mb` (rent or buy: it never holds more than twice what the
+/// best choice in hindsight would). With some, the key is taken for a Poisson one of their
+/// mean: kept (until the cap) when `mem_mb` × the mean is at most `price`, else not kept.
+pub fn decide_priced_few(
+    count: u32,
+    idle_sum: f64,
+    mem_mb: u64,
+    price: f64,
+    params: &Params,
+) -> Decision {
+    let mem = mem_mb.max(1) as f64;
+    let keep_alive = if count == 0 {
+        Duration::from_secs_f64((price / mem).min(MAX_PRICE))
+    } else if mem * idle_sum / f64::from(count) <= price {
+        params.bin * params.bins as u32
+    } else {
+        Duration::ZERO
+    };
+    Decision::Learned(Windows {
+        prewarm: Duration::ZERO,
+        keep_alive,
+    })
+}
+
+/// The decision of the cost rule (`keep_alive: priced`) for a histogram: `bins` (summing
+/// to `in_bounds`) and `oob` idle times of a key whose containers hold `mem_mb`, when a
+/// warm start is worth `price` MB·s.
+///
+/// Keeping an idle container from `a` to `b` after a request ended (a pre-warm when `a` is
+/// not 0) serves the next request warm when it comes in that window, with probability
+/// F(b) − F(a), and holds `mem_mb` while the container is up and the request has not come:
+/// `mem_mb` × ∫ₐᵇ S(t) dt, S = 1 − F (the histogram's idle times, spread evenly within each
+/// bin). The rule takes the window worth most: `price` × (F(b) − F(a)) − `mem_mb` ×
+/// ∫ₐᵇ S(t) dt, over the bins' edges (the largest sum of a subarray, one pass); none when
+/// no window is worth anything: the container is removed as soon as the request ends.
+/// With one price on every key this spends memory across keys by price (a Lagrangian of
+/// "fewest cold starts within a memory-time"): for a Poisson key, whose idle time left is
+/// the same however long it has been idle, every window costs `mem_mb` × its mean idle time
+/// per warm start, so the key is kept until the cap (`idle_timeout`) when that is at most
+/// `price`, and not at all otherwise; a bursty key is kept over the gaps within its bursts,
+/// not over the pauses between them; a timer is pre-warmed just before its period.
+///
+/// A pre-warm window opens `margin` of its start early and closes `margin` of its end
+/// late, each at most one bin (arrivals drift; a start takes time), and is taken only when
+/// it is still worth more, margins paid, than keeping from the end of the request. Fewer
+/// than `min_samples` idle times: the fixed policy.
+pub fn decide_priced(
+    bins: &[u32],
+    in_bounds: u32,
+    oob: u32,
+    mem_mb: u64,
+    price: f64,
+    params: &Params,
+) -> Decision {
+    let total = in_bounds + oob;
+    if total < params.min_samples {
+        return Decision::Fixed(Fallback::FewSamples);
+    }
+    let n = f64::from(total);
+    let width = params.bin.as_secs_f64();
+    let mem = mem_mb as f64;
+    // At each edge of the bins: φ = price × F − mem × G, with G the expected time a
+    // container kept from 0 to the edge is up with the request not come yet.
+    #[derive(Clone, Copy)]
+    struct Edge {
+        phi: f64,
+        index: usize,
+        below: u64,
+        alive: f64,
+    }
+    let origin = Edge {
+        phi: 0.0,
+        index: 0,
+        below: 0,
+        alive: 0.0,
+    };
+    // The best window from 0; the lowest φ so far (the best opening of a window closing
+    // later); the best window: its value, opening and closing; where the tail begins.
+    let (mut keep, mut lowest) = (origin, origin);
+    let mut best = (0.0, origin, origin);
+    let tail_share = (TAIL_SAMPLES / n).max(TAIL_SHARE);
+    let mut tail = None;
+    let mut at = origin;
+    for (j, &count) in bins.iter().enumerate() {
+        let survived = 1.0 - at.below as f64 / n;
+        let below = at.below + u64::from(count);
+        let alive = at.alive + width * (survived + (1.0 - below as f64 / n)) / 2.0;
+        at = Edge {
+            phi: price * below as f64 / n - mem * alive,
+            index: j + 1,
+            below,
+            alive,
+        };
+        if at.phi > keep.phi {
+            keep = at;
+        }
+        if at.phi - lowest.phi > best.0 {
+            best = (at.phi - lowest.phi, lowest, at);
+        }
+        if at.phi < lowest.phi {
+            lowest = at;
+        }
+        if tail.is_none() && 1.0 - below as f64 / n <= tail_share {
+            tail = Some(at);
+        }
+    }
+    let survival = |e: &Edge| 1.0 - e.below as f64 / n;
+    let (value, open, close) = best;
+    // A container is removed and started again only to save a minute at least, and only
+    // for a window that holds 5 idle times at least and half of those past its opening (a
+    // timer's, not a few stray ones in a tail).
+    let held = (close.below - open.below) as f64;
+    if open.index > 0
+        && params.bin * open.index as u32 >= MIN_PREWARM
+        && held >= TAIL_SAMPLES
+        && held >= 0.5 * (n - open.below as f64)
+    {
+        let opens = params.bin * open.index as u32;
+        let closes = params.bin * close.index as u32;
+        let early = opens.mul_f64(params.margin).min(params.bin);
+        let late = closes.mul_f64(params.margin).min(params.bin);
+        let margins =
+            mem * (survival(&open) * early.as_secs_f64() + survival(&close) * late.as_secs_f64());
+        if value - margins > keep.phi {
+            let prewarm = opens - early;
+            return Decision::Learned(Windows {
+                prewarm,
+                keep_alive: closes + late - prewarm,
+            });
+        }
+    }
+    let range = width * bins.len() as f64;
+    // The tail: idle times beyond the longest seen are possible too, and the histogram
+    // says little of them. Where the tail's mean idle time left is worth waiting for (the
+    // rule for a Poisson key), a key kept at all is kept until the cap; else the margin.
+    let tail_worth_waiting = tail.is_some_and(|q| {
+        // Idle times beyond the range are taken for twice its length.
+        let beyond = survival(&at) * range;
+        let left = (at.alive - q.alive + beyond) / survival(&q).max(f64::MIN_POSITIVE);
+        mem * left <= price
+    });
+    let closes = params.bin * keep.index as u32;
+    let keep_alive = if keep.index == 0 {
+        Duration::ZERO
+    } else if tail_worth_waiting {
+        params.bin * bins.len() as u32
+    } else {
+        closes + closes.mul_f64(params.margin).min(params.bin)
+    };
+    Decision::Learned(Windows {
+        prewarm: Duration::ZERO,
+        keep_alive,
+    })
+}
+
 /// The adaptive keep-alive policy of every key.
 #[derive(Debug)]
 pub struct KeepAlive {
     params: Params,
+    rule: Rule,
     keys: Mutex<HashMap<TaskKey, KeyState>>,
 }
 
 impl KeepAlive {
     /// The policy with `params` (see [`Params::validate`]).
     pub fn new(params: Params) -> Result<KeepAlive, ParamsError> {
+        KeepAlive::with_rule(params, Rule::Histogram)
+    }
+
+    /// The policy with `params`, turning histograms into windows by `rule`.
+    pub fn with_rule(params: Params, rule: Rule) -> Result<KeepAlive, ParamsError> {
         params.validate()?;
+        rule.validate()?;
         Ok(KeepAlive {
             params,
+            rule,
             keys: Mutex::new(HashMap::new()),
         })
     }
 
     pub fn params(&self) -> &Params {
         &self.params
+    }
+
+    pub fn rule(&self) -> Rule {
+        self.rule
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<TaskKey, KeyState>> {
@@ -381,7 +633,10 @@ impl KeepAlive {
             if keys.len() >= self.params.max_keys {
                 forget_one(&mut keys);
             }
-            keys.insert(key.clone(), KeyState::new(self.params.bins, now));
+            keys.insert(
+                key.clone(),
+                KeyState::new(key.demand.mem_mb, now, &self.params, self.rule),
+            );
         }
         let Some(state) = keys.get_mut(key) else {
             return;
@@ -389,7 +644,11 @@ impl KeepAlive {
         state.last_seen = now;
         if state.in_flight == 0 {
             if let Some(since) = state.idle_since.take() {
-                state.record(now.saturating_duration_since(since), &self.params);
+                state.record(
+                    now.saturating_duration_since(since),
+                    &self.params,
+                    self.rule,
+                );
             }
         }
         state.in_flight += 1;
@@ -543,6 +802,7 @@ mod tests {
     use crate::resources::Demand;
     use crate::task::Runtime;
 
+    const SECOND: Duration = Duration::from_secs(1);
     const MIN: Duration = Duration::from_secs(60);
     const HOUR: Duration = Duration::from_secs(3600);
 
@@ -962,5 +1222,197 @@ mod tests {
             decide(&bins, 10, 11, &params),
             Decision::Fixed(Fallback::OutOfBounds)
         );
+    }
+
+    // The cost rule (`keep_alive: priced`).
+
+    fn priced(price: f64) -> KeepAlive {
+        KeepAlive::with_rule(Params::priced(), Rule::Priced { price }).unwrap()
+    }
+
+    /// MB·s of a 128 MB container (the tests' keys) for `d`.
+    fn worth(d: Duration) -> f64 {
+        128.0 * d.as_secs_f64()
+    }
+
+    #[test]
+    fn a_poisson_key_is_kept_until_the_cap_or_not_at_all_by_price() {
+        let mut rng = Rng(21);
+        // Every 5 minutes on average, at random: a warm start costs 128 MB × 5 min.
+        let idles: Vec<Duration> = (0..400).map(|_| rng.exp(5 * MIN)).collect();
+        let k = key("poisson");
+        for (price, kept) in [(worth(15 * MIN), true), (worth(90 * SECOND), false)] {
+            let p = priced(price);
+            let end = feed(&p, &k, Instant::now(), &idles);
+            let w = learned(p.decision(&k));
+            assert_eq!(w.prewarm, Duration::ZERO, "{price}: {w:?}");
+            let expiry = p.expiry(&k, end, 20 * MIN);
+            if kept {
+                assert!(w.keep_alive >= HOUR, "{w:?}");
+                assert_eq!(expiry.at, end + 20 * MIN);
+            } else {
+                assert_eq!(w.keep_alive, Duration::ZERO);
+                assert_eq!(expiry.at, end, "removed as soon as the request ends");
+                assert_eq!(p.ended(&k, end, 20 * MIN).expires, Some(end));
+            }
+        }
+    }
+
+    #[test]
+    fn a_bursty_key_is_kept_over_its_bursts_not_its_pauses() {
+        // Bursts of 10 requests 5 s apart, every 1 to 3 hours: keeping over a pause costs
+        // 128 MB × 2 hours, more than the warm start is worth.
+        let p = priced(worth(10 * MIN));
+        let k = key("bursty");
+        let mut rng = Rng(3);
+        let mut idles = Vec::new();
+        for _ in 0..30 {
+            idles.extend([Duration::from_secs(5); 9]);
+            idles.push(HOUR + HOUR.mul_f64(2.0 * rng.unit()));
+        }
+        let end = feed(&p, &k, Instant::now(), &idles);
+        let w = learned(p.decision(&k));
+        assert_eq!(w.prewarm, Duration::ZERO);
+        assert!(
+            w.keep_alive >= Duration::from_secs(10) && w.keep_alive <= 30 * SECOND,
+            "{w:?}"
+        );
+        assert_eq!(p.expiry(&k, end, 20 * MIN).at, end + w.keep_alive);
+        // The histogram policy keeps it for the whole idle timeout.
+        let h = policy();
+        let end = feed(&h, &k, Instant::now(), &idles);
+        assert_eq!(h.expiry(&k, end, 20 * MIN).at, end + 20 * MIN);
+    }
+
+    #[test]
+    fn a_timer_is_prewarmed_just_before_its_period() {
+        let p = priced(worth(10 * MIN));
+        let k = key("timer");
+        let mut rng = Rng(7);
+        let idles: Vec<Duration> = (0..20)
+            .map(|_| 30 * MIN - Duration::from_secs(3) + Duration::from_secs_f64(rng.unit() * 2.0))
+            .collect();
+        let end = feed(&p, &k, Instant::now(), &idles);
+        let w = learned(p.decision(&k));
+        // Idle times in the bins of 29:50 .. 30:00: opened one bin early, closed one late.
+        assert_eq!(w.prewarm, 29 * MIN + 40 * SECOND, "{w:?}");
+        assert_eq!(w.prewarm + w.keep_alive, 30 * MIN + 10 * SECOND, "{w:?}");
+        assert_eq!(p.expiry(&k, end, HOUR).at, end, "removed at once");
+        assert_eq!(
+            p.ended(&k, end + SECOND, HOUR).prewarm_at,
+            Some(end + SECOND + w.prewarm)
+        );
+        // Not worth a pre-warm at this price: not kept at all.
+        let cheap = priced(worth(2 * SECOND));
+        feed(&cheap, &k, Instant::now(), &idles);
+        assert_eq!(
+            learned(cheap.decision(&k)),
+            Windows {
+                prewarm: Duration::ZERO,
+                keep_alive: Duration::ZERO
+            }
+        );
+    }
+
+    #[test]
+    fn a_key_with_few_idle_times_is_kept_by_their_mean() {
+        let price = worth(10 * MIN);
+        let p = priced(price);
+        let k = key("new");
+        // Nothing known: kept for the break-even time, price / memory, under the cap.
+        p.arrived(&k, Instant::now());
+        let end = Instant::now() + SECOND;
+        p.ended(&k, end, HOUR);
+        assert_eq!(p.expiry(&k, end, HOUR).at, end + 10 * MIN);
+        assert_eq!(p.expiry(&k, end, 5 * MIN).at, end + 5 * MIN);
+        // Two idle times of an hour: not worth keeping.
+        let rare = key("rare");
+        let end = feed(&p, &rare, Instant::now(), &[HOUR, HOUR]);
+        assert_eq!(p.expiry(&rare, end, 2 * HOUR).at, end);
+        // Two of a minute: kept until the cap.
+        let busy = key("busy");
+        let end = feed(&p, &busy, Instant::now(), &[MIN, MIN]);
+        assert_eq!(p.expiry(&busy, end, 2 * HOUR).at, end + 2 * HOUR);
+    }
+
+    #[test]
+    fn the_price_is_checked() {
+        for price in [0.0, -1.0, f64::NAN, f64::INFINITY, 2.0 * MAX_PRICE] {
+            let e = KeepAlive::with_rule(Params::priced(), Rule::Priced { price }).unwrap_err();
+            assert_eq!(e.name, "price");
+        }
+        assert!(KeepAlive::with_rule(Params::priced(), Rule::Priced { price: 1.0 }).is_ok());
+    }
+
+    /// price × (F(b) − F(a)) − mem × ∫ₐᵇ S, by brute force over the idle times.
+    fn window_value(
+        bins: &[u32],
+        oob: u32,
+        mem: f64,
+        price: f64,
+        width: f64,
+        a: usize,
+        b: usize,
+    ) -> f64 {
+        let n = f64::from(bins.iter().sum::<u32>() + oob);
+        let below = |e: usize| f64::from(bins[..e].iter().sum::<u32>());
+        let survival = |e: usize| 1.0 - below(e) / n;
+        let alive: f64 = (a..b)
+            .map(|j| width * (survival(j) + survival(j + 1)) / 2.0)
+            .sum();
+        price * (below(b) - below(a)) / n - mem * alive
+    }
+
+    proptest::proptest! {
+        /// Without margins, the rule's window is worth at least every other window, and no
+        /// expiry is later than the cap.
+        #[test]
+        fn the_priced_window_is_the_one_worth_most(
+            bins in proptest::collection::vec(0u32..12, 1..40),
+            oob in 0u32..4,
+            mem in 1u64..2048,
+            price in 1.0f64..1e6,
+        ) {
+            let params = Params {
+                bin: MIN,
+                bins: bins.len(),
+                min_samples: 1,
+                margin: 0.0,
+                ..Params::default()
+            };
+            let in_bounds: u32 = bins.iter().sum();
+            proptest::prop_assume!(in_bounds + oob >= 1);
+            let (memf, width) = (mem as f64, 60.0);
+            let mut most = 0.0f64;
+            for a in 0..=bins.len() {
+                for b in a..=bins.len() {
+                    most = most.max(window_value(&bins, oob, memf, price, width, a, b));
+                }
+            }
+            let Decision::Learned(w) = decide_priced(&bins, in_bounds, oob, mem, price, &params) else {
+                panic!("the cost rule decides once it has idle times");
+            };
+            let edge = |d: Duration| (d.as_secs() / 60) as usize;
+            let range = MIN * bins.len() as u32;
+            let (a, b) = (edge(w.prewarm), edge(w.prewarm + w.keep_alive));
+            let got = window_value(&bins, oob, memf, price, width, a, b);
+            let close = |x: f64, y: f64| x >= y - 1e-6 * y.abs().max(1.0);
+            if !w.prewarm.is_zero() {
+                // A pre-warm is the window worth most.
+                proptest::prop_assert!(close(got, most), "{w:?}: {got} < {most}");
+            } else if w.keep_alive != range {
+                // Else the keep-alive worth most (unless the tail extended it to the range).
+                let from_zero = (0..=bins.len())
+                    .map(|b| window_value(&bins, oob, memf, price, width, 0, b))
+                    .fold(0.0f64, f64::max);
+                proptest::prop_assert!(close(got, from_zero), "{w:?}: {got} < {from_zero}");
+            }
+            let p = KeepAlive::with_rule(params, Rule::Priced { price }).unwrap();
+            let k = TaskKey { demand: Demand { milli_cpu: 1000, mem_mb: mem }, ..key("k") };
+            let end = feed(&p, &k, Instant::now(), &[MIN, 3 * MIN, HOUR]);
+            for cap in [MIN, 10 * MIN, 10 * HOUR] {
+                proptest::prop_assert!(p.expiry(&k, end, cap).at <= end + cap);
+            }
+        }
     }
 }

@@ -480,3 +480,62 @@ async fn a_periodic_key_is_removed_early_and_prewarmed_before_its_next_request()
     assert_eq!(metric(&ex, "meca_predicted_prewarms_total"), 2.0);
     ex.shutdown().await;
 }
+
+/// `/update-config` swaps the keep-alive policy (while paused only): from fixed to
+/// `priced`, whose price here makes no keep-alive worth it (the container goes as soon as
+/// its request ends, not an idle timeout later), and back to fixed.
+#[tokio::test(start_paused = true)]
+async fn update_config_swaps_the_keep_alive_policy_while_paused() {
+    use mecanywhere_executor::executor::ConfigUpdate;
+    let minute = Duration::from_secs(60);
+    let config = Config {
+        cpu: 4.0,
+        mem_mb: 4096,
+        idle_timeout: 60 * minute,
+        ..Config::default()
+    };
+    let (ex, engine) = executor(config, &[("swap:v1", ready_after(500))]).await;
+    let k = key("swap:v1", 1000, 128);
+    ex.execute(request(&k, "slow:100")).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(tasks(&engine).len(), 1, "fixed: kept");
+    let priced = KeepAlivePolicy::Priced {
+        params: Params::priced(),
+        price: 1.0,
+    };
+    let update = |keep_alive| ConfigUpdate {
+        keep_alive: Some(keep_alive),
+        ..ConfigUpdate::default()
+    };
+    assert!(matches!(
+        ex.update_config(update(priced)).await,
+        Err(ExecError::Running)
+    ));
+    assert_eq!(ex.config().keep_alive, KeepAlivePolicy::Fixed);
+
+    ex.pause().await;
+    ex.update_config(update(priced)).await.unwrap();
+    assert_eq!(ex.config().keep_alive, priced);
+    ex.unpause();
+    for _ in 0..3 {
+        ex.execute(request(&k, "slow:100")).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(tasks(&engine).is_empty(), "priced: not worth keeping");
+    }
+
+    ex.pause().await;
+    ex.update_config(update(KeepAlivePolicy::Fixed))
+        .await
+        .unwrap();
+    ex.unpause();
+    ex.execute(request(&k, "slow:100")).await.unwrap();
+    tokio::time::sleep(59 * minute).await;
+    assert_eq!(
+        tasks(&engine).len(),
+        1,
+        "fixed again: kept for the idle timeout"
+    );
+    tokio::time::sleep(2 * minute).await;
+    assert!(tasks(&engine).is_empty());
+    ex.shutdown().await;
+}

@@ -140,6 +140,8 @@ struct WireUpdate {
     has_gpu: Option<serde_json::Value>,
     #[serde(rename = "microVM_runtime")]
     microvm_runtime: Option<String>,
+    keep_alive: Option<String>,
+    keep_alive_price: Option<f64>,
 }
 
 /// Parses an `/update-config` body.
@@ -169,6 +171,13 @@ pub fn parse_update(body: &[u8]) -> Result<ConfigUpdate, RequestError> {
         microvm_runtime: wire
             .microvm_runtime
             .map(|r| Some(r).filter(|r| !r.trim().is_empty())),
+        // A price alone sets the priced policy's price.
+        keep_alive: match (wire.keep_alive.as_deref(), wire.keep_alive_price) {
+            (None, None) => None,
+            (name, price) => {
+                Some(config::keep_alive_policy(name.unwrap_or("priced"), price).map_err(bad)?)
+            }
+        },
     })
 }
 
@@ -395,7 +404,36 @@ mod tests {
         assert_eq!(u.mem_mb, Some(512));
         assert_eq!(u.has_gpu, Some(false));
         assert_eq!(u.microvm_runtime, Some(Some("kata".into())));
+        assert_eq!(u.keep_alive, None);
+        use crate::config::KeepAlivePolicy;
+        let priced = |price| {
+            Some(KeepAlivePolicy::Priced {
+                params: crate::keepalive::Params::priced(),
+                price,
+            })
+        };
+        for (body, policy) in [
+            (r#"{"keep_alive":"fixed"}"#, Some(KeepAlivePolicy::Fixed)),
+            (
+                r#"{"keep_alive":"priced","keep_alive_price":96000}"#,
+                priced(96000.0),
+            ),
+            (r#"{"keep_alive_price":5e4}"#, priced(5e4)),
+            (
+                r#"{"keep_alive":"priced"}"#,
+                priced(config::DEFAULT_KEEP_ALIVE_PRICE),
+            ),
+        ] {
+            assert_eq!(
+                parse_update(body.as_bytes()).unwrap().keep_alive,
+                policy,
+                "{body}"
+            );
+        }
         for bad in [
+            r#"{"keep_alive":"sometimes"}"#,
+            r#"{"keep_alive":"priced","keep_alive_price":0}"#,
+            r#"{"keep_alive":"fixed","keep_alive_price":96000}"#,
             r#"{"cpu":0}"#,
             r#"{"mem":-1}"#,
             r#"{"timeout":0}"#,

@@ -1,22 +1,26 @@
-//! The executor's side of `keep_alive: adaptive`: feeds the policy ([`KeepAlive`]) the
-//! arrivals and ends of requests, tells the reaper when each idle container expires and the
+//! The executor's side of `keep_alive: adaptive` and `keep_alive: priced`: feeds the
+//! policy ([`KeepAlive`]) the arrivals and ends of requests, tells the reaper when each idle container expires and the
 //! prewarm keeper which keys to start ahead of their next request, and wakes either when
 //! the policy moves one of their deadlines earlier.
 //!
-//! Owns the policy and the reaper's next planned look (so that the end of a request wakes
+//! Owns the policy in force (none under `keep_alive: fixed`: then the reaper's look is the
+//! pool's fixed one and nothing is predicted), which `/update-config` swaps while the
+//! executor is paused (a request still ending then records its end in the policy that saw
+//! it arrive), and the reaper's next planned look (so that the end of a request wakes
 //! the reaper only when it must look earlier). Time is the runtime's (`tokio::time`, paused
 //! in simulations), handed to the policy as `std` instants. Recording a request is a map
 //! update under the policy's short lock and, when the key's container then expires earlier
 //! than the reaper planned, one notification; no engine call.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::room::Room;
-use crate::keepalive::{Due, KeepAlive, Params, ParamsError};
+use crate::config::KeepAlivePolicy;
+use crate::keepalive::{Due, KeepAlive, ParamsError, Rule};
 use crate::pool::{Container, Pool};
 use crate::task::TaskKey;
 
@@ -24,7 +28,8 @@ use crate::task::TaskKey;
 const LOOKING: u64 = u64::MAX;
 
 pub(super) struct Adaptive {
-    policy: KeepAlive,
+    /// The learned policy in force; `None` under `keep_alive: fixed`.
+    policy: RwLock<Option<Arc<KeepAlive>>>,
     /// The origin of `reaper_next`.
     base: Instant,
     /// When the reaper looks next, in nanoseconds since `base`; [`LOOKING`] while it looks.
@@ -32,12 +37,38 @@ pub(super) struct Adaptive {
 }
 
 impl Adaptive {
-    pub(super) fn new(params: Params) -> Result<Adaptive, ParamsError> {
+    pub(super) fn new(policy: &KeepAlivePolicy) -> Result<Adaptive, ParamsError> {
         Ok(Adaptive {
-            policy: KeepAlive::new(params)?,
+            policy: RwLock::new(Adaptive::build(policy)?),
             base: Instant::now(),
             reaper_next: AtomicU64::new(LOOKING),
         })
+    }
+
+    /// A fresh policy for `keep_alive` (`None`: fixed), its parameters checked.
+    pub(super) fn build(policy: &KeepAlivePolicy) -> Result<Option<Arc<KeepAlive>>, ParamsError> {
+        let built = match *policy {
+            KeepAlivePolicy::Fixed => return Ok(None),
+            KeepAlivePolicy::Adaptive(params) => KeepAlive::new(params)?,
+            KeepAlivePolicy::Priced { params, price } => {
+                KeepAlive::with_rule(params, Rule::Priced { price })?
+            }
+        };
+        Ok(Some(Arc::new(built)))
+    }
+
+    /// Puts `policy` (from [`build`](Self::build)) in force, forgetting what the one before
+    /// learned; the caller wakes the reaper and the prewarm keeper.
+    pub(super) fn install(&self, policy: Option<Arc<KeepAlive>>) {
+        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = policy;
+        self.reaper_next.store(LOOKING, Ordering::SeqCst);
+    }
+
+    fn current(&self) -> Option<Arc<KeepAlive>> {
+        self.policy
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn nanos(&self, at: Instant) -> u64 {
@@ -54,9 +85,13 @@ impl Adaptive {
         room: &'a Room,
         idle_timeout: Duration,
     ) -> Visit<'a> {
-        self.policy.arrived(key, Instant::now().into_std());
+        let policy = self.current();
+        if let Some(policy) = &policy {
+            policy.arrived(key, Instant::now().into_std());
+        }
         Visit {
             adaptive: self,
+            policy,
             key,
             room,
             idle_timeout,
@@ -71,13 +106,15 @@ impl Adaptive {
         now: Instant,
         idle_timeout: Duration,
     ) -> (Vec<(Arc<Container>, bool)>, Option<Instant>) {
+        let Some(policy) = self.current() else {
+            let (expired, next) = pool.take_expired(now, idle_timeout);
+            return (expired.into_iter().map(|c| (c, false)).collect(), next);
+        };
         // Requests that end while it looks wake it again.
         self.reaper_next.store(LOOKING, Ordering::SeqCst);
         let mut unused = Vec::new();
         let (expired, next) = pool.take_expired_at(now, idle_timeout, |c| {
-            let expiry = self
-                .policy
-                .expiry(&c.key, c.last_used().into_std(), idle_timeout);
+            let expiry = policy.expiry(&c.key, c.last_used().into_std(), idle_timeout);
             let at = Instant::from_std(expiry.at);
             if at <= now && expiry.unused_prewarm {
                 unused.push(c.id.clone());
@@ -100,21 +137,26 @@ impl Adaptive {
     /// The keys whose pre-warm time has come (claimed: each is started once), and when the
     /// next one comes.
     pub(super) fn take_due(&self, idle_timeout: Duration) -> (Vec<TaskKey>, Option<Instant>) {
-        let Due { keys, next } = self
-            .policy
-            .take_due(Instant::now().into_std(), idle_timeout);
+        let Some(policy) = self.current() else {
+            return (Vec::new(), None);
+        };
+        let Due { keys, next } = policy.take_due(Instant::now().into_std(), idle_timeout);
         (keys, next.map(Instant::from_std))
     }
 
     /// A claimed pre-warm of `key` found no free room: due again when room frees.
     pub(super) fn unclaim(&self, key: &TaskKey) {
-        self.policy.unclaim(key);
+        if let Some(policy) = self.current() {
+            policy.unclaim(key);
+        }
     }
 }
 
 /// One request seen by the policy; dropping it records the request's end.
 pub(super) struct Visit<'a> {
     adaptive: &'a Adaptive,
+    /// The policy that saw the request arrive (`None`: fixed).
+    policy: Option<Arc<KeepAlive>>,
     key: &'a TaskKey,
     room: &'a Room,
     idle_timeout: Duration,
@@ -122,10 +164,10 @@ pub(super) struct Visit<'a> {
 
 impl Drop for Visit<'_> {
     fn drop(&mut self) {
-        let ended =
-            self.adaptive
-                .policy
-                .ended(self.key, Instant::now().into_std(), self.idle_timeout);
+        let Some(policy) = &self.policy else {
+            return;
+        };
+        let ended = policy.ended(self.key, Instant::now().into_std(), self.idle_timeout);
         if let Some(at) = ended.expires {
             let at = self.adaptive.nanos(Instant::from_std(at));
             if at < self.adaptive.reaper_next.load(Ordering::SeqCst) {

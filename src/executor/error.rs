@@ -50,7 +50,7 @@ pub enum ExecError {
     TaskStatus { status: u16, body: String },
     #[error("{0}")]
     BadAnswer(String),
-    /// The adaptive keep-alive's parameters are unusable (at start only).
+    /// The learned keep-alive's parameters are unusable (at start, or in `/update-config`).
     #[error(transparent)]
     KeepAlive(#[from] crate::keepalive::ParamsError),
 }

@@ -81,6 +81,8 @@ pub struct ConfigUpdate {
     pub mem_mb: Option<u64>,
     pub has_gpu: Option<bool>,
     pub microvm_runtime: Option<Option<String>>,
+    /// `keep_alive` (with `keep_alive_price`): a new policy starts learning afresh.
+    pub keep_alive: Option<KeepAlivePolicy>,
 }
 
 /// What `/stats` reports.
@@ -131,8 +133,8 @@ pub struct Executor {
     removals: Arc<Removals>,
     sandboxes: Arc<Sandboxes>,
     spares: Arc<Spares>,
-    /// `keep_alive: adaptive`: the policy that learns each key's idle times.
-    adaptive: Option<Arc<Adaptive>>,
+    /// The policy that learns each key's idle times (`keep_alive: adaptive`, `priced`).
+    adaptive: Arc<Adaptive>,
 }
 
 impl Executor {
@@ -166,11 +168,8 @@ impl Executor {
         }
         let runtimes = engine.runtimes().await?;
         let has_gpu = config.has_gpu;
-        let adaptive = match config.keep_alive {
-            KeepAlivePolicy::Fixed => None,
-            KeepAlivePolicy::Adaptive(params) => Some(Arc::new(Adaptive::new(params)?)),
-        };
-        let prewarm = !config.prewarm.is_empty() || adaptive.is_some();
+        let adaptive = Arc::new(Adaptive::new(&config.keep_alive)?);
+        // `/update-config` may put a learned keep-alive in force: the keeper always runs.
         let pull_slots = config.max_concurrent_pulls as usize;
         let ctx = Context::new(engine, config);
         let sandboxes = Arc::new(Sandboxes::prepare(ctx.clone()).await?);
@@ -223,23 +222,21 @@ impl Executor {
             Arc::new(watcher),
             Watcher::watch_containers,
         );
-        if prewarm {
-            let prewarmer = Prewarmer::new(
-                ctx.clone(),
-                Arc::clone(&room),
-                Arc::clone(&starter),
-                Arc::clone(&admission),
-                pulls,
-                Arc::clone(&removals),
-                adaptive.clone(),
-            );
-            spawn_supervised(
-                &ctx,
-                "prewarm_keeper",
-                Arc::new(prewarmer),
-                Prewarmer::keep_prewarmed,
-            );
-        }
+        let prewarmer = Prewarmer::new(
+            ctx.clone(),
+            Arc::clone(&room),
+            Arc::clone(&starter),
+            Arc::clone(&admission),
+            pulls,
+            Arc::clone(&removals),
+            Arc::clone(&adaptive),
+        );
+        spawn_supervised(
+            &ctx,
+            "prewarm_keeper",
+            Arc::new(prewarmer),
+            Prewarmer::keep_prewarmed,
+        );
         let budget_total = budget.snapshot().total;
         tracing::info!(
             instance = %ctx.instance,
@@ -316,8 +313,7 @@ impl Executor {
         // once its container is idle again.
         let _visit = self
             .adaptive
-            .as_ref()
-            .map(|a| a.visit(&request.key, &self.room, config.idle_timeout));
+            .visit(&request.key, &self.room, config.idle_timeout);
         let (lease, path) = match self.lease(&request.key).await {
             Ok((lease, cold)) => (lease, if cold { "cold" } else { "warm" }),
             Err(e) => return (Err(e), Some("cold")),
@@ -560,6 +556,14 @@ impl Executor {
         }
         // Runtimes may have been registered with Docker since: check against what it has now.
         self.admission.refresh_runtimes().await?;
+        // A keep-alive policy other than the one in force replaces it (nothing is idle
+        // while paused); the same one keeps what it learned.
+        let keep_alive = match update.keep_alive {
+            Some(policy) if policy != self.config().keep_alive => {
+                Some((policy, Adaptive::build(&policy)?))
+            }
+            _ => None,
+        };
         let new_total = self.ctx.update_config(|config| {
             if let Some(t) = update.idle_timeout {
                 config.idle_timeout = t;
@@ -576,8 +580,15 @@ impl Executor {
             if let Some(runtime) = update.microvm_runtime {
                 config.microvm_runtime = runtime;
             }
+            if let Some((policy, _)) = &keep_alive {
+                config.keep_alive = *policy;
+            }
             task_budget(config, self.host.capacity())
         });
+        if let Some((_, built)) = keep_alive {
+            self.adaptive.install(built);
+            self.room.wake_prewarm();
+        }
         self.budget.set_total(new_total);
         if let Some(on) = update.has_gpu {
             self.gpus.set_enabled(on, &self.budget);

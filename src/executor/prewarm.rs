@@ -42,8 +42,9 @@ pub(super) struct Prewarmer {
     removals: Arc<Removals>,
     /// When each prewarm key last failed to start for a reason other than room.
     failures: Mutex<HashMap<TaskKey, Instant>>,
-    /// `keep_alive: adaptive`: which keys to start ahead of their predicted request.
-    adaptive: Option<Arc<Adaptive>>,
+    /// Which keys to start ahead of their predicted request (none under `keep_alive:
+    /// fixed`).
+    adaptive: Arc<Adaptive>,
 }
 
 /// Why a container is prewarmed.
@@ -63,7 +64,7 @@ impl Prewarmer {
         admission: Arc<Admission>,
         pulls: Arc<Pulls>,
         removals: Arc<Removals>,
-        adaptive: Option<Arc<Adaptive>>,
+        adaptive: Arc<Adaptive>,
     ) -> Prewarmer {
         Prewarmer {
             ctx,
@@ -107,8 +108,7 @@ impl Prewarmer {
     /// Starts the keys whose predicted pre-warm time has come (each once per idle period);
     /// returns when the next one comes.
     fn prewarm_predicted(self: &Arc<Self>) -> Option<Instant> {
-        let adaptive = self.adaptive.as_ref()?;
-        let (keys, next) = adaptive.take_due(self.ctx.config().idle_timeout);
+        let (keys, next) = self.adaptive.take_due(self.ctx.config().idle_timeout);
         for key in keys {
             // A key the pool has (a configured prewarm, a start in progress) needs none.
             if let Some(ticket) = self.room.pool().claim_if_absent(&key) {
@@ -174,8 +174,8 @@ impl Prewarmer {
             // No free room right now: the next release wakes the keeper again. A request
             // that came for the key meanwhile starts its own container (abandon, not fail).
             Err(None) => {
-                if let (Why::Predicted, Some(adaptive)) = (why, &self.adaptive) {
-                    adaptive.unclaim(&key);
+                if why == Why::Predicted {
+                    self.adaptive.unclaim(&key);
                 }
                 ticket.abandon();
             }

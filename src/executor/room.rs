@@ -45,8 +45,8 @@ pub(super) struct Room {
     queue: RoomQueue,
     /// Wakes the prewarm keeper (a start stopped waiting, unpause).
     prewarm_wake: Notify,
-    /// `keep_alive: adaptive`: the per-key expiry of idle containers.
-    adaptive: Option<Arc<Adaptive>>,
+    /// The per-key expiry of idle containers (`keep_alive: adaptive`, `priced`).
+    adaptive: Arc<Adaptive>,
 }
 
 impl Room {
@@ -57,7 +57,7 @@ impl Room {
         gpus: Arc<Gpus>,
         removals: Arc<Removals>,
         spares: Arc<Spares>,
-        adaptive: Option<Arc<Adaptive>>,
+        adaptive: Arc<Adaptive>,
     ) -> Room {
         Room {
             ctx,
@@ -262,13 +262,7 @@ impl Room {
         loop {
             let idle_timeout = self.ctx.config().idle_timeout;
             let now = Instant::now();
-            let (expired, next) = match &self.adaptive {
-                Some(adaptive) => adaptive.take_expired(&self.pool, now, idle_timeout),
-                None => {
-                    let (expired, next) = self.pool.take_expired(now, idle_timeout);
-                    (expired.into_iter().map(|c| (c, false)).collect(), next)
-                }
-            };
+            let (expired, next) = self.adaptive.take_expired(&self.pool, now, idle_timeout);
             for (container, unused_prewarm) in expired {
                 self.ctx.metrics.reaped.inc();
                 if unused_prewarm {
