@@ -983,6 +983,17 @@ mod tests {
         assert_eq!(p.expiry(&k, end, 10 * MIN).at, end + 10 * MIN);
     }
 
+    /// Bursts of 10 requests 5 s apart, every 1 to 3 hours, 30 times: the idle times.
+    fn bursts_with_long_pauses() -> Vec<Duration> {
+        let mut rng = Rng(3);
+        let mut idles = Vec::new();
+        for _ in 0..30 {
+            idles.extend([Duration::from_secs(5); 9]);
+            idles.push(HOUR + HOUR.mul_f64(2.0 * rng.unit()));
+        }
+        idles
+    }
+
     #[test]
     fn a_bursty_key_with_long_pauses_is_kept_no_longer_than_the_idle_timeout() {
         // Bursts of 10 requests, 5 s apart, every 1 to 3 hours: one idle time in ten is a
@@ -990,12 +1001,7 @@ mod tests {
         // capped by idle_timeout: no better than the fixed policy, and never longer.
         let p = policy();
         let k = key("bursty");
-        let mut rng = Rng(3);
-        let mut idles = Vec::new();
-        for _ in 0..30 {
-            idles.extend([Duration::from_secs(5); 9]);
-            idles.push(HOUR + HOUR.mul_f64(2.0 * rng.unit()));
-        }
+        let idles = bursts_with_long_pauses();
         let end = feed(&p, &k, Instant::now(), &idles);
         let w = learned(p.decision(&k));
         assert_eq!(w.prewarm, Duration::ZERO);
@@ -1264,12 +1270,7 @@ mod tests {
         // 128 MB × 2 hours, more than the warm start is worth.
         let p = priced(worth(10 * MIN));
         let k = key("bursty");
-        let mut rng = Rng(3);
-        let mut idles = Vec::new();
-        for _ in 0..30 {
-            idles.extend([Duration::from_secs(5); 9]);
-            idles.push(HOUR + HOUR.mul_f64(2.0 * rng.unit()));
-        }
+        let idles = bursts_with_long_pauses();
         let end = feed(&p, &k, Instant::now(), &idles);
         let w = learned(p.decision(&k));
         assert_eq!(w.prewarm, Duration::ZERO);

@@ -2195,6 +2195,32 @@ const FREE_SANDBOXES: &str = "meca_sandboxes{state=\"free\"}";
 const SPARES: &str = "meca_containers{state=\"spare\"}";
 const SPARES_CLAIMED: &str = "meca_spares_claimed_total";
 
+/// One new key (cpu 0.1) of each of `images` at once, each on its own connection; the wall
+/// time until the last answered, in ms. Every answer is checked.
+async fn burst_of_new_keys(addr: SocketAddr, images: Vec<String>) -> Result<f64, String> {
+    let conns = open_conns(addr, images.len()).await?;
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for (i, (mut c, image)) in conns.into_iter().zip(images).enumerate() {
+        let body = execute_body_of(&image, Some(COLD_CPU), Some(POOLS_MEM_BASE), INPUT);
+        let answer = execute_answer(INPUT);
+        tasks.push(tokio::spawn(async move {
+            let (status, got) = c.send(Method::POST, "/", body).await?;
+            if status != StatusCode::OK || got != answer {
+                return Err(format!(
+                    "burst start {i}: HTTP {status}: {}",
+                    String::from_utf8_lossy(&got)
+                ));
+            }
+            Ok::<(), String>(())
+        }));
+    }
+    for task in tasks {
+        task.await.map_err(err("burst client"))??;
+    }
+    Ok(t.elapsed().as_secs_f64() * 1000.0)
+}
+
 /// Rows 8a-8c with their same-run baselines; the JSON of the section and its targets.
 async fn pools_rows(
     ctl: &mut Conn,
@@ -2280,27 +2306,7 @@ async fn pools_rows(
     }
     wait_gauge(ctl, FREE_SANDBOXES, pool).await?;
     tokio::time::sleep(COLD_SETTLE).await;
-    let conns = open_conns(addr, PARALLEL).await?;
-    let t = Instant::now();
-    let mut tasks = Vec::new();
-    for (i, (mut c, image)) in conns.into_iter().zip(images).enumerate() {
-        let body = execute_body_of(&image, Some(COLD_CPU), Some(POOLS_MEM_BASE), INPUT);
-        let answer = execute_answer(INPUT);
-        tasks.push(tokio::spawn(async move {
-            let (status, got) = c.send(Method::POST, "/", body).await?;
-            if status != StatusCode::OK || got != answer {
-                return Err(format!(
-                    "burst start {i}: HTTP {status}: {}",
-                    String::from_utf8_lossy(&got)
-                ));
-            }
-            Ok::<(), String>(())
-        }));
-    }
-    for task in tasks {
-        task.await.map_err(err("burst client"))??;
-    }
-    let burst_wall = t.elapsed().as_secs_f64() * 1000.0;
+    let burst_wall = burst_of_new_keys(addr, images).await?;
     reset_executor(ctl, pool).await?;
 
     let present_median = median(&present);
@@ -2444,12 +2450,16 @@ async fn back_to_back_rows(
         let mut conn = Conn::open(addr).await?;
 
         // First use of present images, one after another.
-        let mut first = Vec::new();
+        // Tagged ahead, so that the gaps are only the gaps.
+        let mut images = Vec::new();
         for i in 0..runs {
-            let image = pools_tag(docker, &format!("b2b{g}-first-{i}")).await?;
+            images.push(pools_tag(docker, &format!("b2b{g}-first-{i}")).await?);
+        }
+        let mut first = Vec::new();
+        for (i, image) in images.iter().enumerate() {
             let mem = POOLS_MEM_BASE + i as u64;
             first.push(
-                executor_cold_of(ctl, &mut conn, &image, COLD_CPU, mem, INPUT)
+                executor_cold_of(ctl, &mut conn, image, COLD_CPU, mem, INPUT)
                     .await?
                     .total_ms,
             );
@@ -2489,34 +2499,14 @@ async fn back_to_back_rows(
             reset_executor(ctl, pool).await?;
             tokio::time::sleep(COLD_SETTLE).await;
             let lead = pools_tag(docker, &format!("b2b{g}-lead{b}")).await?;
-            let mut conn = Conn::open(addr).await?;
-            executor_cold_of(ctl, &mut conn, &lead, COLD_CPU, POOLS_MEM_BASE, INPUT).await?;
-            tokio::time::sleep(gap).await;
             let mut images = Vec::new();
             for i in 0..PARALLEL {
                 images.push(pools_tag(docker, &format!("b2b{g}-burst{b}-{i}")).await?);
             }
-            let conns = open_conns(addr, PARALLEL).await?;
-            let t = Instant::now();
-            let mut tasks = Vec::new();
-            for (i, (mut c, image)) in conns.into_iter().zip(images).enumerate() {
-                let body = execute_body_of(&image, Some(COLD_CPU), Some(POOLS_MEM_BASE), INPUT);
-                let answer = execute_answer(INPUT);
-                tasks.push(tokio::spawn(async move {
-                    let (status, got) = c.send(Method::POST, "/", body).await?;
-                    if status != StatusCode::OK || got != answer {
-                        return Err(format!(
-                            "back-to-back burst start {i}: HTTP {status}: {}",
-                            String::from_utf8_lossy(&got)
-                        ));
-                    }
-                    Ok::<(), String>(())
-                }));
-            }
-            for task in tasks {
-                task.await.map_err(err("burst client"))??;
-            }
-            bursts.push(t.elapsed().as_secs_f64() * 1000.0);
+            let mut conn = Conn::open(addr).await?;
+            executor_cold_of(ctl, &mut conn, &lead, COLD_CPU, POOLS_MEM_BASE, INPUT).await?;
+            tokio::time::sleep(gap).await;
+            bursts.push(burst_of_new_keys(addr, images).await?);
         }
         println!(
             "bench: back to back, {gap_s} s apart (ms): first use {first:?}, seen image {seen:?}, \
