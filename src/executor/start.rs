@@ -179,8 +179,6 @@ impl Starter {
         starter: oneshot::Sender<Result<Lease, ExecError>>,
     ) {
         let key = ticket.key().clone();
-        // Refills (holders, spares) wait until this start ended.
-        let _request_start = self.ctx.refills.request_start();
         let cancel = self.start_cancel();
         // Pause and shutdown both cancel `cancel`: the start then ends cooperatively, removing
         // what it created, instead of being dropped half-way.
@@ -233,6 +231,9 @@ impl Starter {
         )
         .await?;
         phases.lap("image");
+        // From here to its end (not while it pulls, which takes the network, not the CPU),
+        // refills (holders, spares) wait for this start.
+        let _request_start = self.ctx.refills.request_start();
         if let Some(container) = self.claim_spare(key, &config).await {
             phases.lap("resize");
             return Ok(container);
