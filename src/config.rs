@@ -92,6 +92,7 @@ struct RawConfig {
     idle_connection_timeout: Option<String>,
     log_format: Option<LogFormat>,
     background_eviction: Option<bool>,
+    refills_wait_for_requests: Option<bool>,
     body_read_timeout: Option<String>,
     sandbox_pool: Option<u32>,
     sandbox_memory_mb: Option<u64>,
@@ -202,6 +203,9 @@ pub struct Config {
     /// An evicted container's room is reused once its processes are killed; its removal
     /// finishes in the background (off the start's critical path).
     pub background_eviction: bool,
+    /// Refills of the pools (sandbox holders, spares) wait until no request's start is in
+    /// flight, one at a time (`refills_wait_for_requests`); `false`: they start at once.
+    pub refills_wait_for_requests: bool,
     /// Sandbox holders kept started ahead (network namespaces task containers join, so a
     /// start skips the network setup); 0 = every task gets a network of its own.
     pub sandbox_pool: u32,
@@ -399,6 +403,7 @@ impl Default for Config {
             body_read_timeout: Duration::from_secs(30),
             log_format: LogFormat::Text,
             background_eviction: true,
+            refills_wait_for_requests: true,
             sandbox_pool: 8,
             sandbox_memory_mb: 6,
             spare_containers: 4,
@@ -776,6 +781,7 @@ impl Config {
         }
         c.log_format = raw.log_format.unwrap_or_default();
         c.background_eviction = raw.background_eviction.unwrap_or(true);
+        c.refills_wait_for_requests = raw.refills_wait_for_requests.unwrap_or(true);
         if let Some(n) = raw.sandbox_pool {
             if n > 64 {
                 return Err(invalid("sandbox_pool", format!("{n}: use 0 (off) to 64")));
@@ -880,6 +886,17 @@ mod tests {
             parse("keep_alive: adaptive\n").unwrap().keep_alive,
             KeepAlivePolicy::Adaptive(crate::keepalive::Params::default())
         );
+    }
+
+    #[test]
+    fn refills_wait_for_requests_unless_switched_off() {
+        assert!(parse("").unwrap().refills_wait_for_requests);
+        assert!(
+            !parse("refills_wait_for_requests: false\n")
+                .unwrap()
+                .refills_wait_for_requests
+        );
+        assert!(parse("refills_wait_for_requests: sometimes\n").is_err());
     }
 
     #[test]

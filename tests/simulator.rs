@@ -95,6 +95,7 @@ fn generate(seed: u64) -> Scenario {
         request_timeout: secs(&mut rng, 500, 10_000),
         pull_timeout: secs(&mut rng, 1_000, 10_000),
         background_eviction: rng.random_bool(0.7),
+        refills_wait_for_requests: rng.random_bool(0.7),
         ..Config::default()
     };
     let remove_delay = secs(&mut rng, 0, 2_000);

@@ -34,6 +34,7 @@ pub(super) struct Context {
 
 impl Context {
     pub(super) fn new(engine: Arc<dyn Engine>, config: Config) -> Context {
+        let refills = Arc::new(Refills::new(config.refills_wait_for_requests));
         Context {
             engine,
             config: Arc::new(RwLock::new(Arc::new(config))),
@@ -41,7 +42,7 @@ impl Context {
             closing: CancellationToken::new(),
             work: TaskTracker::new(),
             instance: uuid::Uuid::new_v4().to_string().into(),
-            refills: Arc::new(Refills::default()),
+            refills,
         }
     }
 

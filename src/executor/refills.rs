@@ -4,7 +4,8 @@
 //! (Docker's create and start are CPU work in dockerd, containerd and runc, not in the
 //! container). So a refill waits for its turn: one refill at a time, begun only when no
 //! request start is in flight and none has ended for [`QUIET`]. A refill already running
-//! when a request arrives is not stopped; it is one at most.
+//! when a request arrives is not stopped; it is one at most. With
+//! `refills_wait_for_requests: false` a refill starts at once (several at a time).
 //!
 //! Owns the count of request starts in flight and the single refill turn; knows nothing of
 //! what is started.
@@ -27,16 +28,13 @@ pub(super) struct Refills {
     /// Woken when the last request start in flight ends.
     idle: Notify,
     turn: Semaphore,
+    /// False: refills take no turn.
+    wait: bool,
 }
 
 impl Default for Refills {
     fn default() -> Self {
-        Refills {
-            in_flight: AtomicUsize::new(0),
-            last_end: Mutex::new(None),
-            idle: Notify::new(),
-            turn: Semaphore::new(1),
-        }
+        Refills::new(true)
     }
 }
 
@@ -53,6 +51,17 @@ impl Drop for RequestStart<'_> {
 }
 
 impl Refills {
+    /// `wait`: refills wait for their turn (`refills_wait_for_requests`).
+    pub(super) fn new(wait: bool) -> Refills {
+        Refills {
+            in_flight: AtomicUsize::new(0),
+            last_end: Mutex::new(None),
+            idle: Notify::new(),
+            turn: Semaphore::new(1),
+            wait,
+        }
+    }
+
     /// A request's start begins; refills wait until it (and every other) ended.
     pub(super) fn request_start(&self) -> RequestStart<'_> {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
@@ -65,8 +74,12 @@ impl Refills {
     }
 
     /// Waits for the refill turn: no other refill running, no request start in flight and
-    /// none ended within [`QUIET`]. Holding the permit is the turn.
-    pub(super) async fn turn(&self) -> SemaphorePermit<'_> {
+    /// none ended within [`QUIET`]. Holding the permit is the turn; `None` (at once) when
+    /// refills take no turn.
+    pub(super) async fn turn(&self) -> Option<SemaphorePermit<'_>> {
+        if !self.wait {
+            return None;
+        }
         let permit = self
             .turn
             .acquire()
@@ -85,7 +98,7 @@ impl Refills {
                 Some(quiet_at) if quiet_at > Instant::now() => {
                     tokio::time::sleep_until(quiet_at).await
                 }
-                _ => return permit,
+                _ => return Some(permit),
             }
         }
     }
@@ -126,5 +139,14 @@ mod tests {
         );
         drop(permit);
         let _again = refills.turn().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn switched_off_a_refill_goes_at_once() {
+        let refills = Refills::new(false);
+        let _start = refills.request_start();
+        let first = refills.turn().await;
+        let second = tokio::time::timeout(Duration::ZERO, refills.turn()).await;
+        assert!(first.is_none() && second.is_ok());
     }
 }
