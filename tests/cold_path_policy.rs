@@ -339,3 +339,38 @@ async fn pause_waits_for_removals_the_executor_began_so_update_config_is_not_ref
     ex.shutdown().await;
     assert!(engine.containers().is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn at_the_bound_the_spare_of_the_image_used_least_recently_makes_way() {
+    let config = Config {
+        cpu: 4.0,
+        mem_mb: 4096,
+        sandbox_pool: 0,
+        spare_containers: 1,
+        idle_timeout: Duration::from_secs(600),
+        ..Config::default()
+    };
+    let (ex, engine) = executor(config, &["a:v1", "b:v1"]).await;
+    let spare_image = |engine: &MemoryEngine| {
+        let spares: Vec<String> = engine
+            .containers()
+            .into_iter()
+            .filter(|c| c.labels.get(LABEL_ROLE).map(String::as_str) == Some(ROLE_SPARE))
+            .map(|c| c.image)
+            .collect();
+        spares
+    };
+    ex.execute(request(&key("a:v1", 500, 128))).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(spare_image(&engine), ["a:v1"]);
+    // Image b ran since: its spare takes the only place.
+    ex.execute(request(&key("b:v1", 500, 128))).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(spare_image(&engine), ["b:v1"]);
+    assert_eq!(metric(&ex, "meca_containers{state=\"spare\"}"), 1.0);
+    // And serves b's next key.
+    ex.execute(request(&key("b:v1", 500, 256))).await.unwrap();
+    assert_eq!(metric(&ex, "meca_spares_claimed_total"), 1.0);
+    ex.shutdown().await;
+    assert!(engine.containers().is_empty());
+}

@@ -5,7 +5,8 @@
 //! Owns the list of spares (ready containers that serve no key yet), which images have a
 //! spare starting, the limits of each image's recent keys, and the reaper that removes a
 //! spare `idle_timeout` after it was started. At most one spare per image; in all at most
-//! `spare_containers`, holding at most `spare_memory_mb`. A spare is started only after a
+//! `spare_containers`, holding at most `spare_memory_mb`: at those bounds, the ready spare
+//! of the image used least recently makes way for one of the image that just ran. A spare is started only after a
 //! key of its image started (so there are never spares of images the host has not run),
 //! from free room only (never evicting, never waiting, never while a start waits for room);
 //! it counts in the budget as the executor's own stock (reported apart from tasks in
@@ -87,6 +88,25 @@ fn sum(demands: impl Iterator<Item = Demand>) -> Demand {
 }
 
 impl State {
+    /// The memory of the ready spares and of those starting.
+    fn held_mem_mb(&self) -> u64 {
+        let ready = self.spares.iter().map(|s| s.container.key.demand.mem_mb);
+        let starting = self.starting.values().map(|s| s.demand.mem_mb);
+        ready.chain(starting).sum()
+    }
+
+    /// The ready spare whose image had a key started least recently (a spare's own start
+    /// stands in for an image no longer remembered).
+    fn least_recently_used(&self) -> Option<usize> {
+        let last_used = |spare: &Spare| {
+            self.recent
+                .get(&spare.container.key.image)
+                .and_then(|seen| seen.iter().map(|(_, at)| *at).max())
+                .unwrap_or(spare.started)
+        };
+        (0..self.spares.len()).min_by_key(|&i| last_used(&self.spares[i]))
+    }
+
     /// Remembers that a key of `key`'s image started with its limits; returns the image's
     /// floor: the smallest CPU and the smallest memory among its keys seen within `window`.
     fn record(&mut self, key: &TaskKey, now: Instant, window: std::time::Duration) -> Demand {
@@ -156,24 +176,25 @@ impl Spares {
             tracing::info!(container = %above.id, image = %image, "removing a spare above the limits of a newer key of its image");
             self.removals.retire_later(above);
         }
-        let count = state.spares.len() + state.starting.len();
-        let mem: u64 = state
-            .spares
-            .iter()
-            .map(|s| s.container.key.demand.mem_mb)
-            .sum::<u64>()
-            + state
-                .starting
-                .values()
-                .map(|s| s.demand.mem_mb)
-                .sum::<u64>();
-        let wanted = !state.disabled
-            && count < config.spare_containers as usize
-            && mem + floor.mem_mb <= config.spare_memory_mb
-            && !state.starting.contains_key(image)
-            && !state.spares.iter().any(|s| &s.container.key.image == image);
-        if !wanted {
+        let has_one = state.starting.contains_key(image)
+            || state.spares.iter().any(|s| &s.container.key.image == image);
+        if state.disabled || has_one || floor.mem_mb > config.spare_memory_mb {
             return None;
+        }
+        // The spares are for the images used most recently: at the bounds, the spares of the
+        // images used least recently make way (spares starting are left to finish).
+        loop {
+            let count = state.spares.len() + state.starting.len();
+            let mem = state.held_mem_mb();
+            if count < config.spare_containers as usize
+                && mem + floor.mem_mb <= config.spare_memory_mb
+            {
+                break;
+            }
+            let at = state.least_recently_used()?;
+            let old = state.spares.swap_remove(at).container;
+            tracing::info!(container = %old.id, image = %old.key.image, for_image = %image, "replacing the spare of an image used less recently");
+            self.removals.retire_later(old);
         }
         state.starting.insert(
             image.clone(),
