@@ -1,7 +1,7 @@
 //! The executor's side of `keep_alive: adaptive` and `keep_alive: priced`: feeds the
-//! policy ([`KeepAlive`]) the arrivals and ends of requests, tells the reaper when each idle container expires and the
-//! prewarm keeper which keys to start ahead of their next request, and wakes either when
-//! the policy moves one of their deadlines earlier.
+//! policy ([`KeepAlive`]) the arrivals and ends of requests, tells the reaper when each idle
+//! container expires and the prewarm keeper which keys to start ahead of their next
+//! request, and wakes either when the policy moves one of their deadlines earlier.
 //!
 //! Owns the policy in force (none under `keep_alive: fixed`: then the reaper's look is the
 //! pool's fixed one and nothing is predicted), which `/update-config` swaps while the

@@ -11,8 +11,8 @@
 //! Owns the socket directory of this instance, the free holders, which holders are in use,
 //! and the keeper that refills the pool in the background (one holder at a time, up to
 //! `sandbox_pool`, each in its turn among the refills: never begun while a request's start
-//! is in flight, see `refills`) and removes holders that are discarded. A start that finds no free
-//! holder starts one of its own ([`Sandboxes::start_own`]). A holder is handed out as a
+//! is in flight, see `refills`) and removes holders that are discarded. A start that finds
+//! no free holder starts one of its own ([`Sandboxes::start_own`]). A holder is handed out as a
 //! [`SandboxLease`] that the task's container keeps; it goes back to the pool only when the
 //! engine removed that task container ([`SandboxLease::mark_reusable`]), so a holder never
 //! serves two live tasks at once. A holder whose state is unknown (its task failed to start,
@@ -440,8 +440,9 @@ impl Sandboxes {
     }
 
     /// The keeper: removes discarded holders (and free ones beyond `sandbox_pool`) and keeps
-    /// `sandbox_pool` holders free, one start at a time. Sleeps until woken (a holder taken, returned or discarded; unpause);
-    /// after a failure, retries after a backoff.
+    /// `sandbox_pool` holders free, one start at a time, each in its refill turn. Sleeps
+    /// until woken (a holder taken, returned or discarded; unpause); after a failure,
+    /// retries after a backoff.
     pub(super) async fn keep_filled(self: Arc<Self>) {
         let image = self.image.clone();
         let mut failed = false;

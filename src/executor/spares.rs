@@ -6,9 +6,10 @@
 //! spare starting, the limits of each image's recent keys, and the reaper that removes a
 //! spare `idle_timeout` after it was started. At most one spare per image; in all at most
 //! `spare_containers`, holding at most `spare_memory_mb`: at those bounds, the ready spare
-//! of the image used least recently makes way for one of the image that just ran. A spare is started only after a
-//! key of its image started (so there are never spares of images the host has not run),
-//! from free room only (never evicting, never waiting, never while a start waits for room);
+//! of the image used least recently makes way for one of the image that just ran. A spare
+//! is started only after a key of its image started (so there are never spares of images
+//! the host has not run), from free room only (never evicting, never waiting, never while a
+//! start waits for room);
 //! it counts in the budget as the executor's own stock (reported apart from tasks in
 //! /stats), and is the first to be evicted.
 //!
