@@ -17,6 +17,21 @@ pub struct Demand {
     pub mem_mb: u64,
 }
 
+impl std::iter::Sum for Demand {
+    fn sum<I: Iterator<Item = Demand>>(demands: I) -> Demand {
+        demands.fold(
+            Demand {
+                milli_cpu: 0,
+                mem_mb: 0,
+            },
+            |d, e| Demand {
+                milli_cpu: d.milli_cpu + e.milli_cpu,
+                mem_mb: d.mem_mb + e.mem_mb,
+            },
+        )
+    }
+}
+
 impl Demand {
     /// What is left of `self` without `other` (never below zero).
     pub fn saturating_sub(self, other: Demand) -> Demand {

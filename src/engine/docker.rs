@@ -230,6 +230,19 @@ impl DockerEngine {
         }
     }
 
+    /// Creates a container from `body`; returns its id. Docker's warnings are logged.
+    async fn create_from(&self, body: ContainerCreateBody) -> Result<String, EngineError> {
+        let created = self
+            .docker
+            .create_container(None::<CreateContainerOptions>, body)
+            .await
+            .map_err(api_error)?;
+        for warning in created.warnings {
+            tracing::warn!(container = %created.id, %warning, "Docker warning on create");
+        }
+        Ok(created.id)
+    }
+
     /// What a container printed, as text (not followed).
     async fn output(&self, id: &str, options: LogsOptions) -> Result<String, EngineError> {
         let mut logs = self.docker.logs(id, Some(options));
@@ -485,15 +498,7 @@ impl Engine for DockerEngine {
             host_config: Some(host_config),
             ..Default::default()
         };
-        let created = self
-            .docker
-            .create_container(None::<CreateContainerOptions>, body)
-            .await
-            .map_err(api_error)?;
-        for warning in created.warnings {
-            tracing::warn!(container = %created.id, %warning, "Docker warning on create");
-        }
-        Ok(created.id)
+        self.create_from(body).await
     }
 
     async fn start_and_wait_ready(
@@ -693,12 +698,7 @@ impl Engine for DockerEngine {
             }),
             ..Default::default()
         };
-        let id = self
-            .docker
-            .create_container(None::<CreateContainerOptions>, body)
-            .await
-            .map_err(api_error)?
-            .id;
+        let id = self.create_from(body).await?;
         let listed = async {
             self.docker
                 .start_container(&id, None::<StartContainerOptions>)
@@ -796,12 +796,7 @@ impl Engine for DockerEngine {
             host_config: Some(host_config),
             ..Default::default()
         };
-        let id = self
-            .docker
-            .create_container(None::<CreateContainerOptions>, body)
-            .await
-            .map_err(api_error)?
-            .id;
+        let id = self.create_from(body).await?;
         let started = async {
             self.docker
                 .start_container(&id, None::<StartContainerOptions>)

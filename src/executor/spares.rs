@@ -75,19 +75,6 @@ struct Spare {
     started: Instant,
 }
 
-fn sum(demands: impl Iterator<Item = Demand>) -> Demand {
-    demands.fold(
-        Demand {
-            milli_cpu: 0,
-            mem_mb: 0,
-        },
-        |d, e| Demand {
-            milli_cpu: d.milli_cpu + e.milli_cpu,
-            mem_mb: d.mem_mb + e.mem_mb,
-        },
-    )
-}
-
 impl State {
     /// The memory of the ready spares and of those starting.
     fn held_mem_mb(&self) -> u64 {
@@ -270,7 +257,11 @@ impl Spares {
 
     /// What the ready spares hold (eviction could free it).
     pub(super) fn demand(&self) -> Demand {
-        sum(self.lock().spares.iter().map(|s| s.container.key.demand))
+        self.lock()
+            .spares
+            .iter()
+            .map(|s| s.container.key.demand)
+            .sum()
     }
 
     pub(super) fn count(&self) -> usize {
@@ -288,7 +279,7 @@ impl Spares {
             .map(|s| s.demand);
         SpareStock {
             count: state.spares.len(),
-            demand: sum(ready.chain(starting)),
+            demand: ready.chain(starting).sum(),
         }
     }
 
