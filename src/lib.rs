@@ -14,6 +14,7 @@ pub mod host;
 pub mod image_ref;
 pub mod keepalive;
 pub mod metrics;
+pub mod metrics_text;
 pub mod pool;
 pub mod resources;
 pub mod supervise;
