@@ -38,7 +38,9 @@ impl Scrape {
 
     /// Every series with its value, in name order.
     pub fn series(&self) -> impl Iterator<Item = (&str, f64)> {
-        self.0.iter().map(|(series, value)| (series.as_str(), *value))
+        self.0
+            .iter()
+            .map(|(series, value)| (series.as_str(), *value))
     }
 }
 
@@ -65,7 +67,10 @@ mod tests {
         assert_eq!(scrape.value("meca_requests_total{outcome=\"ok\"}"), 3.0);
         assert_eq!(scrape.value("meca_budget_cpu_cores{kind=\"tasks\"}"), 0.5);
         assert_eq!(scrape.value("meca_up"), 1.0);
-        assert_eq!(scrape.get("meca_requests_total{outcome=\"error\"}"), Some(0.0));
+        assert_eq!(
+            scrape.get("meca_requests_total{outcome=\"error\"}"),
+            Some(0.0)
+        );
     }
 
     #[test]

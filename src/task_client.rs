@@ -2,13 +2,15 @@
 //!
 //! Owns the keep-alive connections to a container (one [`TaskClient`] per container, so
 //! connections never outlive it: a later container reusing its sandbox never receives a
-//! stale connection), how a connection is made ([`connect`]: through the sandbox's relay
+//! stale connection), where a task is reached ([`TaskAddr`]), how a connection is made ([`connect`]: through the sandbox's relay
 //! socket, which greets once it reached the task, or over TCP), the per-request deadline and
 //! the cap on answer size. It knows nothing of Docker or of the pool: a failed call is
 //! reported as a [`CallError`] and the executor decides what to do with the container.
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -23,12 +25,33 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpStream, UnixStream};
 
-use crate::engine::holder::GREETING;
-use crate::engine::TaskAddr;
 use crate::task::Call;
 
 /// How long making one connection to a task may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the executor reaches a task.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum TaskAddr {
+    /// The Unix socket of the task's sandbox holder, which relays each connection to the
+    /// task's port 8080 inside the sandbox (see `holder/program.rs`).
+    Relay(PathBuf),
+    /// A TCP address of the task's port.
+    Tcp(SocketAddr),
+}
+
+impl std::fmt::Display for TaskAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TaskAddr::Relay(path) => write!(f, "unix:{}", path.display()),
+            TaskAddr::Tcp(addr) => addr.fmt(f),
+        }
+    }
+}
+
+/// The byte a sandbox holder's relay writes on a new connection once it reached the task
+/// (the holder program's `GREETING`: the two sides of one protocol).
+pub const GREETING: u8 = b'+';
 
 /// A connection to a task.
 pub enum TaskStream {

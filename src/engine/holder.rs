@@ -6,15 +6,13 @@
 //! opens no network socket of its own) and the tar archive of a root filesystem holding only
 //! it, which the engine imports as an image. Pure: no I/O.
 
-#[allow(dead_code)] // A program of its own; here for its tests and its protocol constant.
+#[allow(dead_code)] // A program of its own; here for its tests.
 mod program;
 
 /// The holder program (`holder/program.rs`), built by `build.rs` as a static executable for
 /// the architecture this executor was built for (the holder runs on the same engine, so on
 /// the same architecture as the executor's tasks).
 static PROGRAM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hold"));
-
-pub use program::GREETING;
 
 /// The holder program.
 pub fn holder_program() -> &'static [u8] {
@@ -56,6 +54,11 @@ pub fn rootfs_tar(program: &[u8], path: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_relay_greets_with_the_byte_the_task_client_waits_for() {
+        assert_eq!(program::GREETING, crate::task_client::GREETING);
+    }
 
     #[test]
     fn the_embedded_program_is_a_static_executable() {

@@ -13,7 +13,6 @@ pub mod memory;
 pub mod ready;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -21,6 +20,7 @@ use async_trait::async_trait;
 use futures_util::stream::BoxStream;
 
 pub use crate::config::Hardening;
+pub use crate::task_client::TaskAddr;
 
 /// Label on every container this executor creates: the executor's configured `name`.
 pub const LABEL_EXECUTOR: &str = "org.mecanywhere.executor";
@@ -71,25 +71,6 @@ pub struct ContainerSpec {
     /// The sandbox whose network namespace the task joins: its only network, and the only
     /// way to it ([`SandboxRef::addr`]).
     pub sandbox: SandboxRef,
-}
-
-/// Where the executor reaches a task.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum TaskAddr {
-    /// The Unix socket of the task's sandbox holder, which relays each connection to the
-    /// task's port 8080 inside the sandbox (see `holder/program.rs`).
-    Relay(PathBuf),
-    /// A TCP address of the task's port.
-    Tcp(SocketAddr),
-}
-
-impl std::fmt::Display for TaskAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            TaskAddr::Relay(path) => write!(f, "unix:{}", path.display()),
-            TaskAddr::Tcp(addr) => addr.fmt(f),
-        }
-    }
 }
 
 /// A started sandbox holder: a container that holds a network namespace, which a task
