@@ -146,7 +146,7 @@ async fn main() -> ExitCode {
         Some(Command::Gpus) => return print_gpus(),
         Some(Command::Ctl(args)) => return ctl::run(args).await,
         Some(Command::Openapi) => {
-            println!("{}", mecanywhere_executor::api::openapi::document());
+            println!("{}", mecanywhere_executor::api::document::document());
             return ExitCode::SUCCESS;
         }
         None => {}

@@ -4,11 +4,11 @@
 //!
 //! Owns the documentation types of the requests (the parsers in `request.rs` and
 //! `fields.rs` read JSON themselves, so these mirror them, every accepted spelling
-//! included) and the document itself. It handles no request.
+//! included) and the answer types. The document that gathers them and the handlers is
+//! `document.rs`. It handles no request.
 
 use serde::Serialize;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
+use utoipa::{IntoResponses, ToSchema};
 
 /// The answer of `POST /` and of the control endpoints: the Go executor's shape, kept
 /// byte for byte (clients hash it).
@@ -187,54 +187,4 @@ pub enum Unauthorized<'a> {
     /// Missing or wrong bearer token (with `auth_token` set).
     #[response(status = 401)]
     Unauthorized(Outcome<'a>),
-}
-
-/// Declares the bearer token (`auth_token`).
-struct BearerToken;
-
-impl Modify for BearerToken {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-        );
-    }
-}
-
-#[derive(OpenApi)]
-#[openapi(
-    info(
-        title = "mecanywhere-executor",
-        description = "Runs MECAnywhere tasks in isolated containers. With `auth_token` set, every endpoint but /health and /openapi.json needs `Authorization: Bearer <token>`."
-    ),
-    paths(
-        super::execute,
-        super::stats,
-        super::metrics,
-        super::health,
-        super::pause,
-        super::unpause,
-        super::update_config,
-        super::stop_executor,
-        super::openapi_json,
-    ),
-    components(schemas(
-        Outcome,
-        StatsAnswer,
-        Health,
-        ExecuteRequest,
-        Resource,
-        TaskConfigResource,
-        UpdateConfig
-    )),
-    modifiers(&BearerToken)
-)]
-pub struct ApiDoc;
-
-/// The document, as served and shipped (pretty-printed JSON).
-pub fn document() -> String {
-    ApiDoc::openapi()
-        .to_pretty_json()
-        .expect("the document serializes")
 }
