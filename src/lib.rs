@@ -1,8 +1,8 @@
 //! mecanywhere-executor: runs MECAnywhere tasks in isolated containers on a Docker engine.
 //!
 //! Request path, top to bottom: [`api`] (HTTP, validation) → [`executor`] (admission,
-//! policy) → [`pool`] (warm containers) and [`resources`] (budget) → [`engine`] (Docker)
-//! → [`task_client`] (the call to the task). See ARCHITECTURE.md.
+//! policy, the warm pool) and [`resources`] (budget) → [`engine`] (Docker) →
+//! [`task_client`] (the call to the task). See ARCHITECTURE.md.
 
 pub mod api;
 pub mod config;
@@ -15,7 +15,6 @@ pub mod image_ref;
 pub mod keepalive;
 pub mod metrics;
 pub mod metrics_text;
-pub mod pool;
 pub mod resources;
 pub mod supervise;
 pub mod task;

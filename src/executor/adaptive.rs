@@ -16,12 +16,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::room::Room;
+use super::container::Container;
+use super::pool::Pool;
 use crate::config::KeepAlivePolicy;
 use crate::keepalive::{Due, KeepAlive, ParamsError, Rule};
-use crate::pool::{Container, Pool};
 use crate::task::TaskKey;
 
 /// The reaper is looking (or has nothing to wait for): any earlier expiry must wake it.
@@ -78,11 +79,14 @@ impl Adaptive {
     }
 
     /// Records a request for `key` now; its end is recorded when the returned guard drops
-    /// (answered, failed, or the request abandoned).
+    /// (answered, failed, or the request abandoned). The end wakes the reaper (through
+    /// `pool`) when it moves an expiry earlier, and the pre-warm keeper (`prewarm`) when it
+    /// sets a pre-warm time.
     pub(super) fn visit<'a>(
         &'a self,
         key: &'a TaskKey,
-        room: &'a Room,
+        pool: &'a Pool,
+        prewarm: &'a Notify,
         idle_timeout: Duration,
     ) -> Visit<'a> {
         let policy = self.current();
@@ -93,7 +97,8 @@ impl Adaptive {
             adaptive: self,
             policy,
             key,
-            room,
+            pool,
+            prewarm,
             idle_timeout,
         }
     }
@@ -158,7 +163,8 @@ pub(super) struct Visit<'a> {
     /// The policy that saw the request arrive (`None`: fixed).
     policy: Option<Arc<KeepAlive>>,
     key: &'a TaskKey,
-    room: &'a Room,
+    pool: &'a Pool,
+    prewarm: &'a Notify,
     idle_timeout: Duration,
 }
 
@@ -171,11 +177,11 @@ impl Drop for Visit<'_> {
         if let Some(at) = ended.expires {
             let at = self.adaptive.nanos(Instant::from_std(at));
             if at < self.adaptive.reaper_next.load(Ordering::SeqCst) {
-                self.room.pool().changed.notify_one();
+                self.pool.changed.notify_one();
             }
         }
         if ended.prewarm_at.is_some() {
-            self.room.wake_prewarm();
+            self.prewarm.notify_one();
         }
     }
 }

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use super::context::Context;
-use super::ExecError;
+use super::error::ExecError;
 use crate::config::Config;
 use crate::engine::EngineError;
 use crate::resources::Budget;

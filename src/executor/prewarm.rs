@@ -21,13 +21,14 @@ use tokio::time::Instant;
 
 use super::adaptive::Adaptive;
 use super::admission::Admission;
+use super::container::Container;
 use super::context::Context;
+use super::error::ExecError;
+use super::pool::StartTicket;
 use super::pulls::Pulls;
 use super::removals::Removals;
 use super::room::Room;
 use super::start::{Phases, Starter};
-use super::ExecError;
-use crate::pool::{Container, StartTicket};
 use crate::task::TaskKey;
 
 /// After a prewarm start fails for a reason other than room, wait this long before retrying.
@@ -93,7 +94,7 @@ impl Prewarmer {
                 next_due = self.prewarm_predicted();
             }
             let backoff = tokio::time::sleep(FAILURE_BACKOFF);
-            let due = super::sleep_until_or_forever(next_due);
+            let due = super::background::sleep_until_or_forever(next_due);
             tokio::select! {
                 _ = self.ctx.closing.cancelled() => return,
                 _ = released => {}

@@ -20,9 +20,10 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tracing::Instrument;
 
+use super::container::{Container, Lease};
 use super::context::Context;
+use super::pool::Pool;
 use crate::engine::{EngineError, ExitState};
-use crate::pool::{Container, Lease, Pool};
 use crate::task_client::CallError;
 
 /// How long the connections to a task in a sandbox get to close before the task is killed.

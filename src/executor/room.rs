@@ -19,13 +19,14 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::adaptive::Adaptive;
+use super::background::scopeguard;
 use super::context::Context;
+use super::error::ExecError;
 use super::gpus::Gpus;
+use super::pool::Pool;
 use super::queue::RoomQueue;
 use super::removals::Removals;
 use super::spares::Spares;
-use super::{scopeguard, ExecError};
-use crate::pool::Pool;
 use crate::resources::{Budget, Demand, Reservation};
 
 fn describe(d: Demand) -> String {
@@ -86,6 +87,12 @@ impl Room {
     /// How many starts wait for room now.
     pub(super) fn waiting_for_room(&self) -> usize {
         self.waiting_for_room.load(Ordering::Acquire)
+    }
+
+    /// The pre-warm keeper's signal, for those who wake it without the room
+    /// ([`super::adaptive::Adaptive::visit`]).
+    pub(super) fn prewarm_signal(&self) -> &Notify {
+        &self.prewarm_wake
     }
 
     /// Wakes the prewarm keeper (or its next wait, if it is not waiting).
@@ -224,7 +231,7 @@ impl Room {
     /// Evicts `victim` (out of the pool or the spares) and returns once its room is free.
     /// A task of its own: if the caller is cancelled (pause, stop), the eviction still ends
     /// with the victim dead and removed, never with its room given back while it runs.
-    async fn evict(&self, victim: Arc<crate::pool::Container>) {
+    async fn evict(&self, victim: Arc<super::container::Container>) {
         self.ctx.metrics.evictions.inc();
         let in_background = self.ctx.config().background_eviction;
         let removals = Arc::clone(&self.removals);
@@ -273,7 +280,7 @@ impl Room {
                 }
                 self.removals.retire_later(container);
             }
-            let sleep = super::sleep_until_or_forever(next);
+            let sleep = super::background::sleep_until_or_forever(next);
             tokio::select! {
                 _ = self.ctx.closing.cancelled() => return,
                 _ = self.pool.changed.notified() => {}

@@ -31,7 +31,7 @@ use tokio::sync::Notify;
 use tokio_util::task::TaskTracker;
 
 use super::context::Context;
-use super::ExecError;
+use super::error::ExecError;
 use crate::config::TaskNetwork;
 use crate::engine::{
     HolderSpec, SandboxNetwork, SandboxRef, TaskAddr, LABEL_EXECUTOR, LABEL_INSTANCE, LABEL_ROLE,
@@ -529,7 +529,7 @@ impl Sandboxes {
                 }
             }
             let wake_at = failed.then(|| tokio::time::Instant::now() + backoff_delay);
-            let backoff = super::sleep_until_or_forever(wake_at);
+            let backoff = super::background::sleep_until_or_forever(wake_at);
             tokio::select! {
                 _ = self.ctx.closing.cancelled() => return,
                 _ = woken => {}

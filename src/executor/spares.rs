@@ -31,9 +31,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::container::Container;
 use super::context::Context;
 use super::removals::Removals;
-use crate::pool::Container;
 use crate::resources::Demand;
 use crate::task::TaskKey;
 
@@ -340,7 +340,7 @@ impl Spares {
                 tracing::info!(container = %spare.container.id, image = %spare.container.key.image, "removing unused spare container");
                 self.removals.retire_later(spare.container);
             }
-            let sleep = super::sleep_until_or_forever(next);
+            let sleep = super::background::sleep_until_or_forever(next);
             tokio::select! {
                 _ = self.ctx.closing.cancelled() => return,
                 _ = added => {}

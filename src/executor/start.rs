@@ -19,19 +19,20 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::container::{Container, Lease};
 use super::context::Context;
+use super::error::ExecError;
+use super::pool::{Pool, StartTicket};
 use super::pulls::Pulls;
 use super::removals::Removals;
 use super::room::Room;
 use super::sandboxes::Sandboxes;
 use super::spares::Spares;
-use super::ExecError;
 use crate::config::Config;
 use crate::engine::{
     ContainerSpec, EngineError, SandboxRef, SgxMounts, LABEL_CPU, LABEL_EXECUTOR, LABEL_INSTANCE,
     LABEL_MEM, LABEL_ROLE, LABEL_TASK_KEY, ROLE_SPARE,
 };
-use crate::pool::{Container, Lease, Pool, StartTicket};
 use crate::resources::{Demand, Reservation};
 use crate::task::{Runtime, TaskKey};
 
@@ -299,7 +300,7 @@ impl Starter {
         };
         let starter = Arc::clone(self);
         self.spawn_start(async move {
-            let _ended = super::scopeguard(|| starter.spares.start_ended(&key));
+            let _ended = super::background::scopeguard(|| starter.spares.start_ended(&key));
             starter.start_spare(&key).await;
         });
     }

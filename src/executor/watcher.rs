@@ -13,11 +13,11 @@ use std::time::Duration;
 use futures_util::StreamExt;
 
 use super::context::Context;
+use super::pool::Pool;
 use super::removals::Removals;
 use super::sandboxes::Sandboxes;
 use super::spares::Spares;
 use crate::engine::LABEL_INSTANCE;
-use crate::pool::Pool;
 
 /// Wait between attempts to reconnect to an unreachable engine.
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);

@@ -1,183 +1,22 @@
 //! The warm pool: at most one container per task key, in state `Starting` or `Ready`.
 //!
-//! Owns the map from [`TaskKey`] to container and the in-flight accounting of each
-//! container ([`Lease`]). Every method is synchronous and holds the pool lock only for map
-//! operations: the pool never awaits, never calls the engine, and never blocks one key on
-//! another. Removing a container from the engine is the executor's job: the pool only hands
-//! containers out of the map (`take_*`), after which nobody can lease them any more.
+//! Owns the map from [`TaskKey`] to container and who may lease a container ([`Lease`],
+//! counted by the container itself, `super::container`) or start one ([`StartTicket`]).
+//! Every method is synchronous and holds the pool lock only for map operations: the pool
+//! never awaits, never calls the engine, and never blocks one key on another. Removing a
+//! container from the engine is `super::removals`' job: the pool only hands containers out
+//! of the map (`take_*`), after which nobody can lease them any more.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
-use tokio::sync::{watch, Notify};
-
-use crate::resources::Reservation;
+use super::container::{Container, Lease};
+use super::error::ExecError;
 use crate::task::TaskKey;
-use crate::task_client::TaskCall;
-
-/// A ready task container. Holding its [`Reservation`], it keeps its resources reserved
-/// until the last reference to it is gone (after the engine removed it), or until its
-/// processes are known dead ([`Container::release_reservation`], eviction).
-#[derive(Debug)]
-pub struct Container {
-    pub id: String,
-    pub key: TaskKey,
-    /// Connections to the task; they close when the container is dropped.
-    pub client: Arc<dyn TaskCall>,
-    in_flight: AtomicUsize,
-    /// Milliseconds since `epoch` at the last lease's end (or readiness).
-    last_used_ms: AtomicU64,
-    epoch: Instant,
-    /// The pool's signal that a container became idle (shared by all its containers).
-    idle: Arc<Notify>,
-    /// Kept ready ahead of demand: never reaped when idle, evicted first under pressure.
-    pub prewarmed: bool,
-    reservation: std::sync::Mutex<Option<Reservation>>,
-    /// The pooled network sandbox it joined, if any: lent until the container is gone.
-    sandbox: Option<crate::executor::SandboxLease>,
-}
-
-impl Container {
-    pub fn new(
-        id: String,
-        key: TaskKey,
-        client: Arc<dyn TaskCall>,
-        reservation: Reservation,
-        prewarmed: bool,
-        idle: Arc<Notify>,
-        sandbox: Option<crate::executor::SandboxLease>,
-    ) -> Container {
-        Container {
-            id,
-            key,
-            client,
-            in_flight: AtomicUsize::new(0),
-            last_used_ms: AtomicU64::new(0),
-            epoch: Instant::now(),
-            idle,
-            prewarmed,
-            reservation: std::sync::Mutex::new(Some(reservation)),
-            sandbox,
-        }
-    }
-
-    /// Takes the container's reservation out (to resize it); the caller owns the room
-    /// until it puts it back ([`Container::rekeyed`]) or the container is gone.
-    pub fn take_reservation(&self) -> Option<Reservation> {
-        self.reservation
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-    }
-
-    /// Puts a reservation (back) into the container.
-    pub fn put_reservation(&self, reservation: Reservation) {
-        *self.reservation.lock().unwrap_or_else(|e| e.into_inner()) = Some(reservation);
-    }
-
-    /// The same engine container (connections and sandbox included) serving `key` with
-    /// `reservation`: a spare whose limits the engine changed to the key's.
-    pub fn rekeyed(self, key: TaskKey, reservation: Reservation, prewarmed: bool) -> Container {
-        self.put_reservation(reservation);
-        Container {
-            key,
-            prewarmed,
-            ..self
-        }
-    }
-
-    /// Before the task is killed: when it runs in a pooled sandbox, closes the executor's
-    /// connections to it, so that the executor's side closes them first. The task's side
-    /// then does not linger in `TIME_WAIT` in the namespace, where it would keep a next task
-    /// that binds port 8080 without `SO_REUSEADDR` from starting. True if it closed any.
-    pub fn close_connections(&self) -> bool {
-        if self.sandbox.is_some() {
-            self.client.close();
-            true
-        } else {
-            false
-        }
-    }
-
-    /// The engine removed this container: the sandbox it joined may serve another task.
-    pub fn removed(&self) {
-        if let Some(sandbox) = &self.sandbox {
-            sandbox.mark_reusable();
-        }
-    }
-
-    /// Gives the container's resources back before it is removed. Only for a container out
-    /// of the pool whose processes the engine killed: it holds no resources any more and
-    /// never runs again.
-    pub fn release_reservation(&self) {
-        let released = self
-            .reservation
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        drop(released);
-    }
-
-    pub fn addr(&self) -> &crate::engine::TaskAddr {
-        self.client.addr()
-    }
-
-    pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Acquire)
-    }
-
-    fn touch(&self) {
-        let ms = self.epoch.elapsed().as_millis() as u64;
-        self.last_used_ms.store(ms, Ordering::Release);
-    }
-
-    /// When this container was last used.
-    pub fn last_used(&self) -> Instant {
-        self.epoch + Duration::from_millis(self.last_used_ms.load(Ordering::Acquire))
-    }
-
-    /// Waits until no request is in flight, at most `limit`. True when drained.
-    pub async fn wait_drained(&self, limit: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let drained = self.idle.notified();
-            tokio::pin!(drained);
-            drained.as_mut().enable();
-            if self.in_flight() == 0 {
-                return true;
-            }
-            if tokio::time::timeout_at(deadline, drained).await.is_err() {
-                return self.in_flight() == 0;
-            }
-        }
-    }
-}
-
-/// One request's use of a container. Dropping it ends the use.
-#[derive(Debug)]
-pub struct Lease {
-    container: Arc<Container>,
-}
-
-impl Lease {
-    pub fn container(&self) -> &Arc<Container> {
-        &self.container
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        self.container.touch();
-        if self.container.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            // Wakes cold starts waiting for room (it can be evicted now) and drains.
-            self.container.idle.notify_waiters();
-        }
-    }
-}
 
 /// How a cold start ended, as seen by the requests waiting for it.
 #[derive(Debug, Clone)]
@@ -185,7 +24,7 @@ pub enum StartOutcome {
     Pending,
     Ready,
     /// Why the start failed, shared by every request that waited for it.
-    Failed(Arc<crate::executor::ExecError>),
+    Failed(Arc<ExecError>),
     /// Given up without a verdict (a prewarm attempt): waiters look again themselves.
     Abandoned,
     /// The start was dropped half-way (its task ended without a verdict).
@@ -243,14 +82,6 @@ impl StartTicket {
         &self.key
     }
 
-    /// A receiver of this start's outcome, for the request that claimed it.
-    pub fn subscribe(&self) -> watch::Receiver<StartOutcome> {
-        self.outcome
-            .as_ref()
-            .expect("ticket not used yet")
-            .subscribe()
-    }
-
     /// Puts the started container in the pool, leased to the request that started it (so
     /// nothing can evict or reap it before that request used it); the caller hands the
     /// lease on, or drops it (prewarm). If the pool was emptied (paused, stopping) since the
@@ -271,10 +102,7 @@ impl StartTicket {
         container.touch();
         // Leased before anyone can see it: it is not idle, so it wakes no start waiting
         // for room; it becomes idle when the starter's lease ends.
-        container.in_flight.fetch_add(1, Ordering::AcqRel);
-        let lease = Lease {
-            container: Arc::clone(&container),
-        };
+        let lease = Container::lease(&container);
         inner.slots.insert(self.key.clone(), Slot::Ready(container));
         drop(inner);
         let _ = tx.send(StartOutcome::Ready);
@@ -283,7 +111,7 @@ impl StartTicket {
     }
 
     /// Reports a failed start to every waiting request and frees the key.
-    pub fn fail(mut self, reason: Arc<crate::executor::ExecError>) {
+    pub fn fail(mut self, reason: Arc<ExecError>) {
         let tx = self.outcome.take().expect("ticket used once");
         self.release_slot();
         let _ = tx.send(StartOutcome::Failed(reason));
@@ -386,12 +214,7 @@ impl Pool {
     pub fn lease_or_claim(self: &Arc<Self>, key: &TaskKey) -> Lookup {
         let mut inner = self.lock();
         match inner.slots.get(key) {
-            Some(Slot::Ready(c)) => {
-                c.in_flight.fetch_add(1, Ordering::AcqRel);
-                return Lookup::Leased(Lease {
-                    container: Arc::clone(c),
-                });
-            }
+            Some(Slot::Ready(c)) => return Lookup::Leased(Container::lease(c)),
             Some(Slot::Starting { outcome, .. }) => return Lookup::Wait(outcome.clone()),
             None => {}
         }
