@@ -518,6 +518,43 @@ fn prewarm_key(entry: RawPrewarm) -> Result<TaskKey, String> {
     })
 }
 
+/// The whole-number settings with a fixed range: key, smallest, largest value accepted.
+/// A smallest of 0 turns the feature off. [`ranged`] checks a value against its row; the
+/// message names the range, e.g. `sandbox_pool: 65: use 0 (off) to 64`.
+const RANGES: &[(&str, i128, i128)] = &[
+    ("max_concurrent_pulls", 1, 64),
+    ("pids_limit", 16, 4_194_304),
+    ("nofile_limit", 64, 1_048_576),
+    ("log_max_files", 1, 100),
+    ("max_connections", 1, 1_000_000),
+    ("max_requests_in_flight", 1, 1_000_000),
+    ("sandbox_pool", 0, 64),
+    // Docker refuses memory limits under 6 MB.
+    ("sandbox_memory_mb", 6, 256),
+    ("spare_containers", 0, 64),
+    ("spare_memory_mb", 0, MAX_MEM_MB as i128),
+];
+
+/// `n` if it is within the range [`RANGES`] gives `key`.
+fn ranged<T: Copy + Into<i128> + std::fmt::Display>(
+    key: &'static str,
+    n: T,
+) -> Result<T, ConfigError> {
+    let &(_, min, max) = RANGES
+        .iter()
+        .find(|(k, _, _)| *k == key)
+        .expect("every ranged key has a row in RANGES");
+    if (min..=max).contains(&n.into()) {
+        return Ok(n);
+    }
+    let min = if min == 0 {
+        "0 (off)".to_string()
+    } else {
+        min.to_string()
+    };
+    Err(invalid(key, format!("{n}: use {min} to {max}")))
+}
+
 fn byte_limit(key: &'static str, n: u64) -> Result<usize, ConfigError> {
     if !(1024..=(1 << 40)).contains(&n) {
         return Err(invalid(key, format!("{n} bytes: use 1 KiB to 1 TiB")));
@@ -680,10 +717,7 @@ impl Config {
             c.pull_timeout = duration("pull_timeout", &d)?;
         }
         if let Some(n) = raw.max_concurrent_pulls {
-            if !(1..=64).contains(&n) {
-                return Err(invalid("max_concurrent_pulls", format!("{n}: use 1 to 64")));
-            }
-            c.max_concurrent_pulls = n;
+            c.max_concurrent_pulls = ranged("max_concurrent_pulls", n)?;
         }
         if let Some(n) = raw.max_request_bytes {
             c.max_request_bytes = byte_limit("max_request_bytes", n)?;
@@ -692,16 +726,10 @@ impl Config {
             c.max_answer_bytes = byte_limit("max_answer_bytes", n)?;
         }
         if let Some(n) = raw.pids_limit {
-            if !(16..=4_194_304).contains(&n) {
-                return Err(invalid("pids_limit", format!("{n}: use 16 to 4194304")));
-            }
-            c.hardening.pids_limit = n;
+            c.hardening.pids_limit = ranged("pids_limit", n)?;
         }
         if let Some(n) = raw.nofile_limit {
-            if !(64..=1_048_576).contains(&n) {
-                return Err(invalid("nofile_limit", format!("{n}: use 64 to 1048576")));
-            }
-            c.hardening.nofile_limit = n;
+            c.hardening.nofile_limit = ranged("nofile_limit", n)?;
         }
         if let Some(size) = raw.log_max_size {
             let ok = size.len() > 1
@@ -716,10 +744,7 @@ impl Config {
             c.hardening.log_max_size = size;
         }
         if let Some(n) = raw.log_max_files {
-            if !(1..=100).contains(&n) {
-                return Err(invalid("log_max_files", format!("{n}: use 1 to 100")));
-            }
-            c.hardening.log_max_files = n;
+            c.hardening.log_max_files = ranged("log_max_files", n)?;
         }
         c.hardening.read_only_rootfs = raw.read_only_rootfs.unwrap_or(false);
         c.task_tty = raw.task_tty.unwrap_or(true);
@@ -744,10 +769,7 @@ impl Config {
             })?;
         }
         if let Some(n) = raw.max_connections {
-            if !(1..=1_000_000).contains(&n) {
-                return Err(invalid("max_connections", format!("{n}: use 1 to 1000000")));
-            }
-            c.max_connections = n;
+            c.max_connections = ranged("max_connections", n)?;
         }
         if let Some(n) = raw.max_connections_per_peer {
             if !(1..=c.max_connections).contains(&n) {
@@ -762,13 +784,7 @@ impl Config {
             c.max_connections_per_peer = c.max_connections_per_peer.min(c.max_connections);
         }
         if let Some(n) = raw.max_requests_in_flight {
-            if !(1..=1_000_000).contains(&n) {
-                return Err(invalid(
-                    "max_requests_in_flight",
-                    format!("{n}: use 1 to 1000000"),
-                ));
-            }
-            c.max_requests_in_flight = n;
+            c.max_requests_in_flight = ranged("max_requests_in_flight", n)?;
         }
         if let Some(d) = raw.header_read_timeout {
             c.header_read_timeout = duration("header_read_timeout", &d)?;
@@ -783,35 +799,16 @@ impl Config {
         c.background_eviction = raw.background_eviction.unwrap_or(true);
         c.refills_wait_for_requests = raw.refills_wait_for_requests.unwrap_or(true);
         if let Some(n) = raw.sandbox_pool {
-            if n > 64 {
-                return Err(invalid("sandbox_pool", format!("{n}: use 0 (off) to 64")));
-            }
-            c.sandbox_pool = n;
+            c.sandbox_pool = ranged("sandbox_pool", n)?;
         }
         if let Some(n) = raw.sandbox_memory_mb {
-            // Docker refuses memory limits under 6 MB.
-            if !(6..=256).contains(&n) {
-                return Err(invalid("sandbox_memory_mb", format!("{n}: use 6 to 256")));
-            }
-            c.sandbox_memory_mb = n;
+            c.sandbox_memory_mb = ranged("sandbox_memory_mb", n)?;
         }
         if let Some(n) = raw.spare_containers {
-            if n > 64 {
-                return Err(invalid(
-                    "spare_containers",
-                    format!("{n}: use 0 (off) to 64"),
-                ));
-            }
-            c.spare_containers = n;
+            c.spare_containers = ranged("spare_containers", n)?;
         }
         if let Some(n) = raw.spare_memory_mb {
-            if n > MAX_MEM_MB as u64 {
-                return Err(invalid(
-                    "spare_memory_mb",
-                    format!("{n}: use 0 (off) to {MAX_MEM_MB}"),
-                ));
-            }
-            c.spare_memory_mb = n;
+            c.spare_memory_mb = ranged("spare_memory_mb", n)?;
         }
         if raw.keep_alive.is_some() || raw.keep_alive_price.is_some() {
             let name = raw.keep_alive.as_deref().unwrap_or("fixed");
@@ -841,6 +838,29 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::from_yaml(text, Path::new("test.yaml"))
+    }
+
+    #[test]
+    fn every_ranged_setting_takes_its_bounds_and_refuses_one_beyond() {
+        for &(key, min, max) in RANGES {
+            for ok in [min, max] {
+                assert!(
+                    parse(&format!("{key}: {ok}")).is_ok(),
+                    "{key}: {ok} is within its range"
+                );
+            }
+            let min_text = if min == 0 {
+                "0 (off)".to_string()
+            } else {
+                min.to_string()
+            };
+            for bad in [min - 1, max + 1] {
+                let err = parse(&format!("{key}: {bad}")).unwrap_err().to_string();
+                // Below 0 the field's unsigned type refuses it first, naming the key too.
+                let range = bad < 0 || err.contains(&format!("{bad}: use {min_text} to {max}"));
+                assert!(err.contains(key) && range, "{key}: {bad}: {err}");
+            }
+        }
     }
 
     #[test]
