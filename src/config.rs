@@ -611,9 +611,20 @@ impl Config {
         Ok((config, path))
     }
 
-    fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
+    fn from_raw(mut raw: RawConfig) -> Result<Config, ConfigError> {
         let mut c = Config::default();
-        if let Some(t) = raw.engine_type {
+        c.read_tasks(&mut raw)?;
+        c.read_network(&mut raw)?;
+        c.read_hardening(&mut raw)?;
+        c.read_prewarm(&mut raw)?;
+        c.read_front(&mut raw)?;
+        c.read_pools(&mut raw)?;
+        Ok(c)
+    }
+
+    /// The tasks' resources, timeouts and runtimes.
+    fn read_tasks(&mut self, raw: &mut RawConfig) -> Result<(), ConfigError> {
+        if let Some(t) = raw.engine_type.take() {
             if t != "docker" {
                 return Err(invalid(
                     "type",
@@ -621,39 +632,44 @@ impl Config {
                 ));
             }
         }
-        if let Some(m) = raw.timeout {
-            c.idle_timeout = check_timeout_minutes(m)?;
+        if let Some(m) = raw.timeout.take() {
+            self.idle_timeout = check_timeout_minutes(m)?;
         }
-        if let Some(d) = raw.idle_timeout {
-            c.idle_timeout = duration("idle_timeout", &d)?;
+        if let Some(d) = raw.idle_timeout.take() {
+            self.idle_timeout = duration("idle_timeout", &d)?;
         }
-        if let Some(d) = raw.start_timeout {
-            c.start_timeout = duration("start_timeout", &d)?;
+        if let Some(d) = raw.start_timeout.take() {
+            self.start_timeout = duration("start_timeout", &d)?;
         }
-        if let Some(d) = raw.request_timeout {
-            c.request_timeout = duration("request_timeout", &d)?;
+        if let Some(d) = raw.request_timeout.take() {
+            self.request_timeout = duration("request_timeout", &d)?;
         }
-        if let Some(d) = raw.queue_timeout {
-            c.queue_timeout = duration("queue_timeout", &d)?;
+        if let Some(d) = raw.queue_timeout.take() {
+            self.queue_timeout = duration("queue_timeout", &d)?;
         }
-        if let Some(cpu) = raw.cpu {
-            c.cpu = check_cpu(cpu)?;
+        if let Some(cpu) = raw.cpu.take() {
+            self.cpu = check_cpu(cpu)?;
         }
-        if let Some(mem) = raw.mem {
-            c.mem_mb = check_mem(mem)?;
+        if let Some(mem) = raw.mem.take() {
+            self.mem_mb = check_mem(mem)?;
         }
-        c.has_gpu = raw.has_gpu.unwrap_or(false);
-        c.microvm_runtime = non_empty("microVM_runtime", raw.microvm_runtime)?;
-        if let Some(sgx) = raw.sgx {
+        self.has_gpu = raw.has_gpu.take().unwrap_or(false);
+        self.microvm_runtime = non_empty("microVM_runtime", raw.microvm_runtime.take())?;
+        if let Some(sgx) = raw.sgx.take() {
             if sgx.enable && (sgx.sgx_device.is_none() || sgx.aesmd_path.is_none()) {
                 return Err(invalid(
                     "sgx",
                     "enable: true needs both sgx_device and aesmd_path",
                 ));
             }
-            c.sgx = sgx;
+            self.sgx = sgx;
         }
-        c.task_network = match raw.task_network.as_deref().map(str::trim) {
+        Ok(())
+    }
+
+    /// How tasks reach the network (`task_network`, `network`, the sockets' directory), and the retired network settings.
+    fn read_network(&mut self, raw: &mut RawConfig) -> Result<(), ConfigError> {
+        self.task_network = match raw.task_network.as_deref().map(str::trim) {
             None | Some("isolated") => TaskNetwork::Isolated,
             Some("internet") => TaskNetwork::Internet,
             Some(other) => {
@@ -663,26 +679,26 @@ impl Config {
                 ))
             }
         };
-        match raw.internal_network {
-            Some(true) if c.task_network == TaskNetwork::Internet => {
+        match raw.internal_network.take() {
+            Some(true) if self.task_network == TaskNetwork::Internet => {
                 return Err(invalid(
                     "internal_network",
                     "true contradicts task_network: internet; internal_network is retired, \
                      remove it",
                 ))
             }
-            Some(true) => c.retired.push(
+            Some(true) => self.retired.push(
                 "internal_network: true is retired: tasks are isolated by default \
                  (task_network: isolated), which also keeps them from the host and each other"
                     .into(),
             ),
-            Some(false) => c.retired.push(
+            Some(false) => self.retired.push(
                 "internal_network is retired and ignored: see task_network (default isolated)"
                     .into(),
             ),
             None => {}
         }
-        match raw.publish_task_ports {
+        match raw.publish_task_ports.take() {
             Some(true) => {
                 return Err(invalid(
                     "publish_task_ports",
@@ -690,13 +706,13 @@ impl Config {
                      sandbox, on every host, and publishes no task port; remove it",
                 ))
             }
-            Some(false) => c.retired.push(
+            Some(false) => self.retired.push(
                 "publish_task_ports is retired and ignored: no task port is published".into(),
             ),
             None => {}
         }
-        c.network = non_empty("network", raw.network)?;
-        if let (Some(network), TaskNetwork::Isolated) = (&c.network, c.task_network) {
+        self.network = non_empty("network", raw.network.take())?;
+        if let (Some(network), TaskNetwork::Isolated) = (&self.network, self.task_network) {
             return Err(invalid(
                 "network",
                 format!(
@@ -706,32 +722,37 @@ impl Config {
                 ),
             ));
         }
-        if let Some(dir) = non_empty("socket_dir", raw.socket_dir)? {
+        if let Some(dir) = non_empty("socket_dir", raw.socket_dir.take())? {
             let dir = std::path::PathBuf::from(dir);
             if !dir.is_absolute() {
                 return Err(invalid("socket_dir", "must be an absolute path"));
             }
-            c.socket_dir = Some(dir);
+            self.socket_dir = Some(dir);
         }
-        if let Some(d) = raw.pull_timeout {
-            c.pull_timeout = duration("pull_timeout", &d)?;
+        Ok(())
+    }
+
+    /// Pulls, the limits of what a task may send and answer, and the hardening of its container.
+    fn read_hardening(&mut self, raw: &mut RawConfig) -> Result<(), ConfigError> {
+        if let Some(d) = raw.pull_timeout.take() {
+            self.pull_timeout = duration("pull_timeout", &d)?;
         }
-        if let Some(n) = raw.max_concurrent_pulls {
-            c.max_concurrent_pulls = ranged("max_concurrent_pulls", n)?;
+        if let Some(n) = raw.max_concurrent_pulls.take() {
+            self.max_concurrent_pulls = ranged("max_concurrent_pulls", n)?;
         }
-        if let Some(n) = raw.max_request_bytes {
-            c.max_request_bytes = byte_limit("max_request_bytes", n)?;
+        if let Some(n) = raw.max_request_bytes.take() {
+            self.max_request_bytes = byte_limit("max_request_bytes", n)?;
         }
-        if let Some(n) = raw.max_answer_bytes {
-            c.max_answer_bytes = byte_limit("max_answer_bytes", n)?;
+        if let Some(n) = raw.max_answer_bytes.take() {
+            self.max_answer_bytes = byte_limit("max_answer_bytes", n)?;
         }
-        if let Some(n) = raw.pids_limit {
-            c.hardening.pids_limit = ranged("pids_limit", n)?;
+        if let Some(n) = raw.pids_limit.take() {
+            self.hardening.pids_limit = ranged("pids_limit", n)?;
         }
-        if let Some(n) = raw.nofile_limit {
-            c.hardening.nofile_limit = ranged("nofile_limit", n)?;
+        if let Some(n) = raw.nofile_limit.take() {
+            self.hardening.nofile_limit = ranged("nofile_limit", n)?;
         }
-        if let Some(size) = raw.log_max_size {
+        if let Some(size) = raw.log_max_size.take() {
             let ok = size.len() > 1
                 && size[..size.len() - 1].bytes().all(|b| b.is_ascii_digit())
                 && size.ends_with(['k', 'm', 'g']);
@@ -741,80 +762,101 @@ impl Config {
                     format!("{size:?}: use e.g. \"10m\""),
                 ));
             }
-            c.hardening.log_max_size = size;
+            self.hardening.log_max_size = size;
         }
-        if let Some(n) = raw.log_max_files {
-            c.hardening.log_max_files = ranged("log_max_files", n)?;
+        if let Some(n) = raw.log_max_files.take() {
+            self.hardening.log_max_files = ranged("log_max_files", n)?;
         }
-        c.hardening.read_only_rootfs = raw.read_only_rootfs.unwrap_or(false);
-        c.task_tty = raw.task_tty.unwrap_or(true);
-        c.auth_token = non_empty("auth_token", raw.auth_token)?;
-        for (i, entry) in raw.prewarm.unwrap_or_default().into_iter().enumerate() {
+        self.hardening.read_only_rootfs = raw.read_only_rootfs.take().unwrap_or(false);
+        self.task_tty = raw.task_tty.take().unwrap_or(true);
+        self.auth_token = non_empty("auth_token", raw.auth_token.take())?;
+        Ok(())
+    }
+
+    /// The task keys kept warm ahead of demand (`prewarm`).
+    fn read_prewarm(&mut self, raw: &mut RawConfig) -> Result<(), ConfigError> {
+        for (i, entry) in raw
+            .prewarm
+            .take()
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
             let key = prewarm_key(entry)
                 .map_err(|m| invalid("prewarm", format!("entry {}: {m}", i + 1)))?;
-            if c.prewarm.iter().any(|p| p.key == key) {
+            if self.prewarm.iter().any(|p| p.key == key) {
                 return Err(invalid(
                     "prewarm",
                     format!("entry {}: the same task key is listed twice", i + 1),
                 ));
             }
-            c.prewarm.push(Prewarm { key });
+            self.prewarm.push(Prewarm { key });
         }
-        if let Some(listen) = raw.listen {
-            c.listen = listen.trim().parse().map_err(|_| {
+        Ok(())
+    }
+
+    /// The HTTP front: the address, connections, requests in flight, the read timeouts, logs.
+    fn read_front(&mut self, raw: &mut RawConfig) -> Result<(), ConfigError> {
+        if let Some(listen) = raw.listen.take() {
+            self.listen = listen.trim().parse().map_err(|_| {
                 invalid(
                     "listen",
                     format!("{listen:?}: use an address and port like \"127.0.0.1:2591\""),
                 )
             })?;
         }
-        if let Some(n) = raw.max_connections {
-            c.max_connections = ranged("max_connections", n)?;
+        if let Some(n) = raw.max_connections.take() {
+            self.max_connections = ranged("max_connections", n)?;
         }
-        if let Some(n) = raw.max_connections_per_peer {
-            if !(1..=c.max_connections).contains(&n) {
+        if let Some(n) = raw.max_connections_per_peer.take() {
+            if !(1..=self.max_connections).contains(&n) {
                 return Err(invalid(
                     "max_connections_per_peer",
-                    format!("{n}: use 1 to max_connections ({})", c.max_connections),
+                    format!("{n}: use 1 to max_connections ({})", self.max_connections),
                 ));
             }
-            c.max_connections_per_peer = n;
+            self.max_connections_per_peer = n;
         } else {
             // The default never exceeds a smaller max_connections.
-            c.max_connections_per_peer = c.max_connections_per_peer.min(c.max_connections);
+            self.max_connections_per_peer = self.max_connections_per_peer.min(self.max_connections);
         }
-        if let Some(n) = raw.max_requests_in_flight {
-            c.max_requests_in_flight = ranged("max_requests_in_flight", n)?;
+        if let Some(n) = raw.max_requests_in_flight.take() {
+            self.max_requests_in_flight = ranged("max_requests_in_flight", n)?;
         }
-        if let Some(d) = raw.header_read_timeout {
-            c.header_read_timeout = duration("header_read_timeout", &d)?;
+        if let Some(d) = raw.header_read_timeout.take() {
+            self.header_read_timeout = duration("header_read_timeout", &d)?;
         }
-        if let Some(d) = raw.idle_connection_timeout {
-            c.idle_connection_timeout = duration("idle_connection_timeout", &d)?;
+        if let Some(d) = raw.idle_connection_timeout.take() {
+            self.idle_connection_timeout = duration("idle_connection_timeout", &d)?;
         }
-        if let Some(d) = raw.body_read_timeout {
-            c.body_read_timeout = duration("body_read_timeout", &d)?;
+        if let Some(d) = raw.body_read_timeout.take() {
+            self.body_read_timeout = duration("body_read_timeout", &d)?;
         }
-        c.log_format = raw.log_format.unwrap_or_default();
-        c.background_eviction = raw.background_eviction.unwrap_or(true);
-        c.refills_wait_for_requests = raw.refills_wait_for_requests.unwrap_or(true);
-        if let Some(n) = raw.sandbox_pool {
-            c.sandbox_pool = ranged("sandbox_pool", n)?;
+        self.log_format = raw.log_format.take().unwrap_or_default();
+        Ok(())
+    }
+
+    /// The pools (sandboxes, spares), the keep-alive policy, and the executor's name.
+    fn read_pools(&mut self, raw: &mut RawConfig) -> Result<(), ConfigError> {
+        self.background_eviction = raw.background_eviction.take().unwrap_or(true);
+        self.refills_wait_for_requests = raw.refills_wait_for_requests.take().unwrap_or(true);
+        if let Some(n) = raw.sandbox_pool.take() {
+            self.sandbox_pool = ranged("sandbox_pool", n)?;
         }
-        if let Some(n) = raw.sandbox_memory_mb {
-            c.sandbox_memory_mb = ranged("sandbox_memory_mb", n)?;
+        if let Some(n) = raw.sandbox_memory_mb.take() {
+            self.sandbox_memory_mb = ranged("sandbox_memory_mb", n)?;
         }
-        if let Some(n) = raw.spare_containers {
-            c.spare_containers = ranged("spare_containers", n)?;
+        if let Some(n) = raw.spare_containers.take() {
+            self.spare_containers = ranged("spare_containers", n)?;
         }
-        if let Some(n) = raw.spare_memory_mb {
-            c.spare_memory_mb = ranged("spare_memory_mb", n)?;
+        if let Some(n) = raw.spare_memory_mb.take() {
+            self.spare_memory_mb = ranged("spare_memory_mb", n)?;
         }
         if raw.keep_alive.is_some() || raw.keep_alive_price.is_some() {
             let name = raw.keep_alive.as_deref().unwrap_or("fixed");
-            c.keep_alive = keep_alive_policy(name, raw.keep_alive_price)?;
+            self.keep_alive = keep_alive_policy(name, raw.keep_alive_price.take())?;
         }
-        if let Some(name) = raw.name {
+        if let Some(name) = raw.name.take() {
             let ok = !name.is_empty()
                 && name.len() <= 64
                 && name
@@ -826,9 +868,9 @@ impl Config {
                     format!("{name:?}: use 1-64 letters, digits, '-', '_' or '.'"),
                 ));
             }
-            c.name = name;
+            self.name = name;
         }
-        Ok(c)
+        Ok(())
     }
 }
 
