@@ -1,24 +1,35 @@
 //! Image references, checked against Docker's grammar before they reach Docker:
 //! `[domain[:port]/]path[:tag][@algorithm:hex]`, path components lowercase.
 
+/// `image` split as Docker splits a reference: the name (`[domain[:port]/]path`), the tag
+/// that follows the last ':' after the last '/', and the digest after '@'. Not checked:
+/// see [`validate`].
+pub fn split(image: &str) -> (&str, Option<&str>, Option<&str>) {
+    let (rest, digest) = match image.split_once('@') {
+        Some((rest, digest)) => (rest, Some(digest)),
+        None => (image, None),
+    };
+    // A tag follows the last ':' that comes after the last '/'.
+    let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
+    match rest[last_slash..].rfind(':') {
+        Some(i) => (
+            &rest[..last_slash + i],
+            Some(&rest[last_slash + i + 1..]),
+            digest,
+        ),
+        None => (rest, None, digest),
+    }
+}
+
 /// Checks `image`; on error says what is wrong with it.
 pub fn validate(image: &str) -> Result<(), String> {
     if image.is_empty() {
         return Err("it is empty".into());
     }
-    let (rest, digest) = match image.split_once('@') {
-        Some((rest, digest)) => (rest, Some(digest)),
-        None => (image, None),
-    };
+    let (name, tag, digest) = split(image);
     if let Some(digest) = digest {
         check_digest(digest)?;
     }
-    // A tag follows the last ':' that comes after the last '/'.
-    let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
-    let (name, tag) = match rest[last_slash..].rfind(':') {
-        Some(i) => (&rest[..last_slash + i], Some(&rest[last_slash + i + 1..])),
-        None => (rest, None),
-    };
     if let Some(tag) = tag {
         check_tag(tag)?;
     }
@@ -130,7 +141,25 @@ fn check_digest(digest: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use super::validate;
+    use super::{split, validate};
+
+    #[test]
+    fn references_split_at_the_tag_after_the_last_slash() {
+        assert_eq!(split("echo"), ("echo", None, None));
+        assert_eq!(
+            split("mecanywhere-executor-sandbox:0123"),
+            ("mecanywhere-executor-sandbox", Some("0123"), None)
+        );
+        // A registry's port is no tag (the holder image's import split it there before).
+        assert_eq!(
+            split("localhost:5000/holder"),
+            ("localhost:5000/holder", None, None)
+        );
+        assert_eq!(
+            split("localhost:5000/a/holder:v1@sha256:abc"),
+            ("localhost:5000/a/holder", Some("v1"), Some("sha256:abc"))
+        );
+    }
 
     #[test]
     fn valid_references() {

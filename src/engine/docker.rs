@@ -28,9 +28,10 @@ use futures_util::StreamExt;
 use super::docker_logs::{Endpoint, LogFollower};
 use super::ready::OutputScanner;
 use super::{
-    holder, ContainerSpec, Engine, EngineError, ExitState, HolderSpec, SandboxNetwork, SandboxRef,
-    TaskAddr,
+    holder, ContainerSpec, Engine, EngineError, ExitState, Hardening, HolderSpec, SandboxNetwork,
+    SandboxRef, TaskAddr,
 };
+use crate::image_ref;
 
 /// Where a holder sees the executor's socket directory.
 const HOLDER_DIR: &str = "/run/meca";
@@ -111,11 +112,9 @@ fn is_not_found(e: &bollard::errors::Error) -> bool {
 /// `name` → `name:latest`; references with a tag or digest are kept. (Without a tag the
 /// pull API would fetch every tag of the repository.)
 fn with_default_tag(image: &str) -> String {
-    let last = image.rsplit('/').next().unwrap_or(image);
-    if image.contains('@') || last.contains(':') {
-        image.to_string()
-    } else {
-        format!("{image}:latest")
+    match image_ref::split(image) {
+        (name, None, None) => format!("{name}:latest"),
+        _ => image.to_string(),
     }
 }
 
@@ -415,6 +414,145 @@ fn exit_state_of(info: &ContainerInspectResponse) -> Option<ExitState> {
     })
 }
 
+/// The hardening every container of the executor gets, task or holder: no privilege gain,
+/// no capabilities (a task serving on port 8080 needs none; a holder adds back only what
+/// it needs), bounded processes, open files and logs, and a read-only root filesystem if
+/// `hardening` says so (a task adds its writable `/tmp`).
+fn hardened(hardening: &Hardening) -> HostConfig {
+    HostConfig {
+        privileged: Some(false),
+        security_opt: Some(vec!["no-new-privileges".into()]),
+        cap_drop: Some(vec!["ALL".into()]),
+        pids_limit: Some(hardening.pids_limit),
+        ulimits: Some(vec![ResourcesUlimits {
+            name: Some("nofile".into()),
+            soft: Some(hardening.nofile_limit),
+            hard: Some(hardening.nofile_limit),
+        }]),
+        readonly_rootfs: hardening.read_only_rootfs.then_some(true),
+        log_config: Some(HostConfigLogConfig {
+            typ: Some("json-file".into()),
+            config: Some(HashMap::from([
+                ("max-size".to_string(), hardening.log_max_size.clone()),
+                ("max-file".to_string(), hardening.log_max_files.to_string()),
+            ])),
+        }),
+        ..Default::default()
+    }
+}
+
+/// A sandbox holder's hardening: one thread, two descriptors per relayed connection, a
+/// small log, nothing written.
+fn holder_hardening() -> Hardening {
+    Hardening {
+        pids_limit: 8,
+        nofile_limit: 8192,
+        log_max_size: "64k".into(),
+        log_max_files: 1,
+        read_only_rootfs: true,
+    }
+}
+
+/// What Docker is asked to create for a task container.
+fn task_body(spec: &ContainerSpec) -> ContainerCreateBody {
+    let mut host_config = HostConfig {
+        nano_cpus: Some(spec.nano_cpus),
+        memory: Some(spec.memory_bytes),
+        // No swap beyond the memory limit: a task gets exactly the memory it asked for.
+        memory_swap: Some(spec.memory_bytes),
+        runtime: spec.runtime.clone(),
+        // The sandbox's namespace is the task's only network.
+        network_mode: Some(format!("container:{}", spec.sandbox.id)),
+        ..hardened(&spec.hardening)
+    };
+    if spec.hardening.read_only_rootfs {
+        host_config.tmpfs = Some(HashMap::from([(
+            "/tmp".to_string(),
+            "rw,nosuid,nodev,size=64m".to_string(),
+        )]));
+    }
+    if let Some(sgx) = &spec.sgx {
+        host_config.devices = Some(vec![DeviceMapping {
+            path_on_host: Some(sgx.device.clone()),
+            path_in_container: Some("/dev/sgx/enclave".into()),
+            cgroup_permissions: Some("rwm".into()),
+        }]);
+        host_config.binds = Some(vec![format!("{}:/var/run/aesmd", sgx.aesmd_path)]);
+    }
+    if !spec.gpus.is_empty() {
+        // By UUID, not index: indices inside the executor's own container may differ
+        // from the host's.
+        host_config.device_requests = Some(vec![DeviceRequest {
+            driver: Some("nvidia".into()),
+            device_ids: Some(spec.gpus.clone()),
+            capabilities: Some(vec![vec!["gpu".into()]]),
+            ..Default::default()
+        }]);
+    }
+    ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        labels: Some(spec.labels.clone()),
+        // A terminal makes C stdio and CPython line-buffer stdout, so a task's plain
+        // `print("meca-init-done")` reaches the log at once (on a pipe it would wait in
+        // a 4-8 KiB buffer).
+        tty: Some(spec.tty),
+        host_config: Some(host_config),
+        ..Default::default()
+    }
+}
+
+/// What Docker is asked to create for a sandbox holder that shares `shared`.
+fn holder_body(spec: &HolderSpec, shared: &SocketDir) -> Result<ContainerCreateBody, EngineError> {
+    let name = spec.socket.strip_prefix(&shared.local).map_err(|_| {
+        EngineError::Api(format!(
+            "socket {} is outside the sandbox directory {}",
+            spec.socket.display(),
+            shared.local.display()
+        ))
+    })?;
+    let inside = shared.inside.join(name).display().to_string();
+    let mut cmd = vec![HOLDER_PATH.to_string(), "relay".to_string(), inside];
+    let mut user = shared.user.clone();
+    let mut host_config = HostConfig {
+        memory: Some(spec.memory_bytes),
+        memory_swap: Some(spec.memory_bytes),
+        mounts: Some(vec![shared.mount.clone()]),
+        ..hardened(&holder_hardening())
+    };
+    match &spec.network {
+        SandboxNetwork::None => host_config.network_mode = Some("none".into()),
+        SandboxNetwork::Egress { network, blocked } => {
+            host_config.network_mode = Some(network.clone().unwrap_or("bridge".into()));
+            // The holder's own process sets the routes as root, before any task joins,
+            // hands its socket to the executor's user and drops every capability; a
+            // task container gets none.
+            user = "0:0".to_string();
+            cmd.extend(["--owner".to_string(), shared.user.clone()]);
+            host_config.cap_add = Some(vec![
+                "NET_ADMIN".into(),
+                "CHOWN".into(),
+                "DAC_OVERRIDE".into(),
+            ]);
+            host_config.sysctls = Some(HashMap::from([(
+                "net.ipv6.conf.all.disable_ipv6".to_string(),
+                "1".to_string(),
+            )]));
+            for prefix in blocked {
+                cmd.push("--block".into());
+                cmd.push(prefix.clone());
+            }
+        }
+    }
+    Ok(ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        labels: Some(spec.labels.clone()),
+        user: Some(user),
+        cmd: Some(cmd),
+        host_config: Some(host_config),
+        ..Default::default()
+    })
+}
+
 fn label_filter(key: &str, value: &str) -> (String, Vec<String>) {
     ("label".to_string(), vec![format!("{key}={value}")])
 }
@@ -434,71 +572,7 @@ impl Engine for DockerEngine {
     }
 
     async fn create(&self, spec: &ContainerSpec) -> Result<String, EngineError> {
-        let hardening = &spec.hardening;
-        let mut host_config = HostConfig {
-            nano_cpus: Some(spec.nano_cpus),
-            memory: Some(spec.memory_bytes),
-            // No swap beyond the memory limit: a task gets exactly the memory it asked for.
-            memory_swap: Some(spec.memory_bytes),
-            runtime: spec.runtime.clone(),
-            // The sandbox's namespace is the task's only network.
-            network_mode: Some(format!("container:{}", spec.sandbox.id)),
-            // Untrusted code: no privilege gain, no capabilities (a task serving on port
-            // 8080 needs none), bounded processes, files and logs.
-            privileged: Some(false),
-            security_opt: Some(vec!["no-new-privileges".into()]),
-            cap_drop: Some(vec!["ALL".into()]),
-            pids_limit: Some(hardening.pids_limit),
-            ulimits: Some(vec![ResourcesUlimits {
-                name: Some("nofile".into()),
-                soft: Some(hardening.nofile_limit),
-                hard: Some(hardening.nofile_limit),
-            }]),
-            log_config: Some(HostConfigLogConfig {
-                typ: Some("json-file".into()),
-                config: Some(HashMap::from([
-                    ("max-size".to_string(), hardening.log_max_size.clone()),
-                    ("max-file".to_string(), hardening.log_max_files.to_string()),
-                ])),
-            }),
-            ..Default::default()
-        };
-        if hardening.read_only_rootfs {
-            host_config.readonly_rootfs = Some(true);
-            host_config.tmpfs = Some(HashMap::from([(
-                "/tmp".to_string(),
-                "rw,nosuid,nodev,size=64m".to_string(),
-            )]));
-        }
-        if let Some(sgx) = &spec.sgx {
-            host_config.devices = Some(vec![DeviceMapping {
-                path_on_host: Some(sgx.device.clone()),
-                path_in_container: Some("/dev/sgx/enclave".into()),
-                cgroup_permissions: Some("rwm".into()),
-            }]);
-            host_config.binds = Some(vec![format!("{}:/var/run/aesmd", sgx.aesmd_path)]);
-        }
-        if !spec.gpus.is_empty() {
-            // By UUID, not index: indices inside the executor's own container may differ
-            // from the host's.
-            host_config.device_requests = Some(vec![DeviceRequest {
-                driver: Some("nvidia".into()),
-                device_ids: Some(spec.gpus.clone()),
-                capabilities: Some(vec![vec!["gpu".into()]]),
-                ..Default::default()
-            }]);
-        }
-        let body = ContainerCreateBody {
-            image: Some(spec.image.clone()),
-            labels: Some(spec.labels.clone()),
-            // A terminal makes C stdio and CPython line-buffer stdout, so a task's plain
-            // `print("meca-init-done")` reaches the log at once (on a pipe it would wait in
-            // a 4-8 KiB buffer).
-            tty: Some(spec.tty),
-            host_config: Some(host_config),
-            ..Default::default()
-        };
-        self.create_from(body).await
+        self.create_from(task_body(spec)).await
     }
 
     async fn start_and_wait_ready(
@@ -657,7 +731,8 @@ impl Engine for DockerEngine {
             return Ok(());
         }
         let program = holder::holder_program();
-        let (repo, tag) = name.rsplit_once(':').unwrap_or((name, "latest"));
+        let (repo, tag, _) = image_ref::split(name);
+        let tag = tag.unwrap_or("latest");
         let options = CreateImageOptions {
             from_src: Some("-".into()),
             repo: Some(repo.to_string()),
@@ -730,72 +805,7 @@ impl Engine for DockerEngine {
         let shared = self.sockets.get().ok_or_else(|| {
             EngineError::Api("sandboxes were not prepared (no socket directory)".into())
         })?;
-        let name = spec.socket.strip_prefix(&shared.local).map_err(|_| {
-            EngineError::Api(format!(
-                "socket {} is outside the sandbox directory {}",
-                spec.socket.display(),
-                shared.local.display()
-            ))
-        })?;
-        let inside = shared.inside.join(name).display().to_string();
-        let mut cmd = vec![HOLDER_PATH.to_string(), "relay".to_string(), inside];
-        let mut user = shared.user.clone();
-        let mut host_config = HostConfig {
-            memory: Some(spec.memory_bytes),
-            memory_swap: Some(spec.memory_bytes),
-            privileged: Some(false),
-            security_opt: Some(vec!["no-new-privileges".into()]),
-            cap_drop: Some(vec!["ALL".into()]),
-            // One thread; two descriptors per relayed connection.
-            pids_limit: Some(8),
-            ulimits: Some(vec![ResourcesUlimits {
-                name: Some("nofile".into()),
-                soft: Some(8192),
-                hard: Some(8192),
-            }]),
-            readonly_rootfs: Some(true),
-            mounts: Some(vec![shared.mount.clone()]),
-            log_config: Some(HostConfigLogConfig {
-                typ: Some("json-file".into()),
-                config: Some(HashMap::from([
-                    ("max-size".to_string(), "64k".to_string()),
-                    ("max-file".to_string(), "1".to_string()),
-                ])),
-            }),
-            ..Default::default()
-        };
-        match &spec.network {
-            SandboxNetwork::None => host_config.network_mode = Some("none".into()),
-            SandboxNetwork::Egress { network, blocked } => {
-                host_config.network_mode = Some(network.clone().unwrap_or("bridge".into()));
-                // The holder's own process sets the routes as root, before any task joins,
-                // hands its socket to the executor's user and drops every capability; a
-                // task container gets none.
-                user = "0:0".to_string();
-                cmd.extend(["--owner".to_string(), shared.user.clone()]);
-                host_config.cap_add = Some(vec![
-                    "NET_ADMIN".into(),
-                    "CHOWN".into(),
-                    "DAC_OVERRIDE".into(),
-                ]);
-                host_config.sysctls = Some(HashMap::from([(
-                    "net.ipv6.conf.all.disable_ipv6".to_string(),
-                    "1".to_string(),
-                )]));
-                for prefix in blocked {
-                    cmd.push("--block".into());
-                    cmd.push(prefix.clone());
-                }
-            }
-        }
-        let body = ContainerCreateBody {
-            image: Some(spec.image.clone()),
-            labels: Some(spec.labels.clone()),
-            user: Some(user),
-            cmd: Some(cmd),
-            host_config: Some(host_config),
-            ..Default::default()
-        };
+        let body = holder_body(spec, shared)?;
         let id = self.create_from(body).await?;
         let started = async {
             self.docker
@@ -859,6 +869,312 @@ mod tests {
         assert_eq!(own_container_id(&info), Some(id));
         let host = "22 1 254:1 / / rw,relatime shared:1 - ext4 /dev/vda rw\n";
         assert_eq!(own_container_id(host), None);
+    }
+
+    /// A task spec and a holder's socket directory as the executor makes them.
+    fn task_spec(hardening: crate::config::Hardening) -> ContainerSpec {
+        ContainerSpec {
+            image: "meca-echo:latest".into(),
+            nano_cpus: 500_000_000,
+            memory_bytes: 64 << 20,
+            runtime: Some("runsc".into()),
+            labels: HashMap::from([("org.mecanywhere.executor".into(), "x".into())]),
+            sgx: Some(crate::engine::SgxMounts {
+                device: "/dev/sgx_enclave".into(),
+                aesmd_path: "/var/run/aesmd".into(),
+            }),
+            gpus: vec!["GPU-1".into()],
+            hardening,
+            tty: true,
+            sandbox: SandboxRef {
+                id: "holder1".into(),
+                addr: TaskAddr::Relay("/run/x/1".into()),
+            },
+        }
+    }
+
+    fn socket_dir() -> SocketDir {
+        SocketDir {
+            local: "/run/exec/abc".into(),
+            mount: Mount {
+                target: Some(HOLDER_DIR.into()),
+                source: Some("/run/exec/abc".into()),
+                typ: Some(MountTypeEnum::BIND),
+                ..Default::default()
+            },
+            inside: HOLDER_DIR.into(),
+            user: "1000:1000".into(),
+        }
+    }
+
+    fn holder_spec(network: SandboxNetwork) -> HolderSpec {
+        HolderSpec {
+            image: "mecanywhere-executor-sandbox:0123".into(),
+            labels: HashMap::from([("org.mecanywhere.role".into(), "sandbox".into())]),
+            network,
+            socket: "/run/exec/abc/0badf00d".into(),
+            memory_bytes: 16 << 20,
+        }
+    }
+
+    /// What Docker receives, as JSON (bollard serializes the same structs onto the wire).
+    fn json(body: &ContainerCreateBody) -> serde_json::Value {
+        serde_json::to_value(body).unwrap()
+    }
+
+    /// The bodies pinned here are what Docker received before the hardening shared by tasks
+    /// and holders was built by one function ([`hardened`]): that change sent the same.
+    #[test]
+    fn docker_receives_the_pinned_task_and_holder_bodies() {
+        let read_only = crate::config::Hardening {
+            read_only_rootfs: true,
+            ..Default::default()
+        };
+        let egress = SandboxNetwork::Egress {
+            network: Some("meca-net".into()),
+            blocked: vec!["10.0.0.0/8".into()],
+        };
+        let holder = |network| holder_body(&holder_spec(network), &socket_dir()).unwrap();
+        assert_eq!(
+            json(&task_body(&task_spec(Default::default()))),
+            serde_json::json!({
+                "HostConfig": {
+                    "Binds": [
+                        "/var/run/aesmd:/var/run/aesmd"
+                    ],
+                    "CapDrop": [
+                        "ALL"
+                    ],
+                    "DeviceRequests": [
+                        {
+                            "Capabilities": [
+                                [
+                                    "gpu"
+                                ]
+                            ],
+                            "DeviceIDs": [
+                                "GPU-1"
+                            ],
+                            "Driver": "nvidia"
+                        }
+                    ],
+                    "Devices": [
+                        {
+                            "CgroupPermissions": "rwm",
+                            "PathInContainer": "/dev/sgx/enclave",
+                            "PathOnHost": "/dev/sgx_enclave"
+                        }
+                    ],
+                    "LogConfig": {
+                        "Config": {
+                            "max-file": "2",
+                            "max-size": "10m"
+                        },
+                        "Type": "json-file"
+                    },
+                    "Memory": 67108864,
+                    "MemorySwap": 67108864,
+                    "NanoCpus": 500000000,
+                    "NetworkMode": "container:holder1",
+                    "PidsLimit": 1024,
+                    "Privileged": false,
+                    "Runtime": "runsc",
+                    "SecurityOpt": [
+                        "no-new-privileges"
+                    ],
+                    "Ulimits": [
+                        {
+                            "Hard": 4096,
+                            "Name": "nofile",
+                            "Soft": 4096
+                        }
+                    ]
+                },
+                "Image": "meca-echo:latest",
+                "Labels": {
+                    "org.mecanywhere.executor": "x"
+                },
+                "Tty": true
+            })
+        );
+        assert_eq!(
+            json(&task_body(&task_spec(read_only))),
+            serde_json::json!({
+                "HostConfig": {
+                    "Binds": [
+                        "/var/run/aesmd:/var/run/aesmd"
+                    ],
+                    "CapDrop": [
+                        "ALL"
+                    ],
+                    "DeviceRequests": [
+                        {
+                            "Capabilities": [
+                                [
+                                    "gpu"
+                                ]
+                            ],
+                            "DeviceIDs": [
+                                "GPU-1"
+                            ],
+                            "Driver": "nvidia"
+                        }
+                    ],
+                    "Devices": [
+                        {
+                            "CgroupPermissions": "rwm",
+                            "PathInContainer": "/dev/sgx/enclave",
+                            "PathOnHost": "/dev/sgx_enclave"
+                        }
+                    ],
+                    "LogConfig": {
+                        "Config": {
+                            "max-file": "2",
+                            "max-size": "10m"
+                        },
+                        "Type": "json-file"
+                    },
+                    "Memory": 67108864,
+                    "MemorySwap": 67108864,
+                    "NanoCpus": 500000000,
+                    "NetworkMode": "container:holder1",
+                    "PidsLimit": 1024,
+                    "Privileged": false,
+                    "ReadonlyRootfs": true,
+                    "Runtime": "runsc",
+                    "SecurityOpt": [
+                        "no-new-privileges"
+                    ],
+                    "Tmpfs": {
+                        "/tmp": "rw,nosuid,nodev,size=64m"
+                    },
+                    "Ulimits": [
+                        {
+                            "Hard": 4096,
+                            "Name": "nofile",
+                            "Soft": 4096
+                        }
+                    ]
+                },
+                "Image": "meca-echo:latest",
+                "Labels": {
+                    "org.mecanywhere.executor": "x"
+                },
+                "Tty": true
+            })
+        );
+        assert_eq!(
+            json(&holder(SandboxNetwork::None)),
+            serde_json::json!({
+                "Cmd": [
+                    "/hold",
+                    "relay",
+                    "/run/meca/0badf00d"
+                ],
+                "HostConfig": {
+                    "CapDrop": [
+                        "ALL"
+                    ],
+                    "LogConfig": {
+                        "Config": {
+                            "max-file": "1",
+                            "max-size": "64k"
+                        },
+                        "Type": "json-file"
+                    },
+                    "Memory": 16777216,
+                    "MemorySwap": 16777216,
+                    "Mounts": [
+                        {
+                            "Source": "/run/exec/abc",
+                            "Target": "/run/meca",
+                            "Type": "bind"
+                        }
+                    ],
+                    "NetworkMode": "none",
+                    "PidsLimit": 8,
+                    "Privileged": false,
+                    "ReadonlyRootfs": true,
+                    "SecurityOpt": [
+                        "no-new-privileges"
+                    ],
+                    "Ulimits": [
+                        {
+                            "Hard": 8192,
+                            "Name": "nofile",
+                            "Soft": 8192
+                        }
+                    ]
+                },
+                "Image": "mecanywhere-executor-sandbox:0123",
+                "Labels": {
+                    "org.mecanywhere.role": "sandbox"
+                },
+                "User": "1000:1000"
+            })
+        );
+        assert_eq!(
+            json(&holder(egress)),
+            serde_json::json!({
+                "Cmd": [
+                    "/hold",
+                    "relay",
+                    "/run/meca/0badf00d",
+                    "--owner",
+                    "1000:1000",
+                    "--block",
+                    "10.0.0.0/8"
+                ],
+                "HostConfig": {
+                    "CapAdd": [
+                        "NET_ADMIN",
+                        "CHOWN",
+                        "DAC_OVERRIDE"
+                    ],
+                    "CapDrop": [
+                        "ALL"
+                    ],
+                    "LogConfig": {
+                        "Config": {
+                            "max-file": "1",
+                            "max-size": "64k"
+                        },
+                        "Type": "json-file"
+                    },
+                    "Memory": 16777216,
+                    "MemorySwap": 16777216,
+                    "Mounts": [
+                        {
+                            "Source": "/run/exec/abc",
+                            "Target": "/run/meca",
+                            "Type": "bind"
+                        }
+                    ],
+                    "NetworkMode": "meca-net",
+                    "PidsLimit": 8,
+                    "Privileged": false,
+                    "ReadonlyRootfs": true,
+                    "SecurityOpt": [
+                        "no-new-privileges"
+                    ],
+                    "Sysctls": {
+                        "net.ipv6.conf.all.disable_ipv6": "1"
+                    },
+                    "Ulimits": [
+                        {
+                            "Hard": 8192,
+                            "Name": "nofile",
+                            "Soft": 8192
+                        }
+                    ]
+                },
+                "Image": "mecanywhere-executor-sandbox:0123",
+                "Labels": {
+                    "org.mecanywhere.role": "sandbox"
+                },
+                "User": "0:0"
+            })
+        );
     }
 
     #[test]

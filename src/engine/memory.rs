@@ -1,6 +1,8 @@
 //! An in-memory [`Engine`] for testing the executor's *policy* (admission, eviction, single
 //! flight, queueing, reaping, prewarm) on tokio's virtual clock, with scripted delays and
-//! faults. It proves nothing about Docker: what Docker does is tested against a real dockerd.
+//! faults. It proves nothing about Docker: what Docker does is tested against a real dockerd,
+//! and `tests/engine_contract.rs` holds this engine to what the Docker engine does wherever
+//! the executor can see it through the trait (exit states, listings, events, errors).
 //!
 //! Owns a table of fake images and containers. Every delay is a `tokio::time::sleep`, so
 //! under a paused clock (`start_paused`) a scenario of minutes runs in milliseconds, the same
@@ -11,6 +13,7 @@
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -43,6 +46,9 @@ pub enum StartScript {
     Exit(Duration, i64),
     /// Runs, but never prints the ready line.
     NeverReady,
+    /// Prints the ready line after this long, but never listens on its port (so it never
+    /// becomes ready: [`MemContainer::became_ready`] stays false).
+    ReadyNotListening(Duration),
 }
 
 impl Default for ImageScript {
@@ -141,6 +147,8 @@ struct State {
     pulls_total: usize,
     /// Tasks created in a sandbox that another task still occupied.
     sandbox_conflicts: u64,
+    /// [`Engine::prepare_sandboxes`] was called: holders may start.
+    sandboxes_prepared: bool,
 }
 
 impl MemContainer {
@@ -159,6 +167,16 @@ impl MemContainer {
             created_at: tokio::time::Instant::now(),
             holder: false,
             sandbox: None,
+        }
+    }
+
+    /// How it ends with `code` (killed by its memory limit if `oom_killed`): with its memory
+    /// limit, as Docker reports it.
+    fn ending(&self, code: i64, oom_killed: bool) -> ExitState {
+        ExitState {
+            code,
+            oom_killed,
+            memory_limit_mb: (self.mem_mb > 0).then_some(self.mem_mb),
         }
     }
 }
@@ -303,12 +321,12 @@ impl MemoryEngine {
         }
     }
 
-    /// Marks a running container exited and tells the event stream.
-    fn exit(&self, id: &str, state: ExitState) {
+    /// Marks a running container exited with `code` (killed by its memory limit if
+    /// `oom_killed`) and tells the event stream; returns how it ended.
+    fn exit(&self, id: &str, code: i64, oom_killed: bool) -> Option<ExitState> {
         let mut guard = self.lock();
-        let Some(container) = guard.containers.get_mut(id) else {
-            return;
-        };
+        let container = guard.containers.get_mut(id)?;
+        let state = container.ending(code, oom_killed);
         container.state = MemState::Exited(state);
         let labels = container.labels.clone();
         drop(guard);
@@ -316,6 +334,7 @@ impl MemoryEngine {
             id: id.to_string(),
             labels,
         });
+        Some(state)
     }
 
     fn running(&self, id: &str) -> bool {
@@ -429,25 +448,23 @@ impl Engine for MemoryEngine {
                     Some(c) if c.state == MemState::Running => c.became_ready = true,
                     _ => return Err(gone()),
                 }
-                let n: u16 = id.trim_start_matches("mem-").parse().unwrap_or(0);
-                // A loopback address that is never connected to: calls stay in memory.
-                Ok(TaskAddr::Tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, n))))
+                // Where its sandbox says a task answers (calls stay in memory).
+                Ok(spec.sandbox.addr.clone())
             }
             StartScript::Exit(after, code) if after <= deadline => {
                 tokio::time::sleep(after).await;
-                let state = ExitState {
-                    code,
-                    oom_killed: false,
-                    memory_limit_mb: None,
-                };
                 if !self.running(id) {
                     return Err(gone());
                 }
-                self.exit(id, state);
+                let state = self.exit(id, code, false).ok_or_else(gone)?;
                 Err(EngineError::ExitedBeforeReady {
                     state,
                     output: "exiting on purpose (scripted)".into(),
                 })
+            }
+            StartScript::ReadyNotListening(after) if after <= deadline => {
+                tokio::time::sleep(deadline).await;
+                Err(EngineError::NotListening(deadline))
             }
             _ => {
                 tokio::time::sleep(deadline).await;
@@ -498,25 +515,30 @@ impl Engine for MemoryEngine {
         let delay = self.lock().kill_delay;
         tokio::time::sleep(delay).await;
         if self.running(id) {
-            self.exit(
-                id,
-                ExitState {
-                    code: 137,
-                    oom_killed: false,
-                    memory_limit_mb: None,
-                },
-            );
+            self.exit(id, 137, false);
         }
         Ok(())
     }
 
-    async fn ensure_holder_image(&self, _name: &str) -> Result<(), EngineError> {
-        self.check_reachable()
+    async fn ensure_holder_image(&self, name: &str) -> Result<(), EngineError> {
+        self.check_reachable()?;
+        let mut state = self.lock();
+        let image = state.images.entry(name.to_string()).or_default();
+        image.present = true;
+        Ok(())
     }
 
     async fn start_holder(&self, spec: &HolderSpec) -> Result<SandboxRef, EngineError> {
         self.check_reachable()?;
         let mut state = self.lock();
+        if !state.sandboxes_prepared {
+            return Err(EngineError::Api(
+                "sandboxes were not prepared (no socket directory)".into(),
+            ));
+        }
+        if !state.images.get(&spec.image).is_some_and(|s| s.present) {
+            return Err(EngineError::Api(format!("No such image: {}", spec.image)));
+        }
         let id = state.add(MemContainer {
             mem_mb: (spec.memory_bytes / (1024 * 1024)) as u64,
             state: MemState::Running,
@@ -539,13 +561,13 @@ impl Engine for MemoryEngine {
     ) -> Result<(), EngineError> {
         self.check_reachable()?;
         let mut state = self.lock();
+        // Docker changes a stopped (or never started) container's configuration too.
         match state.containers.get_mut(id) {
-            Some(c) if c.state == MemState::Running => {
+            Some(c) => {
                 c.milli_cpu = (nano_cpus / 1_000_000) as u64;
                 c.mem_mb = (memory_bytes / (1024 * 1024)) as u64;
                 Ok(())
             }
-            Some(_) => Err(EngineError::Api(format!("container {id} is not running"))),
             None => Err(EngineError::NoSuchContainer(id.to_string())),
         }
     }
@@ -616,7 +638,9 @@ impl Engine for MemoryEngine {
     }
 
     async fn prepare_sandboxes(&self, _dir: &Path) -> Result<(), EngineError> {
-        self.check_reachable()
+        self.check_reachable()?;
+        self.lock().sandboxes_prepared = true;
+        Ok(())
     }
 
     fn sockets_on_disk(&self) -> bool {
@@ -633,6 +657,7 @@ impl Engine for MemoryEngine {
             engine: self.clone(),
             id: id.to_string(),
             addr: addr.clone(),
+            closed: AtomicBool::new(false),
         })
     }
 }
@@ -642,6 +667,8 @@ struct MemTask {
     engine: MemoryEngine,
     id: String,
     addr: TaskAddr,
+    /// [`TaskCall::close`] was called: no more calls.
+    closed: AtomicBool,
 }
 
 impl std::fmt::Debug for MemTask {
@@ -662,6 +689,11 @@ impl TaskCall for MemTask {
         input: Bytes,
         timeout: Duration,
     ) -> Result<Answer, CallError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(CallError::Transport(
+                "the connection to the task was closed for its removal".into(),
+            ));
+        }
         {
             let mut state = self.engine.lock();
             match state.containers.get_mut(&self.id) {
@@ -684,14 +716,7 @@ impl TaskCall for MemTask {
                 }
                 TaskInput::Crash | TaskInput::Oom => {
                     let oom = TaskInput::parse(&input) == TaskInput::Oom;
-                    self.engine.exit(
-                        &self.id,
-                        ExitState {
-                            code: if oom { 137 } else { 3 },
-                            oom_killed: oom,
-                            memory_limit_mb: None,
-                        },
-                    );
+                    self.engine.exit(&self.id, if oom { 137 } else { 3 }, oom);
                     Err(refused())
                 }
                 TaskInput::Hang => std::future::pending().await,
@@ -700,5 +725,9 @@ impl TaskCall for MemTask {
         tokio::time::timeout(timeout, exchange)
             .await
             .map_err(|_| CallError::Timeout(timeout))?
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
     }
 }
