@@ -42,7 +42,7 @@
 //! [`Params::max_samples`], so old behaviour fades; at most [`Params::max_keys`] keys are
 //! remembered (the one seen least recently, with nothing in flight, is forgotten first).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -592,7 +592,9 @@ pub fn decide_priced(
 pub struct KeepAlive {
     params: Params,
     rule: Rule,
-    keys: Mutex<HashMap<TaskKey, KeyState>>,
+    /// By key, in key order: the keys due for a pre-warm, and the key forgotten among
+    /// those seen last at the same instant, are the same in every run.
+    keys: Mutex<BTreeMap<TaskKey, KeyState>>,
 }
 
 impl KeepAlive {
@@ -608,7 +610,7 @@ impl KeepAlive {
         Ok(KeepAlive {
             params,
             rule,
-            keys: Mutex::new(HashMap::new()),
+            keys: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -620,7 +622,7 @@ impl KeepAlive {
         self.rule
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<TaskKey, KeyState>> {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<TaskKey, KeyState>> {
         // No critical section below can panic half-way.
         self.keys.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -785,7 +787,7 @@ impl KeepAlive {
 }
 
 /// Forgets the key seen least recently among those with nothing in flight.
-fn forget_one(keys: &mut HashMap<TaskKey, KeyState>) {
+fn forget_one(keys: &mut BTreeMap<TaskKey, KeyState>) {
     let oldest = keys
         .iter()
         .filter(|(_, s)| s.in_flight == 0)

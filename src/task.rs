@@ -9,7 +9,7 @@ use std::fmt;
 use crate::resources::Demand;
 
 /// How the task is isolated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Runtime {
     /// The engine's default container runtime (runc).
     Container,
@@ -34,6 +34,32 @@ pub struct TaskKey {
     pub demand: Demand,
     pub gpu_count: u32,
     pub use_sgx: bool,
+}
+
+/// An order of keys (image, runtime, CPU, memory, GPUs, SGX), so that maps of keys iterate
+/// the same way in every run. It means nothing else: whether one demand fits in another is
+/// not an order (and `Demand` has none).
+impl Ord for TaskKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let fields = |k: &TaskKey| {
+            (
+                k.runtime,
+                k.demand.milli_cpu,
+                k.demand.mem_mb,
+                k.gpu_count,
+                k.use_sgx,
+            )
+        };
+        self.image
+            .cmp(&other.image)
+            .then_with(|| fields(self).cmp(&fields(other)))
+    }
+}
+
+impl PartialOrd for TaskKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 impl TaskKey {

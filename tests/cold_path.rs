@@ -14,11 +14,7 @@ const LIMITS: &str = "meca-test-limits:latest";
 
 /// The value of the `/metrics` sample named exactly `series` (0 when absent).
 fn metric(ex: &Executor, series: &str) -> f64 {
-    let text = ex.get("/metrics").raw;
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
+    mecanywhere_executor::metrics_text::value(&ex.get("/metrics").raw, series)
 }
 
 /// Waits up to 30 s until `check` holds.

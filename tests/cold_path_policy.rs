@@ -3,71 +3,36 @@
 //! reused after it; a spare grows only into free room and is evicted first; prewarm keys
 //! come before spares). Docker itself is exercised in `tests/cold_path.rs`.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 
+use common::memory::{is_spare, key, metric, ready_after, spawn_execute};
 use mecanywhere_executor::config::{Config, Prewarm};
-use mecanywhere_executor::engine::memory::{ImageScript, MemoryEngine, StartScript};
-use mecanywhere_executor::engine::{LABEL_ROLE, ROLE_SPARE};
+use mecanywhere_executor::engine::memory::MemoryEngine;
 use mecanywhere_executor::executor::{Executor, TaskRequest};
-use mecanywhere_executor::host::{Host, HostCapacity};
 use mecanywhere_executor::resources::Demand;
-use mecanywhere_executor::task::{Runtime, TaskKey};
+use mecanywhere_executor::task::TaskKey;
 
-fn key(image: &str, milli_cpu: u64, mem_mb: u64) -> TaskKey {
-    TaskKey {
-        image: image.to_string(),
-        runtime: Runtime::Container,
-        demand: Demand { milli_cpu, mem_mb },
-        gpu_count: 0,
-        use_sgx: false,
-    }
-}
-
+/// A request of `key` answered at once.
 fn request(key: &TaskKey) -> TaskRequest {
-    TaskRequest {
-        key: key.clone(),
-        input: Bytes::from_static(b"ok"),
-    }
+    common::memory::request(key, "ok")
 }
 
+/// An executor on the in-memory engine with `images`, each ready 100 ms after it starts.
 async fn executor(config: Config, images: &[&str]) -> (Arc<Executor>, MemoryEngine) {
-    let engine = MemoryEngine::new();
-    for image in images {
-        engine.add_image(
-            image,
-            ImageScript {
-                start: StartScript::Ready(Duration::from_millis(100)),
-                ..ImageScript::default()
-            },
-        );
-    }
-    let host = Host::fixed(HostCapacity {
-        cores: 16,
-        mem_mb: 64 * 1024,
-    });
-    let executor = Executor::start_on(
-        host,
+    let images: Vec<_> = images.iter().map(|i| (*i, ready_after(100))).collect();
+    common::memory::start(
         Config {
             name: "pools".into(),
             ..config
         },
-        Arc::new(engine.clone()),
-        Box::new(|| Err(mecanywhere_executor::gpu::GpuError("none".into()))),
+        &images,
     )
     .await
-    .unwrap();
-    (executor, engine)
-}
-
-fn metric(executor: &Executor, series: &str) -> f64 {
-    executor
-        .metrics_text()
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
 }
 
 /// The sandbox each task container (not holder) joined, by container id.
@@ -130,10 +95,7 @@ async fn a_holder_hosts_the_next_task_once_its_task_is_removed_and_never_two_at_
         key: key("a:v1", 250, 32),
         input: Bytes::from_static(b"slow:3000"),
     };
-    let third = tokio::spawn({
-        let ex = Arc::clone(&ex);
-        async move { ex.execute(slow).await }
-    });
+    let third = spawn_execute(&ex, slow);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let now: Vec<_> = engine
         .containers()
@@ -177,7 +139,7 @@ async fn a_spare_is_resized_for_a_new_key_of_its_image_within_the_budget() {
     let spare = engine
         .containers()
         .into_iter()
-        .find(|c| c.labels.get(LABEL_ROLE).map(String::as_str) == Some(ROLE_SPARE))
+        .find(is_spare)
         .expect("a spare");
     assert_eq!(
         (spare.milli_cpu, spare.mem_mb),
@@ -244,10 +206,7 @@ async fn a_spare_that_cannot_grow_into_free_room_is_evicted_first_for_the_normal
     ex.execute(request(&key("a:v1", 1600, 128))).await.unwrap();
     assert_eq!(metric(&ex, "meca_spares_claimed_total"), 0.0);
     assert_eq!(metric(&ex, "meca_evictions_total"), 2.0);
-    let spare_gone = engine
-        .removed()
-        .into_iter()
-        .any(|r| r.container.labels.get(LABEL_ROLE).map(String::as_str) == Some(ROLE_SPARE));
+    let spare_gone = engine.removed().into_iter().any(|r| is_spare(&r.container));
     assert!(spare_gone, "the spare was evicted");
     let (live_cpu, _) = engine.live_demand();
     assert!(live_cpu <= ex.budget().used.milli_cpu);
@@ -275,13 +234,7 @@ async fn a_prewarm_key_takes_the_room_of_a_spare() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(metric(&ex, "meca_containers{state=\"spare\"}"), 1.0);
     assert_eq!(ex.budget().used.milli_cpu, 2000);
-    engine.add_image(
-        "p:v1",
-        ImageScript {
-            start: StartScript::Ready(Duration::from_millis(100)),
-            ..ImageScript::default()
-        },
-    );
+    engine.add_image("p:v1", ready_after(100));
     // A retry (30 to 60 s after the failure) finds room only in the spare's: the spare
     // goes, the prewarm key starts.
     tokio::time::sleep(Duration::from_secs(65)).await;
@@ -355,7 +308,7 @@ async fn at_the_bound_the_spare_of_the_image_used_least_recently_makes_way() {
         let spares: Vec<String> = engine
             .containers()
             .into_iter()
-            .filter(|c| c.labels.get(LABEL_ROLE).map(String::as_str) == Some(ROLE_SPARE))
+            .filter(is_spare)
             .map(|c| c.image)
             .collect();
         spares

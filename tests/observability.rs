@@ -7,17 +7,10 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use common::*;
+// `sample(text, name)`: the value of the sample `name` (with its labels, exactly as
+// exposed) in a scrape, 0 when absent.
+use mecanywhere_executor::metrics_text::value as sample;
 use serde_json::json;
-
-/// The value of the sample `name` (with its labels, exactly as exposed) in a scrape.
-fn sample(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|line| {
-            let rest = line.strip_prefix(name)?;
-            rest.strip_prefix(' ')?.trim().parse().ok()
-        })
-        .unwrap_or(0.0)
-}
 
 fn scrape(ex: &Executor) -> String {
     let reply = ex.get("/metrics");

@@ -2,88 +2,38 @@
 //! clock: one scripted scenario per defect the simulator was built to catch. Each would fail
 //! on the code before its fix. (What Docker does is proven against a real dockerd elsewhere.)
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::time::Instant;
 
+use common::memory::{key, metric, ready_after, request, spawn_execute, tasks};
 use mecanywhere_executor::config::{Config, KeepAlivePolicy};
 use mecanywhere_executor::engine::memory::{ImageScript, MemoryEngine, StartScript};
-use mecanywhere_executor::executor::{ExecError, Executor, TaskRequest};
-use mecanywhere_executor::host::{Host, HostCapacity};
+use mecanywhere_executor::executor::{ExecError, Executor};
 use mecanywhere_executor::keepalive::Params;
 use mecanywhere_executor::resources::Demand;
-use mecanywhere_executor::task::{Runtime, TaskKey};
 
-fn key(image: &str, milli_cpu: u64, mem_mb: u64) -> TaskKey {
-    TaskKey {
-        image: image.to_string(),
-        runtime: Runtime::Container,
-        demand: Demand { milli_cpu, mem_mb },
-        gpu_count: 0,
-        use_sgx: false,
-    }
-}
-
-fn request(key: &TaskKey, input: &str) -> TaskRequest {
-    TaskRequest {
-        key: key.clone(),
-        input: Bytes::from(input.to_string()),
-    }
-}
-
-/// An executor on the in-memory engine with `images` (each ready `start` after starting).
-/// The engine's task containers (not sandbox holders).
-fn tasks(engine: &MemoryEngine) -> Vec<mecanywhere_executor::engine::memory::MemContainer> {
-    engine
-        .containers()
-        .into_iter()
-        .filter(|c| !c.holder)
-        .collect()
-}
-
-async fn executor(config: Config, images: &[(&str, ImageScript)]) -> (Arc<Executor>, MemoryEngine) {
-    let engine = MemoryEngine::new();
-    for (image, script) in images {
-        engine.add_image(image, script.clone());
-    }
-    let host = Host::fixed(HostCapacity {
-        cores: 16,
-        mem_mb: 64 * 1024,
-    });
-    let executor = Executor::start_on(
-        host,
+/// An executor on the in-memory engine with `images`, its containers all tasks: these
+/// scenarios count the engine's containers, so no sandbox holders or spares are kept
+/// beside them (the simulator runs with both).
+async fn executor<S: AsRef<str>>(
+    config: Config,
+    images: &[(S, ImageScript)],
+) -> (Arc<Executor>, MemoryEngine) {
+    common::memory::start(
         Config {
             name: "policy".into(),
-            // These scenarios count the engine's containers: no sandbox holders or spares
-            // beside the tasks (the simulator runs with both).
             sandbox_pool: 0,
             spare_containers: 0,
             ..config
         },
-        Arc::new(engine.clone()),
-        Box::new(|| Err(mecanywhere_executor::gpu::GpuError("none".into()))),
+        images,
     )
     .await
-    .unwrap();
-    (executor, engine)
-}
-
-fn ready_after(ms: u64) -> ImageScript {
-    ImageScript {
-        start: StartScript::Ready(Duration::from_millis(ms)),
-        ..ImageScript::default()
-    }
-}
-
-/// The value of one series of `/metrics`, 0 when absent.
-fn metric(executor: &Executor, series: &str) -> f64 {
-    executor
-        .metrics_text()
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
 }
 
 /// Defect: a new container entered the pool idle and woke the starts waiting for room, one
@@ -103,17 +53,9 @@ async fn a_new_container_serves_the_request_that_started_it_before_it_can_be_evi
     let small = key("a:v1", 1000, 128);
     let large = key("b:v1", 2000, 128);
     // `small` starts (1 s); meanwhile `large` needs the whole budget and waits for room.
-    let first = tokio::spawn({
-        let ex = Arc::clone(&ex);
-        let r = request(&small, "slow:500");
-        async move { ex.execute(r).await }
-    });
+    let first = spawn_execute(&ex, request(&small, "slow:500"));
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let second = tokio::spawn({
-        let ex = Arc::clone(&ex);
-        let r = request(&large, "ok");
-        async move { ex.execute(r).await }
-    });
+    let second = spawn_execute(&ex, request(&large, "ok"));
     assert_eq!(first.await.unwrap().unwrap(), "slow:500");
     assert_eq!(second.await.unwrap().unwrap(), "ok");
     let gone = engine.removed();
@@ -141,11 +83,7 @@ async fn a_queue_timeout_is_counted_as_one_for_the_starter_and_its_waiters() {
         &[("a:v1", ready_after(10)), ("b:v1", ready_after(10))],
     )
     .await;
-    let busy = tokio::spawn({
-        let ex = Arc::clone(&ex);
-        let r = request(&key("a:v1", 1000, 128), "slow:5000");
-        async move { ex.execute(r).await }
-    });
+    let busy = spawn_execute(&ex, request(&key("a:v1", 1000, 128), "slow:5000"));
     tokio::time::sleep(Duration::from_millis(100)).await;
     let b = key("b:v1", 1000, 128);
     let (starter, waiter) =
@@ -245,10 +183,6 @@ async fn pulls_are_capped_and_a_queued_pull_counts_against_the_pull_timeout() {
     };
     let images: Vec<(String, ImageScript)> = (0..6)
         .map(|i| (format!("new-{i}:v1"), absent(2_000)))
-        .collect();
-    let images: Vec<(&str, ImageScript)> = images
-        .iter()
-        .map(|(i, s)| (i.as_str(), s.clone()))
         .collect();
     let (ex, engine) = executor(config, &images).await;
     let started = Instant::now();
@@ -383,10 +317,7 @@ async fn a_pause_during_a_pull_leaves_no_pull_slot_taken() {
         start: StartScript::Ready(Duration::from_millis(10)),
     };
     let (ex, engine) = executor(config, &[("x:v1", absent(3_000)), ("y:v1", absent(1_000))]).await;
-    let first = tokio::spawn({
-        let ex = Arc::clone(&ex);
-        async move { ex.execute(request(&key("x:v1", 1000, 128), "ok")).await }
-    });
+    let first = spawn_execute(&ex, request(&key("x:v1", 1000, 128), "ok"));
     tokio::time::sleep(Duration::from_millis(100)).await;
     ex.pause().await;
     let cancelled = first.await.unwrap();

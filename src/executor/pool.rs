@@ -7,11 +7,11 @@
 //! container from the engine is `super::removals`' job: the pool only hands containers out
 //! of the map (`take_*`), after which nobody can lease them any more.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::container::{Container, Lease};
@@ -33,16 +33,97 @@ pub enum StartOutcome {
     Refused,
 }
 
+/// One start's outcome, as the requests waiting for it see it: a watch channel whose
+/// waiters wake in the order they began to wait. (`tokio::sync::watch` parks each waiter on
+/// one of eight notifiers drawn at random: waiters woke in a random order, and so a
+/// simulated run depended on the draw.)
+#[derive(Clone)]
+pub struct OutcomeReceiver(Arc<OutcomeShared>);
+
+/// The sending half, held by the [`StartTicket`]; dropping it closes the channel.
+struct OutcomeSender(Arc<OutcomeShared>);
+
+/// The channel has closed with no outcome the waiter wanted.
+#[derive(Debug)]
+pub struct OutcomeClosed;
+
+struct OutcomeShared {
+    /// The outcome now, and whether the sender is gone.
+    state: Mutex<(StartOutcome, bool)>,
+    changed: Notify,
+}
+
+fn outcome_channel() -> (OutcomeSender, OutcomeReceiver) {
+    let shared = Arc::new(OutcomeShared {
+        state: Mutex::new((StartOutcome::Pending, false)),
+        changed: Notify::new(),
+    });
+    (OutcomeSender(Arc::clone(&shared)), OutcomeReceiver(shared))
+}
+
+impl OutcomeShared {
+    fn lock(&self) -> MutexGuard<'_, (StartOutcome, bool)> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl OutcomeSender {
+    fn send(&self, outcome: StartOutcome) {
+        self.0.lock().0 = outcome;
+        self.0.changed.notify_waiters();
+    }
+}
+
+impl Drop for OutcomeSender {
+    fn drop(&mut self) {
+        self.0.lock().1 = true;
+        self.0.changed.notify_waiters();
+    }
+}
+
+impl OutcomeReceiver {
+    /// The outcome now.
+    #[cfg(test)]
+    pub fn current(&self) -> StartOutcome {
+        self.0.lock().0.clone()
+    }
+
+    /// Waits until the outcome is one that `wanted` accepts (at once if it is now), and
+    /// returns it; `Err` when the sender is gone without one.
+    pub async fn wait_for(
+        &mut self,
+        wanted: impl Fn(&StartOutcome) -> bool,
+    ) -> Result<StartOutcome, OutcomeClosed> {
+        loop {
+            let changed = self.0.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            {
+                let state = self.0.lock();
+                if wanted(&state.0) {
+                    return Ok(state.0.clone());
+                }
+                if state.1 {
+                    return Err(OutcomeClosed);
+                }
+            }
+            changed.await;
+        }
+    }
+}
+
 enum Slot {
     Starting {
         ticket: u64,
-        outcome: watch::Receiver<StartOutcome>,
+        outcome: OutcomeReceiver,
     },
     Ready(Arc<Container>),
 }
 
 struct Inner {
-    slots: HashMap<TaskKey, Slot>,
+    /// By key, in key order: whatever is taken from it (idle ties in eviction, expired
+    /// containers, all at pause) comes out in the same order in every run.
+    slots: BTreeMap<TaskKey, Slot>,
     next_ticket: u64,
     /// Bumped by [`Pool::take_all`]: starts claimed before it must not enter the pool.
     generation: u64,
@@ -62,7 +143,7 @@ pub enum Lookup {
     /// A ready container, now leased.
     Leased(Lease),
     /// Another request is starting a container for this key: wait, then look again.
-    Wait(watch::Receiver<StartOutcome>),
+    Wait(OutcomeReceiver),
     /// Nobody is: the caller must start one and report through the ticket.
     Claimed(StartTicket),
 }
@@ -74,7 +155,7 @@ pub struct StartTicket {
     key: TaskKey,
     ticket: u64,
     generation: u64,
-    outcome: Option<watch::Sender<StartOutcome>>,
+    outcome: Option<OutcomeSender>,
 }
 
 impl StartTicket {
@@ -96,7 +177,7 @@ impl StartTicket {
                 inner.slots.remove(&self.key);
             }
             drop(inner);
-            let _ = tx.send(StartOutcome::Refused);
+            tx.send(StartOutcome::Refused);
             return Err(container);
         }
         container.touch();
@@ -105,7 +186,7 @@ impl StartTicket {
         let lease = Container::lease(&container);
         inner.slots.insert(self.key.clone(), Slot::Ready(container));
         drop(inner);
-        let _ = tx.send(StartOutcome::Ready);
+        tx.send(StartOutcome::Ready);
         self.pool.changed.notify_one();
         Ok(lease)
     }
@@ -114,14 +195,14 @@ impl StartTicket {
     pub fn fail(mut self, reason: Arc<ExecError>) {
         let tx = self.outcome.take().expect("ticket used once");
         self.release_slot();
-        let _ = tx.send(StartOutcome::Failed(reason));
+        tx.send(StartOutcome::Failed(reason));
     }
 
     /// Frees the key without a verdict: waiting requests start a container themselves.
     pub fn abandon(mut self) {
         let tx = self.outcome.take().expect("ticket used once");
         self.release_slot();
-        let _ = tx.send(StartOutcome::Abandoned);
+        tx.send(StartOutcome::Abandoned);
     }
 
     fn release_slot(&self) {
@@ -138,7 +219,7 @@ impl Drop for StartTicket {
     fn drop(&mut self) {
         if let Some(tx) = self.outcome.take() {
             self.release_slot();
-            let _ = tx.send(StartOutcome::Cancelled);
+            tx.send(StartOutcome::Cancelled);
         }
     }
 }
@@ -155,7 +236,7 @@ impl Pool {
     pub fn new() -> Arc<Pool> {
         Arc::new(Pool {
             inner: Mutex::new(Inner {
-                slots: HashMap::new(),
+                slots: BTreeMap::new(),
                 next_ticket: 0,
                 generation: 0,
             }),
@@ -194,7 +275,7 @@ impl Pool {
     }
 
     /// Ids of the ready containers now.
-    pub fn ready_ids(&self) -> std::collections::HashSet<String> {
+    pub fn ready_ids(&self) -> BTreeSet<String> {
         self.lock()
             .slots
             .values()
@@ -225,7 +306,7 @@ impl Pool {
     fn claim(self: &Arc<Self>, inner: &mut Inner, key: &TaskKey) -> StartTicket {
         inner.next_ticket += 1;
         let ticket = inner.next_ticket;
-        let (tx, rx) = watch::channel(StartOutcome::Pending);
+        let (tx, rx) = outcome_channel();
         inner.slots.insert(
             key.clone(),
             Slot::Starting {
@@ -279,8 +360,8 @@ impl Pool {
     /// after the engine's answer is not a candidate, so it is never taken by mistake.
     pub fn take_unless_running(
         &self,
-        candidates: &std::collections::HashSet<String>,
-        running: &std::collections::HashSet<String>,
+        candidates: &BTreeSet<String>,
+        running: &BTreeSet<String>,
     ) -> Vec<Arc<Container>> {
         Self::take_ready_where(&mut self.lock(), |c| {
             candidates.contains(&c.id) && !running.contains(&c.id)
@@ -297,7 +378,7 @@ impl Pool {
     }
 
     /// Takes an idle container out of the pool (eviction): prewarmed ones first, then the
-    /// least recently used.
+    /// least recently used; of those used last at the same instant, the smallest key.
     pub fn take_lru_idle(&self) -> Option<Arc<Container>> {
         let mut inner = self.lock();
         let key = inner
@@ -448,13 +529,13 @@ mod tests {
         let b = budget();
         let k = key("a");
         let ticket = claim(&pool, &k);
-        let Lookup::Wait(mut rx) = pool.lease_or_claim(&k) else {
+        let Lookup::Wait(rx) = pool.lease_or_claim(&k) else {
             panic!("second request must wait")
         };
         // Another key is independent.
         assert!(matches!(pool.lease_or_claim(&key("b")), Lookup::Claimed(_)));
         ticket.ready(container(&b, &k)).unwrap();
-        assert!(matches!(*rx.borrow_and_update(), StartOutcome::Ready));
+        assert!(matches!(rx.current(), StartOutcome::Ready));
         let Lookup::Leased(l1) = pool.lease_or_claim(&k) else {
             panic!("ready")
         };
@@ -477,7 +558,7 @@ mod tests {
             panic!()
         };
         drop(ticket);
-        assert!(matches!(*rx.borrow(), StartOutcome::Cancelled));
+        assert!(matches!(rx.current(), StartOutcome::Cancelled));
         assert!(matches!(pool.lease_or_claim(&k), Lookup::Claimed(_)));
     }
 
@@ -594,7 +675,7 @@ mod tests {
             let k = key(name);
             claim(&pool, &k).ready(container(&b, &k)).unwrap();
         }
-        let running = std::collections::HashSet::from(["id-a".to_string()]);
+        let running = BTreeSet::from(["id-a".to_string()]);
         let candidates = pool.ready_ids();
         let gone = pool.take_unless_running(&candidates, &running);
         assert_eq!(gone.len(), 1);

@@ -96,6 +96,7 @@ impl Prewarmer {
             let backoff = tokio::time::sleep(FAILURE_BACKOFF);
             let due = super::background::sleep_until_or_forever(next_due);
             tokio::select! {
+                biased; // In the order written, not at random: a simulated run replays.
                 _ = self.ctx.closing.cancelled() => return,
                 _ = released => {}
                 _ = woken => {}
@@ -216,6 +217,7 @@ impl Prewarmer {
         }
         let mut phases = Phases::new(&self.ctx.metrics);
         tokio::select! {
+            biased; // In the order written, not at random: a simulated run replays.
             pulled = self.pulls.ensure_image(&key.image, config.pull_timeout) => pulled.map_err(|e| Some(e.into()))?,
             _ = cancel.cancelled() => return Err(Some(ExecError::Paused)),
         }

@@ -88,6 +88,7 @@ impl Pulls {
                 engine.pull(&image).await
             };
             let result = tokio::select! {
+                biased; // In the order written, not at random: a simulated run replays.
                 result = tokio::time::timeout(pull_timeout, pull) => match result {
                     Ok(result) => result,
                     Err(_) => Err(EngineError::PullTimeout {

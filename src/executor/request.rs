@@ -153,10 +153,7 @@ impl Executor {
                 }
             };
             let waited = outcome.wait_for(|o| !matches!(o, StartOutcome::Pending));
-            let result = within(bound, waited)
-                .await
-                .ok_or_else(gave_up)?
-                .map(|o| o.clone());
+            let result = within(bound, waited).await.ok_or_else(gave_up)?;
             cold = true;
             match result {
                 Ok(StartOutcome::Failed(e)) => return Err(ExecError::StartFailed(e)),

@@ -179,6 +179,7 @@ impl Room {
             let wake = tokio::time::Instant::now() + recheck;
             let woken = async {
                 tokio::select! {
+                    biased; // In the order written, not at random: a simulated run replays.
                     _ = released => {}
                     _ = became_idle => {}
                     _ = queue_moved => {}
@@ -282,6 +283,7 @@ impl Room {
             }
             let sleep = super::background::sleep_until_or_forever(next);
             tokio::select! {
+                biased; // In the order written, not at random: a simulated run replays.
                 _ = self.ctx.closing.cancelled() => return,
                 _ = self.pool.changed.notified() => {}
                 _ = sleep => {}

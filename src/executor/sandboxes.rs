@@ -21,7 +21,7 @@
 //! executor's labels, so the stop sweep and the start-up orphan cleanup remove them like
 //! tasks. This module never touches the pool or the budget.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -356,7 +356,7 @@ impl Sandboxes {
     }
 
     /// Ids of the free holders now (reconciliation candidates).
-    pub(super) fn free_ids(&self) -> HashSet<String> {
+    pub(super) fn free_ids(&self) -> BTreeSet<String> {
         self.shared
             .lock()
             .free
@@ -368,8 +368,8 @@ impl Sandboxes {
     /// Reconciliation: drops the free holders among `candidates` that are not `running`.
     pub(super) fn drop_unless_running(
         &self,
-        candidates: &HashSet<String>,
-        running: &HashSet<String>,
+        candidates: &BTreeSet<String>,
+        running: &BTreeSet<String>,
     ) {
         for id in candidates.difference(running) {
             self.holder_gone(id);
@@ -485,6 +485,7 @@ impl Sandboxes {
                 // turn, then checks again whether it is still wanted.
                 let turn = if wanted(&self.shared.lock()) {
                     tokio::select! {
+                        biased; // In the order written, not at random: a simulated run replays.
                         _ = self.ctx.closing.cancelled() => return,
                         turn = self.ctx.refills.turn() => Some(turn),
                     }
@@ -531,6 +532,7 @@ impl Sandboxes {
             let wake_at = failed.then(|| tokio::time::Instant::now() + backoff_delay);
             let backoff = super::background::sleep_until_or_forever(wake_at);
             tokio::select! {
+                biased; // In the order written, not at random: a simulated run replays.
                 _ = self.ctx.closing.cancelled() => return,
                 _ = woken => {}
                 _ = backoff => {

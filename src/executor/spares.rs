@@ -25,7 +25,7 @@
 //! and micro-VM runtimes are not resized).
 //! This module never touches the pool and removes spares only through [`Removals`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
@@ -297,7 +297,7 @@ impl Spares {
     }
 
     /// Ids of the spares now (reconciliation candidates).
-    pub(super) fn ids(&self) -> HashSet<String> {
+    pub(super) fn ids(&self) -> BTreeSet<String> {
         self.lock()
             .spares
             .iter()
@@ -342,6 +342,7 @@ impl Spares {
             }
             let sleep = super::background::sleep_until_or_forever(next);
             tokio::select! {
+                biased; // In the order written, not at random: a simulated run replays.
                 _ = self.ctx.closing.cancelled() => return,
                 _ = added => {}
                 _ = sleep => {}

@@ -74,6 +74,7 @@ async fn unless_paused<T, E: Into<ExecError>>(
     f: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, ExecError> {
     tokio::select! {
+        biased; // In the order written, not at random: a simulated run replays.
         result = f => result.map_err(Into::into),
         _ = cancel.cancelled() => Err(ExecError::Paused),
     }
@@ -311,6 +312,7 @@ impl Starter {
     async fn start_spare(&self, template: &TaskKey) {
         let cancel = self.start_cancel();
         let _turn = tokio::select! {
+            biased; // In the order written, not at random: a simulated run replays.
             _ = cancel.cancelled() => return,
             turn = self.ctx.refills.turn() => turn,
         };

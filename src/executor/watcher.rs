@@ -6,7 +6,7 @@
 //! Owns no state but its loop. It only takes containers out of the pool (those the engine
 //! says are gone) and hands them to [`Removals`]; it never starts, leases or reserves.
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,7 +65,7 @@ impl Watcher {
                         tracing::info!("container engine reachable again");
                         connected = true;
                     }
-                    let running: HashSet<String> = running.into_iter().collect();
+                    let running: BTreeSet<String> = running.into_iter().collect();
                     for container in self.pool.take_unless_running(&candidates, &running) {
                         tracing::warn!(container = %container.id, key = %container.key, "task container is gone; dropping it from the pool");
                         self.removals.retire_later(container);
@@ -76,6 +76,7 @@ impl Watcher {
                     }
                     loop {
                         tokio::select! {
+                            biased; // In the order written, not at random: a simulated run replays.
                             _ = self.ctx.closing.cancelled() => return,
                             event = exits.next() => match event {
                                 Some(Ok(id)) => self.forget(&id).await,
@@ -96,6 +97,7 @@ impl Watcher {
                 }
             }
             tokio::select! {
+                biased; // In the order written, not at random: a simulated run replays.
                 _ = self.ctx.closing.cancelled() => return,
                 _ = tokio::time::sleep(RECONNECT_DELAY) => {}
             }

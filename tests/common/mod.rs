@@ -4,8 +4,15 @@
 //! Every executor started here gets a unique `name`, so its containers carry a unique
 //! `org.mecanywhere.executor` label; dropping the [`Executor`] (also when a test panics)
 //! stops the process and force-removes anything left with that label.
+//!
+//! [`memory`] is the other harness: the real executor on the in-memory engine and tokio's
+//! paused clock, for the policy tests and the simulator (no Docker).
+//!
+//! Each test binary uses a part of this: the rest would be dead code there.
 
 #![allow(dead_code)]
+
+pub mod memory;
 
 use std::io::Write;
 use std::net::TcpListener;
@@ -78,11 +85,7 @@ pub fn holders_of(name: &str) -> Vec<String> {
 
 /// `meca_sandboxes{state="free"}` in a `/metrics` text.
 pub fn free_sandboxes(metrics: &str) -> u64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("meca_sandboxes{state=\"free\"} "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+    mecanywhere_executor::metrics_text::value(metrics, "meca_sandboxes{state=\"free\"}") as u64
 }
 
 /// `docker inspect -f FORMAT ID`.
