@@ -36,6 +36,32 @@ async fn executor<S: AsRef<str>>(
     .await
 }
 
+/// The warm path makes no engine call: with a container of the key ready, a request is
+/// served while every engine call fails (the engine "unreachable"), and no container is
+/// created for it.
+#[tokio::test(start_paused = true)]
+async fn a_warm_request_is_served_while_the_engine_is_unreachable() {
+    let (ex, engine) = executor(Config::default(), &[("a:v1", ready_after(10))]).await;
+    let k = key("a:v1", 500, 128);
+    assert_eq!(ex.execute(request(&k, "cold")).await.unwrap(), "cold");
+    engine.set_unreachable(true);
+    assert_eq!(ex.execute(request(&k, "warm")).await.unwrap(), "warm");
+    // A cold key does need the engine, and says so.
+    let other = key("a:v1", 250, 128);
+    let err = ex.execute(request(&other, "cold")).await.unwrap_err();
+    assert!(
+        err.to_string().contains("unreachable"),
+        "a cold start without the engine fails, saying why: {err:?}"
+    );
+    engine.set_unreachable(false);
+    assert_eq!(
+        tasks(&engine).len(),
+        1,
+        "one container, made for the first request"
+    );
+    assert_eq!(ex.execute(request(&k, "again")).await.unwrap(), "again");
+}
+
 /// Defect: a new container entered the pool idle and woke the starts waiting for room, one
 /// of which could evict it before the request that started it used it.
 #[tokio::test(start_paused = true)]
