@@ -331,14 +331,17 @@ fn numbers_that_would_overflow_the_clock_are_refused_and_the_reaper_keeps_workin
     // The idle container is still reaped after its 2 s, and nothing panicked.
     assert_no_container(&ex, Duration::from_secs(15));
     let metrics = ex.get("/metrics").raw;
-    let panics: Vec<&str> = metrics
-        .lines()
-        .filter(|l| l.starts_with("meca_background_panics_total{"))
+    let scrape = mecanywhere_executor::metrics_text::Scrape::parse(&metrics);
+    let panics: Vec<(&str, f64)> = scrape
+        .series()
+        .filter(|(series, _)| series.starts_with("meca_background_panics_total{"))
         .collect();
     assert!(
-        panics.iter().any(|l| l.contains("idle_reaper")),
+        panics
+            .iter()
+            .any(|(series, _)| series.contains("idle_reaper")),
         "{metrics}"
     );
-    assert!(panics.iter().all(|l| l.ends_with(" 0")), "{panics:?}");
+    assert!(panics.iter().all(|(_, n)| *n == 0.0), "{panics:?}");
     assert!(!ex.log().contains("panicked"), "{}", ex.log());
 }

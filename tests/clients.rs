@@ -398,11 +398,10 @@ fn desktop_run_test_of_a_gpu_task_on_a_host_without_gpus_is_refused_before_any_c
 /// How many task containers the executor has created (its cold-start `create` phases).
 fn containers_created(app: &mut Desktop) -> u64 {
     let metrics = app.call("GET", "/metrics", None);
-    String::from_utf8(metrics.body)
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("meca_cold_start_phase_seconds_count{phase=\"create\"} "))
-        .map_or(0, |n| n.trim().parse().unwrap())
+    mecanywhere_executor::metrics_text::value(
+        &String::from_utf8(metrics.body).unwrap(),
+        "meca_cold_start_phase_seconds_count{phase=\"create\"}",
+    ) as u64
 }
 
 #[test]

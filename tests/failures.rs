@@ -185,8 +185,12 @@ fn task_answering_bytes_that_are_not_text_is_a_clear_error() {
     assert_failed(&reply);
     assert!(reply.msg().contains("not valid UTF-8"), "{}", reply.msg());
     let metrics = ex.get("/metrics").raw;
-    assert!(
-        metrics.contains("meca_requests_total{outcome=\"bad_answer\"} 1"),
+    assert_eq!(
+        mecanywhere_executor::metrics_text::value(
+            &metrics,
+            "meca_requests_total{outcome=\"bad_answer\"}"
+        ),
+        1.0,
         "counted as a bad answer, not a success: {metrics}"
     );
 }

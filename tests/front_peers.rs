@@ -13,6 +13,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::*;
+use mecanywhere_executor::metrics_text::Scrape;
 
 const FLOODER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 const LOCAL: Ipv4Addr = Ipv4Addr::LOCALHOST;
@@ -105,12 +106,9 @@ fn timed_health(dialer: &Dialer, source: Ipv4Addr, ex: &Executor) -> Duration {
 
 /// `meca_connections_refused_total{reason="per_peer"}` now.
 fn refused_per_peer(ex: &Executor) -> u64 {
-    ex.get("/metrics")
-        .raw
-        .lines()
-        .find_map(|l| l.strip_prefix("meca_connections_refused_total{reason=\"per_peer\"} "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no per_peer refusal counter in /metrics"))
+    Scrape::parse(&ex.get("/metrics").raw)
+        .get("meca_connections_refused_total{reason=\"per_peer\"}")
+        .unwrap_or_else(|| panic!("no per_peer refusal counter in /metrics")) as u64
 }
 
 #[test]

@@ -162,10 +162,12 @@ fn an_isolated_task_sits_in_a_sandbox_with_no_network_and_no_route() {
         "1",
         "only Docker's `none` network"
     );
-    assert!(
-        ex.get("/metrics")
-            .raw
-            .contains("meca_task_network{mode=\"isolated\"} 1"),
+    assert_eq!(
+        mecanywhere_executor::metrics_text::value(
+            &ex.get("/metrics").raw,
+            "meca_task_network{mode=\"isolated\"}"
+        ),
+        1.0,
         "/metrics states the mode"
     );
     assert!(

@@ -183,10 +183,12 @@ fn internet_mode_reaches_a_public_address_and_nothing_of_the_host_or_the_bridge(
             "{target} must be unreachable: {seen}"
         );
     }
-    assert!(
-        ex.get("/metrics")
-            .raw
-            .contains("meca_task_network{mode=\"internet\"} 1"),
+    assert_eq!(
+        mecanywhere_executor::metrics_text::value(
+            &ex.get("/metrics").raw,
+            "meca_task_network{mode=\"internet\"}"
+        ),
+        1.0,
         "/metrics states the mode"
     );
     // The holder set the routes and kept no capability; the task container got none.
