@@ -23,6 +23,7 @@ mod context;
 mod control;
 mod error;
 mod gpus;
+mod outcome;
 mod pool;
 mod prewarm;
 mod pulls;

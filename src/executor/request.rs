@@ -14,7 +14,8 @@ use tracing::Instrument;
 
 use super::container::Lease;
 use super::error::ExecError;
-use super::pool::{Lookup, StartOutcome};
+use super::outcome::StartOutcome;
+use super::pool::Lookup;
 use super::{Executor, TaskRequest};
 use crate::config::Config;
 use crate::task::{Call, TaskKey};
