@@ -35,9 +35,10 @@ done
 scripts/build-task-images.sh
 # Real CPython tasks: a Debian root (debootstrap) imported as an image, built once.
 scripts/build-python-task-images.sh
+# The whole workspace: the executor and tools/ (bench, soak, replay).
 cargo fmt --check
-cargo clippy --locked --all-targets -- -D warnings
-cargo test --locked --all-targets
+cargo clippy --locked --workspace --all-targets -- -D warnings
+cargo test --locked --workspace --all-targets
 # The Debian package: contents, systemd unit, install into a clean Debian root and run.
 scripts/test-package.sh
 

@@ -122,12 +122,8 @@ fn library() -> Vec<File> {
     paths.sort();
     paths
         .iter()
-        // The binaries (main.rs and its modules, src/bin) are above the library by
-        // construction.
-        .filter(|p| {
-            let module = module_of(&src, p);
-            !matches!(module.as_str(), "main" | "ctl") && !module.starts_with("bin::")
-        })
+        // The binary (main.rs and its module ctl.rs) is above the library by construction.
+        .filter(|p| !matches!(module_of(&src, p).as_str(), "main" | "ctl"))
         .map(|p| File {
             module: module_of(&src, p),
             code: code_of(&std::fs::read_to_string(p).unwrap()),
