@@ -935,246 +935,142 @@ mod tests {
             blocked: vec!["10.0.0.0/8".into()],
         };
         let holder = |network| holder_body(&holder_spec(network), &socket_dir()).unwrap();
+        let default_body = serde_json::json!({
+            "HostConfig": {
+                "Binds": [
+                    "/var/run/aesmd:/var/run/aesmd"
+                ],
+                "CapDrop": [
+                    "ALL"
+                ],
+                "DeviceRequests": [
+                    {
+                        "Capabilities": [
+                            [
+                                "gpu"
+                            ]
+                        ],
+                        "DeviceIDs": [
+                            "GPU-1"
+                        ],
+                        "Driver": "nvidia"
+                    }
+                ],
+                "Devices": [
+                    {
+                        "CgroupPermissions": "rwm",
+                        "PathInContainer": "/dev/sgx/enclave",
+                        "PathOnHost": "/dev/sgx_enclave"
+                    }
+                ],
+                "LogConfig": {
+                    "Config": {
+                        "max-file": "2",
+                        "max-size": "10m"
+                    },
+                    "Type": "json-file"
+                },
+                "Memory": 67108864,
+                "MemorySwap": 67108864,
+                "NanoCpus": 500000000,
+                "NetworkMode": "container:holder1",
+                "PidsLimit": 1024,
+                "Privileged": false,
+                "Runtime": "runsc",
+                "SecurityOpt": [
+                    "no-new-privileges"
+                ],
+                "Ulimits": [
+                    {
+                        "Hard": 4096,
+                        "Name": "nofile",
+                        "Soft": 4096
+                    }
+                ]
+            },
+            "Image": "meca-echo:latest",
+            "Labels": {
+                "org.mecanywhere.executor": "x"
+            },
+            "Tty": true
+        });
         assert_eq!(
             json(&task_body(&task_spec(Default::default()))),
-            serde_json::json!({
-                "HostConfig": {
-                    "Binds": [
-                        "/var/run/aesmd:/var/run/aesmd"
-                    ],
-                    "CapDrop": [
-                        "ALL"
-                    ],
-                    "DeviceRequests": [
-                        {
-                            "Capabilities": [
-                                [
-                                    "gpu"
-                                ]
-                            ],
-                            "DeviceIDs": [
-                                "GPU-1"
-                            ],
-                            "Driver": "nvidia"
-                        }
-                    ],
-                    "Devices": [
-                        {
-                            "CgroupPermissions": "rwm",
-                            "PathInContainer": "/dev/sgx/enclave",
-                            "PathOnHost": "/dev/sgx_enclave"
-                        }
-                    ],
-                    "LogConfig": {
-                        "Config": {
-                            "max-file": "2",
-                            "max-size": "10m"
-                        },
-                        "Type": "json-file"
-                    },
-                    "Memory": 67108864,
-                    "MemorySwap": 67108864,
-                    "NanoCpus": 500000000,
-                    "NetworkMode": "container:holder1",
-                    "PidsLimit": 1024,
-                    "Privileged": false,
-                    "Runtime": "runsc",
-                    "SecurityOpt": [
-                        "no-new-privileges"
-                    ],
-                    "Ulimits": [
-                        {
-                            "Hard": 4096,
-                            "Name": "nofile",
-                            "Soft": 4096
-                        }
-                    ]
-                },
-                "Image": "meca-echo:latest",
-                "Labels": {
-                    "org.mecanywhere.executor": "x"
-                },
-                "Tty": true
-            })
+            default_body
         );
-        assert_eq!(
-            json(&task_body(&task_spec(read_only))),
-            serde_json::json!({
-                "HostConfig": {
-                    "Binds": [
-                        "/var/run/aesmd:/var/run/aesmd"
-                    ],
-                    "CapDrop": [
-                        "ALL"
-                    ],
-                    "DeviceRequests": [
-                        {
-                            "Capabilities": [
-                                [
-                                    "gpu"
-                                ]
-                            ],
-                            "DeviceIDs": [
-                                "GPU-1"
-                            ],
-                            "Driver": "nvidia"
-                        }
-                    ],
-                    "Devices": [
-                        {
-                            "CgroupPermissions": "rwm",
-                            "PathInContainer": "/dev/sgx/enclave",
-                            "PathOnHost": "/dev/sgx_enclave"
-                        }
-                    ],
-                    "LogConfig": {
-                        "Config": {
-                            "max-file": "2",
-                            "max-size": "10m"
-                        },
-                        "Type": "json-file"
-                    },
-                    "Memory": 67108864,
-                    "MemorySwap": 67108864,
-                    "NanoCpus": 500000000,
-                    "NetworkMode": "container:holder1",
-                    "PidsLimit": 1024,
-                    "Privileged": false,
-                    "ReadonlyRootfs": true,
-                    "Runtime": "runsc",
-                    "SecurityOpt": [
-                        "no-new-privileges"
-                    ],
-                    "Tmpfs": {
-                        "/tmp": "rw,nosuid,nodev,size=64m"
-                    },
-                    "Ulimits": [
-                        {
-                            "Hard": 4096,
-                            "Name": "nofile",
-                            "Soft": 4096
-                        }
-                    ]
-                },
-                "Image": "meca-echo:latest",
-                "Labels": {
-                    "org.mecanywhere.executor": "x"
-                },
-                "Tty": true
-            })
-        );
-        assert_eq!(
-            json(&holder(SandboxNetwork::None)),
-            serde_json::json!({
-                "Cmd": [
-                    "/hold",
-                    "relay",
-                    "/run/meca/0badf00d"
+        // Read-only: the same body, with the root read-only and a tmpfs at /tmp.
+        let mut read_only_body = default_body.clone();
+        read_only_body["HostConfig"]["ReadonlyRootfs"] = serde_json::json!(true);
+        read_only_body["HostConfig"]["Tmpfs"] =
+            serde_json::json!({"/tmp": "rw,nosuid,nodev,size=64m"});
+        assert_eq!(json(&task_body(&task_spec(read_only))), read_only_body);
+        let isolated_holder = serde_json::json!({
+            "Cmd": [
+                "/hold",
+                "relay",
+                "/run/meca/0badf00d"
+            ],
+            "HostConfig": {
+                "CapDrop": [
+                    "ALL"
                 ],
-                "HostConfig": {
-                    "CapDrop": [
-                        "ALL"
-                    ],
-                    "LogConfig": {
-                        "Config": {
-                            "max-file": "1",
-                            "max-size": "64k"
-                        },
-                        "Type": "json-file"
+                "LogConfig": {
+                    "Config": {
+                        "max-file": "1",
+                        "max-size": "64k"
                     },
-                    "Memory": 16777216,
-                    "MemorySwap": 16777216,
-                    "Mounts": [
-                        {
-                            "Source": "/run/exec/abc",
-                            "Target": "/run/meca",
-                            "Type": "bind"
-                        }
-                    ],
-                    "NetworkMode": "none",
-                    "PidsLimit": 8,
-                    "Privileged": false,
-                    "ReadonlyRootfs": true,
-                    "SecurityOpt": [
-                        "no-new-privileges"
-                    ],
-                    "Ulimits": [
-                        {
-                            "Hard": 8192,
-                            "Name": "nofile",
-                            "Soft": 8192
-                        }
-                    ]
+                    "Type": "json-file"
                 },
-                "Image": "mecanywhere-executor-sandbox:0123",
-                "Labels": {
-                    "org.mecanywhere.role": "sandbox"
-                },
-                "User": "1000:1000"
-            })
-        );
-        assert_eq!(
-            json(&holder(egress)),
-            serde_json::json!({
-                "Cmd": [
-                    "/hold",
-                    "relay",
-                    "/run/meca/0badf00d",
-                    "--owner",
-                    "1000:1000",
-                    "--block",
-                    "10.0.0.0/8"
+                "Memory": 16777216,
+                "MemorySwap": 16777216,
+                "Mounts": [
+                    {
+                        "Source": "/run/exec/abc",
+                        "Target": "/run/meca",
+                        "Type": "bind"
+                    }
                 ],
-                "HostConfig": {
-                    "CapAdd": [
-                        "NET_ADMIN",
-                        "CHOWN",
-                        "DAC_OVERRIDE"
-                    ],
-                    "CapDrop": [
-                        "ALL"
-                    ],
-                    "LogConfig": {
-                        "Config": {
-                            "max-file": "1",
-                            "max-size": "64k"
-                        },
-                        "Type": "json-file"
-                    },
-                    "Memory": 16777216,
-                    "MemorySwap": 16777216,
-                    "Mounts": [
-                        {
-                            "Source": "/run/exec/abc",
-                            "Target": "/run/meca",
-                            "Type": "bind"
-                        }
-                    ],
-                    "NetworkMode": "meca-net",
-                    "PidsLimit": 8,
-                    "Privileged": false,
-                    "ReadonlyRootfs": true,
-                    "SecurityOpt": [
-                        "no-new-privileges"
-                    ],
-                    "Sysctls": {
-                        "net.ipv6.conf.all.disable_ipv6": "1"
-                    },
-                    "Ulimits": [
-                        {
-                            "Hard": 8192,
-                            "Name": "nofile",
-                            "Soft": 8192
-                        }
-                    ]
-                },
-                "Image": "mecanywhere-executor-sandbox:0123",
-                "Labels": {
-                    "org.mecanywhere.role": "sandbox"
-                },
-                "User": "0:0"
-            })
-        );
+                "NetworkMode": "none",
+                "PidsLimit": 8,
+                "Privileged": false,
+                "ReadonlyRootfs": true,
+                "SecurityOpt": [
+                    "no-new-privileges"
+                ],
+                "Ulimits": [
+                    {
+                        "Hard": 8192,
+                        "Name": "nofile",
+                        "Soft": 8192
+                    }
+                ]
+            },
+            "Image": "mecanywhere-executor-sandbox:0123",
+            "Labels": {
+                "org.mecanywhere.role": "sandbox"
+            },
+            "User": "1000:1000"
+        });
+        assert_eq!(json(&holder(SandboxNetwork::None)), isolated_holder);
+        // Egress: the same holder on its network, as root until it drops its capabilities,
+        // with the routes to block and IPv6 off.
+        let mut egress_holder = isolated_holder.clone();
+        egress_holder["Cmd"] = serde_json::json!([
+            "/hold",
+            "relay",
+            "/run/meca/0badf00d",
+            "--owner",
+            "1000:1000",
+            "--block",
+            "10.0.0.0/8"
+        ]);
+        egress_holder["HostConfig"]["CapAdd"] =
+            serde_json::json!(["NET_ADMIN", "CHOWN", "DAC_OVERRIDE"]);
+        egress_holder["HostConfig"]["NetworkMode"] = serde_json::json!("meca-net");
+        egress_holder["HostConfig"]["Sysctls"] =
+            serde_json::json!({"net.ipv6.conf.all.disable_ipv6": "1"});
+        egress_holder["User"] = serde_json::json!("0:0");
+        assert_eq!(json(&holder(egress)), egress_holder);
     }
 
     #[test]
