@@ -7,7 +7,8 @@
 //! `routes` builds the router and its middleware (request ids, body limits, the in-flight
 //! cap, the bearer token); `handlers` answers each endpoint; `request` and `fields` parse
 //! what clients send; `openapi` holds the documented shapes and `document` the OpenAPI
-//! document that gathers them; `server` serves the router on TCP and Unix sockets.
+//! document that gathers them; `server` accepts connections and serves the router on each,
+//! within the connection limits.
 
 pub mod document;
 pub mod fields;
