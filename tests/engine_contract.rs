@@ -31,6 +31,8 @@
 //! creates, so the tests run in parallel; its subject removes everything with that label
 //! when it is dropped, also when the test fails, and then its socket directory goes.
 
+mod common;
+
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,6 +49,8 @@ use mecanywhere_executor::engine::{
 };
 use mecanywhere_executor::task::Call;
 use mecanywhere_executor::task_client::CallError;
+
+use common::unique_name;
 
 /// How long a task that should become ready may take (Docker on a busy 2-core machine).
 const START_DEADLINE: Duration = Duration::from_secs(60);
@@ -338,20 +342,9 @@ struct Fixture<S: Subject> {
     dir: tempfile::TempDir,
 }
 
-/// A name no other test (or run) uses.
-fn unique(prefix: &str) -> String {
-    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    format!("contract-{prefix}-{}-{nanos:x}-{n}", std::process::id())
-}
-
 impl<S: Subject> Fixture<S> {
     async fn new(case: &str) -> Fixture<S> {
-        let label = unique(&case.replace('_', "-"));
+        let label = unique_name(&format!("contract-{}", case.replace('_', "-")));
         let subject = S::new(&label).await;
         Fixture {
             engine: subject.engine(),
@@ -404,7 +397,7 @@ impl<S: Subject> Fixture<S> {
 
     /// A holder's spec as `Sandboxes` makes it (`task_network: isolated`).
     fn holder_spec(&self, image: &str, instance: &str) -> HolderSpec {
-        let token = unique("socket");
+        let token = unique_name("contract-socket");
         let token = format!("{:08x}", fnv(token.as_bytes()) as u32);
         HolderSpec {
             image: image.to_string(),
