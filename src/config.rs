@@ -72,6 +72,7 @@ struct RawConfig {
     publish_task_ports: Option<bool>,
     name: Option<String>,
     pull_timeout: Option<String>,
+    pull_stall_timeout: Option<String>,
     max_concurrent_pulls: Option<u32>,
     max_request_bytes: Option<u64>,
     max_answer_bytes: Option<u64>,
@@ -170,6 +171,9 @@ pub struct Config {
     pub name: String,
     /// How long pulling one image may take, waiting for a pull slot included.
     pub pull_timeout: Duration,
+    /// A pull whose progress stands still this long is cancelled (Nomad's docker driver: 2
+    /// minutes).
+    pub pull_stall_timeout: Duration,
     /// How many images may be pulled at once.
     pub max_concurrent_pulls: u32,
     /// Largest request body accepted (HTTP 413 beyond).
@@ -387,6 +391,7 @@ impl Default for Config {
             retired: Vec::new(),
             name: "mecanywhere".to_string(),
             pull_timeout: Duration::from_secs(600),
+            pull_stall_timeout: Duration::from_secs(120),
             max_concurrent_pulls: 2,
             max_request_bytes: 64 * 1024 * 1024,
             max_answer_bytes: 64 * 1024 * 1024,
@@ -736,6 +741,9 @@ impl Config {
     fn read_hardening(&mut self, raw: &mut RawConfig) -> Result<(), ConfigError> {
         if let Some(d) = raw.pull_timeout.take() {
             self.pull_timeout = duration("pull_timeout", &d)?;
+        }
+        if let Some(d) = raw.pull_stall_timeout.take() {
+            self.pull_stall_timeout = duration("pull_stall_timeout", &d)?;
         }
         if let Some(n) = raw.max_concurrent_pulls.take() {
             self.max_concurrent_pulls = ranged("max_concurrent_pulls", n)?;

@@ -15,6 +15,7 @@ pub mod image_ref;
 pub mod keepalive;
 pub mod metrics;
 pub mod metrics_text;
+pub mod pull_progress;
 pub mod resources;
 pub mod supervise;
 pub mod task;

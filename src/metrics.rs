@@ -80,6 +80,10 @@ pub struct Metrics {
     pub budget_cpu_cores: Family<KindLabel, Gauge<f64, AtomicU64>>,
     pub budget_memory_mb: Family<KindLabel, Gauge>,
     pub budget_gpus: Family<KindLabel, Gauge>,
+    /// Pulls in progress, and their layers and bytes (`kind`: `done`, `total`), summed.
+    pub pulls_in_flight: Gauge,
+    pub pull_layers: Family<KindLabel, Gauge>,
+    pub pull_bytes: Family<KindLabel, Gauge>,
     /// Panics of supervised background tasks (each was restarted).
     pub background_panics: Family<TaskLabel, Counter>,
     /// `keep_alive: adaptive`: containers started ahead of a predicted request.
@@ -190,6 +194,24 @@ impl Metrics {
             "Task memory budget: total and reserved",
             budget_memory_mb.clone(),
         );
+        let pulls_in_flight = Gauge::default();
+        registry.register(
+            "pulls_in_flight",
+            "Image pulls in progress",
+            pulls_in_flight.clone(),
+        );
+        let pull_layers = Family::<KindLabel, Gauge>::default();
+        registry.register(
+            "pull_layers",
+            "Layers of the pulls in progress: done and total",
+            pull_layers.clone(),
+        );
+        let pull_bytes = Family::<KindLabel, Gauge>::default();
+        registry.register(
+            "pull_bytes",
+            "Bytes of the pulls in progress: downloaded, and the size of the layers known",
+            pull_bytes.clone(),
+        );
         let budget_gpus = Family::<KindLabel, Gauge>::default();
         registry.register(
             "budget_gpus",
@@ -241,6 +263,9 @@ impl Metrics {
             budget_cpu_cores,
             budget_memory_mb,
             budget_gpus,
+            pulls_in_flight,
+            pull_layers,
+            pull_bytes,
             background_panics,
             predicted_prewarms,
             predicted_prewarms_unused,

@@ -21,7 +21,7 @@ const LAYERS: &[&[&str]] = &[
     &["executor"],
     &["engine"],
     &["task_client"],
-    &["metrics", "gpu", "host", "supervise"],
+    &["metrics", "gpu", "host", "supervise", "pull_progress"],
     &["config"],
     &["keepalive", "image_ref"],
     &["task"],

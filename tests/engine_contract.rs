@@ -47,6 +47,7 @@ use mecanywhere_executor::engine::{
     SandboxRef, TaskAddr, LABEL_CPU, LABEL_EXECUTOR, LABEL_INSTANCE, LABEL_MEM, LABEL_ROLE,
     LABEL_TASK_KEY, ROLE_SANDBOX,
 };
+use mecanywhere_executor::pull_progress::PullProgress;
 use mecanywhere_executor::task::Call;
 use mecanywhere_executor::task_client::CallError;
 
@@ -1045,7 +1046,7 @@ mod cases {
     pub async fn absent_image_is_named<S: Subject>(f: &Fixture<S>) {
         let image = f.subject.absent_image();
         assert!(!f.engine.image_present(&image).await.unwrap());
-        match f.engine.pull(&image).await {
+        match f.engine.pull(&image, &PullProgress::new()).await {
             Err(EngineError::ImageUnavailable { image: named, .. }) => assert_eq!(named, image),
             other => panic!("pull of an absent image: {other:?}"),
         }

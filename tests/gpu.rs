@@ -16,6 +16,7 @@ use mecanywhere_executor::engine::docker::DockerEngine;
 use mecanywhere_executor::engine::{ContainerSpec, Engine, EngineError, ExitState};
 use mecanywhere_executor::executor::{Executor, GpuLoader, TaskRequest};
 use mecanywhere_executor::gpu::{GpuError, GpuInfo, GpuInventory, GpuLoad};
+use mecanywhere_executor::pull_progress::PullProgress;
 use mecanywhere_executor::resources::Demand;
 use mecanywhere_executor::task::{Runtime, TaskKey};
 
@@ -55,8 +56,8 @@ impl Engine for Recording {
     async fn image_present(&self, image: &str) -> Result<bool, EngineError> {
         self.docker.image_present(image).await
     }
-    async fn pull(&self, image: &str) -> Result<(), EngineError> {
-        self.docker.pull(image).await
+    async fn pull(&self, image: &str, progress: &PullProgress) -> Result<(), EngineError> {
+        self.docker.pull(image, progress).await
     }
     async fn create(&self, spec: &ContainerSpec) -> Result<String, EngineError> {
         self.specs.lock().unwrap().push(spec.clone());

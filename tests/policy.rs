@@ -192,6 +192,53 @@ async fn a_container_the_engine_fails_to_remove_stays_reserved_until_it_is_gone(
     ex.shutdown().await;
 }
 
+/// A pull that stands still for `pull_stall_timeout` is cancelled, with the error for
+/// every request waiting on it, long before `pull_timeout`; a pull that ends in time is not.
+#[tokio::test(start_paused = true)]
+async fn a_pull_without_progress_is_cancelled_after_the_stall_timeout() {
+    let config = Config {
+        pull_timeout: Duration::from_secs(600),
+        pull_stall_timeout: Duration::from_secs(2),
+        ..Config::default()
+    };
+    // The in-memory pull reports its one layer at the start and at the end only.
+    let absent = |pull_ms: u64| ImageScript {
+        present: false,
+        pull: Some(Duration::from_millis(pull_ms)),
+        start: StartScript::Ready(Duration::from_millis(10)),
+    };
+    let (ex, _engine) = executor(
+        config,
+        &[("quick:v1", absent(1_500)), ("stuck:v1", absent(60_000))],
+    )
+    .await;
+    let started = Instant::now();
+    let stuck = key("stuck:v1", 500, 128);
+    let (a, b) = tokio::join!(
+        ex.execute(request(&stuck, "ok")),
+        ex.execute(request(&key("stuck:v1", 250, 128), "ok"))
+    );
+    for result in [a, b] {
+        let e = result.unwrap_err();
+        assert!(
+            e.to_string().contains("stuck:v1 made no progress for 2s"),
+            "{e}"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        ex.execute(request(&key("quick:v1", 500, 128), "ok"))
+            .await
+            .unwrap(),
+        "ok"
+    );
+    ex.shutdown().await;
+}
+
 /// Defect: each new image was pulled at once, so N new images meant N parallel pulls.
 #[tokio::test(start_paused = true)]
 async fn pulls_are_capped_and_a_queued_pull_counts_against_the_pull_timeout() {

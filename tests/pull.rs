@@ -105,7 +105,6 @@ fn an_absent_image_is_pulled_then_run() {
     assert_eq!(reply.msg(), "pulled");
     assert!(image_present(&reference), "the executor pulled the image");
     assert!(ex.log().contains("pulling image"), "the pull is logged");
-
     // A repository that the registry does not have: a clear error naming it, nothing left.
     let missing = format!("127.0.0.1:{}/meca/not-there:v1", registry.port);
     let reply = ex.execute(&json!({"id": missing, "input": "x"}));
@@ -240,4 +239,79 @@ fn a_pull_that_hangs_fails_after_pull_timeout() {
     );
     assert!(!image_present(&image));
     assert!(ex.containers().is_empty(), "{:?}", ex.containers());
+}
+
+#[test]
+fn a_pull_that_makes_no_progress_fails_after_pull_stall_timeout() {
+    require_images();
+    let registry = SilentRegistry::start();
+    let image = format!("127.0.0.1:{}/meca/stalled:v1", registry.port);
+    let ex = Executor::start("pull-stall", "pull_timeout: 10m\npull_stall_timeout: 2s");
+    let started = Instant::now();
+    let reply = ex.execute(&json!({"id": image, "input": "x"}));
+    let took = started.elapsed();
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(!reply.success(), "{reply:?}");
+    let msg = reply.msg();
+    assert!(
+        msg.contains("made no progress for 2s") && msg.contains(&image),
+        "message should say pulling {image} made no progress for 2s: {reply:?}; log:\n{}",
+        ex.log()
+    );
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(20),
+        "the stall timeout of 2s was not applied (answered after {took:?})"
+    );
+    assert!(
+        registry.accepted.load(Ordering::SeqCst) > 0,
+        "Docker never contacted the registry: the stall was not what ended the pull"
+    );
+    assert!(!image_present(&image));
+    assert!(ex.containers().is_empty(), "{:?}", ex.containers());
+}
+
+#[test]
+fn a_pull_reports_its_layers_and_bytes_from_dockers_stream() {
+    require_images();
+    let registry = Registry::start();
+    let reference = format!("127.0.0.1:{}/meca/echo-layered:v1", registry.port);
+    let _tags = Tags(vec![reference.clone()]);
+    // The echo image and a layer of 3 MB of random bytes that no other image has, so
+    // that Docker downloads one layer and finds the other in place.
+    let dir = tempfile::tempdir().unwrap();
+    let mut blob = vec![0u8; 3_000_000];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut blob)
+        .unwrap();
+    std::fs::write(dir.path().join("blob"), blob).unwrap();
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        format!("FROM {ECHO}\nCOPY blob /blob\n"),
+    )
+    .unwrap();
+    docker(&[
+        "build",
+        "-q",
+        "-t",
+        &reference,
+        dir.path().to_str().unwrap(),
+    ]);
+    docker(&["push", &reference]);
+    docker(&["rmi", &reference]);
+    assert!(!image_present(&reference), "the tag is gone locally");
+
+    let ex = Executor::start("pull-progress", "");
+    let reply = ex.execute(&json!({"id": reference, "input": "layered"}));
+    assert!(reply.success(), "{reply:?}\n{}", ex.log());
+    let log = ex.log();
+    let pulled = log
+        .lines()
+        .find(|l| l.contains("image pulled") && l.contains("progress"))
+        .unwrap_or_else(|| panic!("the pull's end is logged with its progress:\n{log}"));
+    assert!(pulled.contains("2/2 layers, 3 MB/3 MB"), "{pulled}\n{log}");
+    let metrics = ex.get("/metrics").raw;
+    assert_eq!(
+        mecanywhere_executor::metrics_text::Scrape::parse(&metrics).get("meca_pulls_in_flight"),
+        Some(0.0),
+        "no pull left in flight: {metrics}"
+    );
 }

@@ -32,6 +32,7 @@ use super::{
     SandboxRef, TaskAddr,
 };
 use crate::image_ref;
+use crate::pull_progress::{LayerEvent, PullProgress};
 
 /// Where a holder sees the executor's socket directory.
 const HOLDER_DIR: &str = "/run/meca";
@@ -107,6 +108,18 @@ fn is_not_found(e: &bollard::errors::Error) -> bool {
             ..
         }
     )
+}
+
+/// What a line of Docker's pull stream says of its layer (`id`), by its status; `None` for
+/// lines about the image rather than a layer ("Pulling from ...", "Digest: ...").
+fn layer_event(status: &str, current: u64, total: u64) -> Option<LayerEvent> {
+    match status {
+        "Pulling fs layer" | "Waiting" => Some(LayerEvent::Known),
+        "Downloading" => Some(LayerEvent::Downloading { current, total }),
+        "Verifying Checksum" | "Download complete" | "Extracting" => Some(LayerEvent::Downloaded),
+        "Pull complete" | "Already exists" => Some(LayerEvent::Done),
+        _ => None,
+    }
 }
 
 /// `name` → `name:latest`; references with a tag or digest are kept. (Without a tag the
@@ -323,15 +336,15 @@ impl DockerEngine {
             .map_err(api_error)
     }
 
-    async fn pull_image(&self, image: &str) -> Result<(), EngineError> {
+    async fn pull_image(&self, image: &str, progress: &PullProgress) -> Result<(), EngineError> {
         let reference = with_default_tag(image);
-        tracing::info!(image = %reference, "pulling image");
+        tracing::debug!(image = %reference, "pull stream opened");
         let options = CreateImageOptions {
             from_image: Some(reference.clone()),
             ..Default::default()
         };
-        let mut progress = self.docker.create_image(Some(options), None, None);
-        while let Some(item) = progress.next().await {
+        let mut stream = self.docker.create_image(Some(options), None, None);
+        while let Some(item) = stream.next().await {
             match item {
                 Ok(info) => {
                     if let Some(detail) = info.error_detail.and_then(|d| d.message) {
@@ -341,6 +354,17 @@ impl DockerEngine {
                         });
                     }
                     tracing::debug!(image = %reference, status = ?info.status, progress = ?info.progress, "pull");
+                    if let (Some(id), Some(status)) = (&info.id, &info.status) {
+                        let detail = info.progress_detail.as_ref();
+                        let figure = |f: Option<i64>| f.map_or(0, |n| n.max(0) as u64);
+                        if let Some(event) = layer_event(
+                            status,
+                            figure(detail.and_then(|d| d.current)),
+                            figure(detail.and_then(|d| d.total)),
+                        ) {
+                            progress.layer(id, event);
+                        }
+                    }
                 }
                 Err(e) => {
                     let detail = match e {
@@ -357,7 +381,7 @@ impl DockerEngine {
                 }
             }
         }
-        tracing::info!(image = %reference, "image pulled");
+        tracing::debug!(image = %reference, "pull stream ended");
         Ok(())
     }
 
@@ -567,8 +591,8 @@ impl Engine for DockerEngine {
         }
     }
 
-    async fn pull(&self, image: &str) -> Result<(), EngineError> {
-        self.pull_image(image).await
+    async fn pull(&self, image: &str, progress: &PullProgress) -> Result<(), EngineError> {
+        self.pull_image(image, progress).await
     }
 
     async fn create(&self, spec: &ContainerSpec) -> Result<String, EngineError> {
@@ -1071,6 +1095,31 @@ mod tests {
             serde_json::json!({"net.ipv6.conf.all.disable_ipv6": "1"});
         egress_holder["User"] = serde_json::json!("0:0");
         assert_eq!(json(&holder(egress)), egress_holder);
+    }
+
+    #[test]
+    fn pull_stream_statuses_are_read_as_layer_events() {
+        assert_eq!(
+            layer_event("Pulling fs layer", 0, 0),
+            Some(LayerEvent::Known)
+        );
+        assert_eq!(layer_event("Waiting", 0, 0), Some(LayerEvent::Known));
+        assert_eq!(
+            layer_event("Downloading", 3_679, 22_920),
+            Some(LayerEvent::Downloading {
+                current: 3_679,
+                total: 22_920
+            })
+        );
+        for downloaded in ["Verifying Checksum", "Download complete", "Extracting"] {
+            assert_eq!(layer_event(downloaded, 1, 2), Some(LayerEvent::Downloaded));
+        }
+        for done in ["Pull complete", "Already exists"] {
+            assert_eq!(layer_event(done, 0, 0), Some(LayerEvent::Done));
+        }
+        // Lines about the image, not a layer.
+        assert_eq!(layer_event("Pulling from meca/echo", 0, 0), None);
+        assert_eq!(layer_event("Digest: sha256:abc", 0, 0), None);
     }
 
     #[test]

@@ -24,6 +24,7 @@ use futures_util::StreamExt;
 use tokio::sync::broadcast;
 
 use super::{ContainerSpec, Engine, EngineError, ExitState, HolderSpec, SandboxRef, TaskAddr};
+use crate::pull_progress::{LayerEvent, PullProgress};
 use crate::task::Call;
 use crate::task_client::{Answer, CallError, TaskCall};
 
@@ -352,7 +353,7 @@ impl Engine for MemoryEngine {
         Ok(self.lock().images.get(image).is_some_and(|s| s.present))
     }
 
-    async fn pull(&self, image: &str) -> Result<(), EngineError> {
+    async fn pull(&self, image: &str, progress: &PullProgress) -> Result<(), EngineError> {
         self.check_reachable()?;
         let script = self.lock().images.get(image).cloned();
         let unavailable = |detail: &str| EngineError::ImageUnavailable {
@@ -377,7 +378,10 @@ impl Engine for MemoryEngine {
         let _done = Done(self);
         match script.pull {
             Some(after) => {
+                // One layer, known at once, in place when the pull ends.
+                progress.layer("layer-0", LayerEvent::Known);
                 tokio::time::sleep(after).await;
+                progress.layer("layer-0", LayerEvent::Done);
                 if let Some(s) = self.lock().images.get_mut(image) {
                     s.present = true;
                 }

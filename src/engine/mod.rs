@@ -20,6 +20,7 @@ use async_trait::async_trait;
 use futures_util::stream::BoxStream;
 
 pub use crate::config::Hardening;
+use crate::pull_progress::PullProgress;
 pub use crate::task_client::TaskAddr;
 
 /// Label on every container this executor creates: the executor's configured `name`.
@@ -148,6 +149,8 @@ pub enum EngineError {
     NotListening(Duration),
     #[error("pulling image {image} timed out after {}", humantime::format_duration(*.after))]
     PullTimeout { image: String, after: Duration },
+    #[error("pulling image {image} made no progress for {} (pull_stall_timeout); the registry or the network is stuck", humantime::format_duration(*.after))]
+    PullStalled { image: String, after: Duration },
     #[error("container engine refused: {0}")]
     Api(String),
     /// The engine has no driver for the GPUs the task asked for (no NVIDIA runtime).
@@ -172,8 +175,9 @@ fn tail_suffix(output: &str) -> String {
 pub trait Engine: Send + Sync + 'static {
     /// Whether `image` is present locally.
     async fn image_present(&self, image: &str) -> Result<bool, EngineError>;
-    /// Pulls `image` from its registry.
-    async fn pull(&self, image: &str) -> Result<(), EngineError>;
+    /// Pulls `image` from its registry, reporting each layer's progress to `progress` as
+    /// the engine learns it.
+    async fn pull(&self, image: &str, progress: &PullProgress) -> Result<(), EngineError>;
     /// Creates (does not start) a container; returns its id.
     async fn create(&self, spec: &ContainerSpec) -> Result<String, EngineError>;
     /// Starts the container and follows its output until the ready line, its exit, or

@@ -2,7 +2,9 @@
 //!
 //! Owns the pulls in progress (by image, shared by every start that needs the image) and the
 //! pull slots (`max_concurrent_pulls`). A pull waits for a slot within its `pull_timeout`.
-//! It never reserves budget (a pull never holds room) and never touches the pool.
+//! While it lasts, its progress (as the engine reports it) is logged every
+//! [`PROGRESS_EVERY`], and a pull whose progress stands still for `pull_stall_timeout` is
+//! cancelled. It never reserves budget (a pull never holds room) and never touches the pool.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,11 +18,16 @@ use tokio::time::Instant;
 
 use super::context::Context;
 use crate::engine::EngineError;
+use crate::pull_progress::{PullProgress, PullSummary};
+
+/// How often a pull in progress is logged.
+pub(super) const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 /// A pull in progress, awaited by every start that needs its image.
 type SharedPull = Shared<BoxFuture<'static, Result<(), EngineError>>>;
-/// Pulls in progress by image, each with an id (so a pull removes its own entry only).
-type PullMap = Arc<Mutex<HashMap<String, (u64, SharedPull)>>>;
+/// Pulls in progress by image, each with an id (so a pull removes its own entry only) and
+/// its progress.
+type PullMap = Arc<Mutex<HashMap<String, (u64, SharedPull, Arc<PullProgress>)>>>;
 
 pub(super) struct Pulls {
     ctx: Context,
@@ -55,7 +62,7 @@ impl Pulls {
         }
         let pull = {
             let mut pulls = self.pulls.lock().unwrap_or_else(|e| e.into_inner());
-            let (_, pull) = pulls
+            let (_, pull, _) = pulls
                 .entry(image.to_string())
                 .or_insert_with(|| self.spawn_pull(image, pull_timeout));
             pull.clone()
@@ -63,9 +70,27 @@ impl Pulls {
         pull.await
     }
 
+    /// The pulls in progress now, by image, with how far each has come.
+    pub(super) fn in_flight(&self) -> Vec<(String, PullSummary)> {
+        let pulls = self.pulls.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all: Vec<_> = pulls
+            .iter()
+            .map(|(image, (_, _, progress))| (image.clone(), progress.summary()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
     /// Starts the pull of `image` as a tracked task, which removes its own entry when done.
-    fn spawn_pull(&self, image: &str, pull_timeout: Duration) -> (u64, SharedPull) {
+    fn spawn_pull(
+        &self,
+        image: &str,
+        pull_timeout: Duration,
+    ) -> (u64, SharedPull, Arc<PullProgress>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let stall_timeout = self.ctx.config().pull_stall_timeout;
+        let progress = Arc::new(PullProgress::new());
+        let pull_progress = Arc::clone(&progress);
         let engine = Arc::clone(&self.ctx.engine);
         let image = image.to_string();
         let pulls = self.ctx.metrics.pulls.clone();
@@ -85,7 +110,12 @@ impl Pulls {
                 if engine.image_present(&image).await.unwrap_or(false) {
                     return Ok(());
                 }
-                engine.pull(&image).await
+                tracing::info!(image = %image, "pulling image");
+                tokio::select! {
+                    biased; // In the order written, not at random: a simulated run replays.
+                    pulled = engine.pull(&image, &pull_progress) => pulled,
+                    stalled = watch_pull(&image, &pull_progress, stall_timeout) => Err(stalled),
+                }
             };
             let result = tokio::select! {
                 biased; // In the order written, not at random: a simulated run replays.
@@ -102,12 +132,16 @@ impl Pulls {
                 }),
             };
             pull_seconds.observe(started.elapsed().as_secs_f64());
+            match &result {
+                Ok(()) => tracing::info!(image = %image, progress = %pull_progress.describe(), took = ?started.elapsed(), "image pulled"),
+                Err(e) => tracing::warn!(image = %image, progress = %pull_progress.describe(), error = %e, "pull failed"),
+            }
             let outcome = if result.is_ok() { "success" } else { "failure" };
             pulls
                 .get_or_create(&crate::metrics::OutcomeLabel { outcome })
                 .inc();
             let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
-            if map.get(&image).is_some_and(|(entry, _)| *entry == id) {
+            if map.get(&image).is_some_and(|(entry, _, _)| *entry == id) {
                 map.remove(&image);
             }
             result
@@ -118,6 +152,27 @@ impl Pulls {
         }
         .boxed()
         .shared();
-        (id, shared)
+        (id, shared, progress)
+    }
+}
+
+/// Logs a pull's progress every [`PROGRESS_EVERY`] and returns once it has stood still for
+/// `stall_timeout` (never, while it moves).
+async fn watch_pull(image: &str, progress: &PullProgress, stall_timeout: Duration) -> EngineError {
+    let mut next_log = Instant::now() + PROGRESS_EVERY;
+    loop {
+        let still = progress.still_for();
+        if still >= stall_timeout {
+            return EngineError::PullStalled {
+                image: image.to_string(),
+                after: stall_timeout,
+            };
+        }
+        let stall_at = Instant::now() + (stall_timeout - still);
+        tokio::time::sleep_until(next_log.min(stall_at)).await;
+        if Instant::now() >= next_log {
+            tracing::info!(image = %image, progress = %progress.describe(), "pull in progress");
+            next_log += PROGRESS_EVERY;
+        }
     }
 }

@@ -30,6 +30,20 @@ impl Executor {
                 .get_or_create(&StateLabel { state })
                 .set(n as i64);
         }
+        let pulls = self.pulls.in_flight();
+        m.pulls_in_flight.set(pulls.len() as i64);
+        let (mut layers, mut layers_done, mut bytes, mut bytes_done) = (0, 0, 0, 0);
+        for (_, pull) in &pulls {
+            layers += pull.layers;
+            layers_done += pull.layers_done;
+            bytes += pull.bytes_total;
+            bytes_done += pull.bytes_done;
+        }
+        for (kind, layers, bytes) in [("done", layers_done, bytes_done), ("total", layers, bytes)] {
+            let kind = KindLabel { kind };
+            m.pull_layers.get_or_create(&kind).set(layers as i64);
+            m.pull_bytes.get_or_create(&kind).set(bytes as i64);
+        }
         let budget = self.budget.snapshot();
         let spares = self.spares.stock().demand;
         let tasks = budget.used.saturating_sub(spares);
