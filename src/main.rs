@@ -120,12 +120,17 @@ async fn shutdown_signal(stop: CancellationToken) {
     stop.cancel();
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`), as text or JSON lines.
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`), as text or JSON lines. Text is
+/// coloured only on a terminal (and not with `NO_COLOR` set): a journal or a log file gets
+/// plain lines.
 fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

@@ -194,6 +194,24 @@ fn answer_head(ex: &Executor, path: &str, body: &str, headers: &str) -> String {
     answer.split("\r\n\r\n").next().unwrap().to_lowercase()
 }
 
+/// Logged to a file (as to the journal under systemd), text logs are plain: no terminal
+/// colour codes around the fields a host owner greps for.
+#[test]
+fn text_logs_to_a_file_are_plain_lines() {
+    let ex = Executor::start("plain-log", "");
+    assert!(ex.execute(&json!({"id": ECHO, "input": "x"})).success());
+    let log = ex.log();
+    assert!(log.contains("executor ready"), "{log}");
+    assert!(
+        !log.contains('\x1b'),
+        "terminal escape codes in a log file:\n{log}"
+    );
+    assert!(
+        log.lines().any(|l| l.contains("task_network=isolated")),
+        "fields read key=value: {log}"
+    );
+}
+
 #[test]
 fn json_logs_carry_the_request_id_in_every_line_about_the_request() {
     let ex = Executor::start("json-logs", "log_format: json");
