@@ -30,10 +30,16 @@ mkdir "$CTX"
 cp "$BIN" "$CTX/mecanywhere-executor"
 cp "$ROOT/docker/mecanywhere_executor.yaml" "$CTX/mecanywhere_executor.yaml"
 
+# The image this build replaces: removed once the tag points at the new one, so that
+# rebuilds leave no untagged image behind (it stays while a container still uses it).
+old="$(docker image inspect -f '{{.Id}}' "$TAG" 2>/dev/null || true)"
 # stderr only matters on failure (a CLI without buildx warns on every build).
 if ! id="$(docker build -q -t "$TAG" --label "$LABEL" -f "$ROOT/docker/Dockerfile.local" "$CTX" 2>"$WORK/build.log")"; then
     echo "docker build of $TAG failed:" >&2
     cat "$WORK/build.log" >&2
     exit 1
+fi
+if [[ -n "$old" && "$old" != "$id" ]]; then
+    docker rmi "$old" >/dev/null 2>&1 || true
 fi
 echo "built $TAG ($id)"
