@@ -375,7 +375,38 @@ fn stats_table(s: &Value) -> String {
         ),
         ("runtimes", runtimes),
     ];
-    rows.iter().map(|(k, v)| format!("{k:<12} {v}\n")).collect()
+    let pulls = s["pulls"].as_array().cloned().unwrap_or_default();
+    let pull_rows = pulls.iter().map(|p| {
+        let n = |key: &str| p[key].as_u64().unwrap_or(0);
+        let mb = |bytes: u64| bytes as f64 / 1e6;
+        (
+            "pulling",
+            format!(
+                "{} {} {}/{} layers, {:.0}/{:.0} MB",
+                p["image"].as_str().unwrap_or("?"),
+                progress_bar(n("bytes_done"), n("bytes_total"), 20),
+                n("layers_done"),
+                n("layers"),
+                mb(n("bytes_done")),
+                mb(n("bytes_total"))
+            ),
+        )
+    });
+    rows.into_iter()
+        .chain(pull_rows)
+        .map(|(k, v)| format!("{k:<12} {v}\n"))
+        .collect()
+}
+
+/// `[#####---------------]`: `done` of `total` in `width` cells (empty while the total is
+/// not known).
+fn progress_bar(done: u64, total: u64, width: usize) -> String {
+    let filled = if total == 0 {
+        0
+    } else {
+        ((done.min(total) as f64 / total as f64) * width as f64).round() as usize
+    };
+    format!("[{}{}]", "#".repeat(filled), "-".repeat(width - filled))
 }
 
 #[cfg(test)]
@@ -411,5 +442,28 @@ mod tests {
             table.contains("stock        1 spare containers (25.0% of the CPU budget, 12.5% of the memory budget), 2 free sandboxes\n"),
             "{table}"
         );
+        assert!(!table.contains("pulling"), "no pull in flight: {table}");
+    }
+
+    #[test]
+    fn pulls_in_flight_read_as_progress_bars() {
+        let table = stats_table(&json!({"pulls": [
+            {"image": "r:5000/big:v1", "layers": 7, "layers_done": 3,
+             "bytes_done": 412_000_000u64, "bytes_total": 1_900_000_000u64},
+            {"image": "r:5000/new:v1", "layers": 0, "layers_done": 0,
+             "bytes_done": 0, "bytes_total": 0}]}));
+        assert!(
+            table.contains(
+                "pulling      r:5000/big:v1 [####----------------] 3/7 layers, 412/1900 MB\n"
+            ),
+            "{table}"
+        );
+        assert!(
+            table
+                .contains("pulling      r:5000/new:v1 [--------------------] 0/0 layers, 0/0 MB\n"),
+            "{table}"
+        );
+        assert_eq!(progress_bar(5, 5, 4), "[####]");
+        assert_eq!(progress_bar(9, 5, 4), "[####]");
     }
 }

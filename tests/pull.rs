@@ -221,8 +221,23 @@ fn a_silent_registry_fails_the_pull(name: &str, config: &str, why: &str) {
     let image = format!("127.0.0.1:{}/meca/{name}:v1", registry.port);
     let ex = Executor::start(name, config);
     let started = Instant::now();
-    let reply = ex.execute(&json!({"id": image, "input": "x"}));
+    // While the request waits, /stats shows its pull in flight.
+    let (reply, seen) = std::thread::scope(|s| {
+        let request = s.spawn(|| ex.execute(&json!({"id": image, "input": "x"})));
+        let mut seen = None;
+        while seen.is_none() && started.elapsed() < Duration::from_millis(1500) {
+            let stats = ex.get("/stats").body;
+            seen = stats["pulls"]
+                .as_array()
+                .and_then(|pulls| pulls.iter().find(|p| p["image"] == image.as_str()))
+                .cloned();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        (request.join().unwrap(), seen)
+    });
     let took = started.elapsed();
+    let seen = seen.unwrap_or_else(|| panic!("/stats never showed the pull of {image}"));
+    assert_eq!(seen["layers"], 0, "{seen}");
     assert_eq!(reply.status, 200, "{reply:?}");
     assert!(!reply.success(), "{reply:?}");
     let msg = reply.msg();

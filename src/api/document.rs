@@ -13,7 +13,8 @@ use utoipa::{Modify, OpenApi};
 // The derive below needs each handler's generated `__path_*` item beside it.
 use super::handlers::*;
 use super::openapi::{
-    ExecuteRequest, Health, Outcome, Resource, StatsAnswer, TaskConfigResource, UpdateConfig,
+    ExecuteRequest, Health, Outcome, PullAnswer, Resource, StatsAnswer, TaskConfigResource,
+    UpdateConfig,
 };
 
 /// This API's OpenAPI document (never needs a token).
@@ -65,6 +66,7 @@ impl Modify for BearerToken {
     components(schemas(
         Outcome,
         StatsAnswer,
+        PullAnswer,
         Health,
         ExecuteRequest,
         Resource,

@@ -13,7 +13,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tokio_util::sync::CancellationToken;
 
-use super::openapi::{self, Health, Outcome, StatsAnswer};
+use super::openapi::{self, Health, Outcome, PullAnswer, StatsAnswer};
 use super::request::{self, RequestError};
 use crate::executor::{ExecError, Executor, Stats};
 
@@ -117,6 +117,17 @@ fn stats_answer(s: &Stats) -> StatsAnswer {
         spare_used_cpu: s.spare_used_cpu_percent,
         spare_used_mem: s.spare_used_mem_percent,
         free_sandboxes: s.free_sandboxes,
+        pulls: s
+            .pulls
+            .iter()
+            .map(|(image, p)| PullAnswer {
+                image: image.clone(),
+                layers: p.layers,
+                layers_done: p.layers_done,
+                bytes_done: p.bytes_done,
+                bytes_total: p.bytes_total,
+            })
+            .collect(),
     }
 }
 

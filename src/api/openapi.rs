@@ -61,6 +61,21 @@ pub struct StatsAnswer {
     pub spare_used_mem: f64,
     /// Sandbox holders started ahead and waiting for a task (outside the budget).
     pub free_sandboxes: usize,
+    /// The image pulls in progress (empty when none).
+    pub pulls: Vec<PullAnswer>,
+}
+
+/// One image pull in progress, as far as the engine has reported it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PullAnswer {
+    /// The image being pulled.
+    pub image: String,
+    /// Its layers known so far, and how many of them are in place.
+    pub layers: usize,
+    pub layers_done: usize,
+    /// Bytes downloaded, of the size of the layers known so far.
+    pub bytes_done: u64,
+    pub bytes_total: u64,
 }
 
 /// `GET /stats`: the figures while running, `{"success": false, "msg": ...}` while paused.

@@ -108,6 +108,8 @@ pub struct Stats {
     pub spare_used_mem_percent: f64,
     /// Sandbox holders started ahead, waiting for a task (outside the budget).
     pub free_sandboxes: usize,
+    /// The image pulls in progress, by image, with how far each has come.
+    pub pulls: Vec<(String, crate::pull_progress::PullSummary)>,
     /// The `runtime` values requests may use on this host.
     pub runtimes: Vec<&'static str>,
 }

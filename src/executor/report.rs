@@ -107,6 +107,7 @@ impl Executor {
             spare_used_cpu_percent: percent(spares.demand.milli_cpu, budget.total.milli_cpu),
             spare_used_mem_percent: percent(spares.demand.mem_mb, budget.total.mem_mb),
             free_sandboxes: self.sandboxes.counts().0,
+            pulls: self.pulls.in_flight(),
             runtimes: if self.admission.microvm_runtime(&self.config()).is_ok() {
                 vec!["container", "microVM"]
             } else {
