@@ -18,8 +18,9 @@ use hyper::{Method, StatusCode};
 
 use crate::conn::Conn;
 use crate::error::err;
-use crate::fixture::{IMAGE, LABEL_BENCH, READY_LINE};
+use crate::fixture::{IMAGE, LABEL_BENCH};
 use crate::host::{host_busy_ms_since, host_busy_ticks};
+use mecanywhere_executor::engine::READY_LINE;
 
 #[derive(Clone)]
 pub struct EngineCold {

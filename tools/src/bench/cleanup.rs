@@ -7,7 +7,8 @@ use std::sync::Mutex;
 
 use mecanywhere_tools::docker;
 
-use crate::fixture::{LABEL_BENCH, LABEL_EXECUTOR};
+use crate::fixture::LABEL_BENCH;
+use mecanywhere_executor::engine::LABEL_EXECUTOR;
 
 pub struct Leftovers {
     pub executor: Option<Child>,

@@ -1,16 +1,13 @@
-//! What the bench runs and looks for: the task image and its input, the labels the executor
-//! and the baseline put on their containers, and the keys and pauses that several rows share.
+//! What the bench runs and looks for: the task image and its input, the label the baseline
+//! puts on its containers (the executor's are `mecanywhere_executor::engine`'s), and the keys
+//! and pauses that several rows share.
 //! Constants only.
 
 use std::time::Duration;
 
 pub const IMAGE: &str = "meca-echo:latest";
 pub const INPUT: &str = "{\"name\":\"sbip\"}";
-pub const LABEL_EXECUTOR: &str = "org.mecanywhere.executor";
-pub const LABEL_MEM: &str = "org.mecanywhere.mem-mb";
-pub const LABEL_ROLE: &str = "org.mecanywhere.role";
 pub const LABEL_BENCH: &str = "org.mecanywhere.bench";
-pub const READY_LINE: &str = "meca-init-done";
 /// The prewarmed key (row 7) and its non-prewarmed twin (same cpu, next mem).
 pub const PREWARM_CPU: f64 = 0.25;
 pub const PREWARM_MEM: u64 = 48;

@@ -15,8 +15,9 @@ use crate::args::Args;
 use crate::cleanup::leftovers;
 use crate::conn::Conn;
 use crate::error::err;
-use crate::fixture::{IMAGE, LABEL_BENCH, LABEL_EXECUTOR, PREWARM_CPU, PREWARM_MEM};
+use crate::fixture::{IMAGE, LABEL_BENCH, PREWARM_CPU, PREWARM_MEM};
 use crate::metrics::wait_settled;
+use mecanywhere_executor::engine::LABEL_EXECUTOR;
 
 /// Docker's API, its version negotiated, and its version as the bench prints it.
 pub async fn connect_docker() -> Result<(Docker, String), String> {

@@ -15,11 +15,12 @@ use crate::baseline::engine_cold;
 use crate::cleanup::leftovers;
 use crate::conn::{execute_answer, execute_body, timed_calls, Conn};
 use crate::error::err;
-use crate::fixture::{IMAGE, INPUT, LABEL_EXECUTOR, LABEL_MEM, LABEL_ROLE};
+use crate::fixture::{IMAGE, INPUT};
 use crate::host::cpu_ns_schedstat;
 use crate::session::Session;
 use crate::stats::{percentiles, Percentiles};
 use crate::table::{row, us, verdict, Row};
+use mecanywhere_executor::engine::{LABEL_EXECUTOR, LABEL_MEM, LABEL_ROLE};
 
 pub const WARM_UP_CALLS: usize = 200;
 pub const LATENCY_CALLS: usize = 2000;

@@ -10,11 +10,10 @@ use mecanywhere_tools::docker;
 use tokio::task::JoinHandle;
 
 use crate::client::Api;
+use mecanywhere_executor::engine::LABEL_EXECUTOR;
 
-/// The task the clients call, and the label of the executor's containers (the killer's
-/// targets).
+/// The task the clients call.
 pub const IMAGE: &str = "meca-echo:latest";
-pub const LABEL_EXECUTOR: &str = "org.mecanywhere.executor";
 
 #[derive(Default)]
 pub struct Counts {

@@ -23,7 +23,8 @@ use clap::Parser;
 use mecanywhere_tools::{docker, launch, procfs};
 
 use client::Api;
-use load::{Counts, IMAGE, LABEL_EXECUTOR};
+use load::{Counts, IMAGE};
+use mecanywhere_executor::engine::LABEL_EXECUTOR;
 use report::Report;
 
 #[derive(Parser, Debug)]
