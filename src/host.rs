@@ -1,4 +1,5 @@
-//! The host's own resources: core count, memory, and current usage for `/stats`.
+//! The host's own resources: core count, memory, and current usage for `/stats`; the size
+//! of a filesystem.
 //!
 //! Owns the `sysinfo` handle. Readings are taken on demand (when `/stats` is asked), never
 //! by a background poller. Admission never depends on sampled CPU idleness: it is decided by
@@ -20,6 +21,43 @@ pub struct HostCapacity {
 pub struct HostUsage {
     pub cpu_percent: f64,
     pub mem_percent: f64,
+}
+
+/// A filesystem's size and what of it is available.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Filesystem {
+    pub total_bytes: u64,
+    /// What is not in use (root's reserve included).
+    pub free_bytes: u64,
+    /// What unprivileged writers may still use (`df`'s "Avail").
+    pub available_bytes: u64,
+    /// Its id (`statvfs`'s `f_fsid`): the same filesystem seen from elsewhere has the same
+    /// id and size.
+    pub fsid: u64,
+}
+
+impl Filesystem {
+    /// How much of it is used, in percent, as `df` shows it: used / (used + available),
+    /// so a disk whose root reserve is all that is left reads 100%.
+    pub fn used_percent(&self) -> f64 {
+        let used = self.total_bytes.saturating_sub(self.free_bytes);
+        let usable = used + self.available_bytes;
+        if usable == 0 {
+            return 0.0;
+        }
+        100.0 * used as f64 / usable as f64
+    }
+
+    /// The filesystem holding `path`, as this process sees it.
+    pub fn of(path: &std::path::Path) -> std::io::Result<Filesystem> {
+        let stat = rustix::fs::statvfs(path)?;
+        Ok(Filesystem {
+            total_bytes: stat.f_blocks * stat.f_frsize,
+            free_bytes: stat.f_bfree * stat.f_frsize,
+            available_bytes: stat.f_bavail * stat.f_frsize,
+            fsid: stat.f_fsid,
+        })
+    }
 }
 
 pub struct Host {

@@ -21,6 +21,23 @@ pub fn split(image: &str) -> (&str, Option<&str>, Option<&str>) {
     }
 }
 
+/// `image` as Docker names it in its listings: the tag `latest` when none is given, a
+/// digest reference without its tag, and Docker Hub's domain (and its `library/`) left out.
+/// Two references of one image name are equal once canonical.
+pub fn canonical(image: &str) -> String {
+    let (name, tag, digest) = split(image);
+    let name = name
+        .strip_prefix("docker.io/")
+        .or_else(|| name.strip_prefix("index.docker.io/"))
+        .map(|hub| hub.strip_prefix("library/").unwrap_or(hub))
+        .unwrap_or(name);
+    match (tag, digest) {
+        (_, Some(digest)) => format!("{name}@{digest}"),
+        (Some(tag), None) => format!("{name}:{tag}"),
+        (None, None) => format!("{name}:latest"),
+    }
+}
+
 /// Checks `image`; on error says what is wrong with it.
 pub fn validate(image: &str) -> Result<(), String> {
     if image.is_empty() {
@@ -141,7 +158,7 @@ fn check_digest(digest: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{split, validate};
+    use super::{canonical, split, validate};
 
     #[test]
     fn references_split_at_the_tag_after_the_last_slash() {
@@ -203,5 +220,15 @@ mod tests {
         ] {
             assert!(validate(bad).is_err(), "{bad:?} should be refused");
         }
+    }
+
+    #[test]
+    fn canonical_names_are_dockers() {
+        assert_eq!(canonical("meca-echo"), "meca-echo:latest");
+        assert_eq!(canonical("docker.io/library/python:3"), "python:3");
+        assert_eq!(canonical("docker.io/sbip/task"), "sbip/task:latest");
+        assert_eq!(canonical("localhost:5000/x"), "localhost:5000/x:latest");
+        assert_eq!(canonical("127.0.0.1:5000/x:v1"), "127.0.0.1:5000/x:v1");
+        assert_eq!(canonical("x:v1@sha256:ab"), "x@sha256:ab");
     }
 }

@@ -47,6 +47,7 @@ use mecanywhere_executor::engine::{
     SandboxRef, TaskAddr, LABEL_CPU, LABEL_EXECUTOR, LABEL_INSTANCE, LABEL_MEM, LABEL_ROLE,
     LABEL_TASK_KEY, ROLE_SANDBOX,
 };
+use mecanywhere_executor::image_ref::canonical;
 use mecanywhere_executor::pull_progress::PullProgress;
 use mecanywhere_executor::task::Call;
 use mecanywhere_executor::task_client::CallError;
@@ -1024,6 +1025,54 @@ mod cases {
         assert_eq!(f.running(LABEL_EXECUTOR, &f.label).await, set([&holder.id]));
     }
 
+    /// The stored images name their sizes and how many containers use them; an image a
+    /// container uses is not removed, and once the container is gone it is; removing a
+    /// missing name is accepted.
+    pub async fn an_image_in_use_is_kept_and_one_unused_removed<S: Subject>(f: &Fixture<S>) {
+        f.prepare().await;
+        let fresh = f.subject.fresh_holder_image();
+        f.engine.ensure_holder_image(&fresh).await.unwrap();
+        let holder = f
+            .engine
+            .start_holder(&f.holder_spec(&fresh, &f.instance("main")))
+            .await
+            .unwrap();
+        let stored = f.engine.stored_images().await.unwrap();
+        let entry = stored
+            .iter()
+            .find(|i| i.names.iter().any(|n| canonical(n) == canonical(&fresh)))
+            .unwrap_or_else(|| panic!("{fresh} is not among the stored images: {stored:?}"));
+        assert!(entry.size > 0, "{entry:?}");
+        assert!(entry.containers >= 1, "the holder uses it: {entry:?}");
+        match f.engine.remove_image(&fresh).await {
+            Err(EngineError::ImageInUse(name)) => assert_eq!(name, fresh),
+            other => panic!("an image in use was not kept: {other:?}"),
+        }
+        assert!(f.engine.image_present(&fresh).await.unwrap());
+        f.engine.remove(&holder.id).await.unwrap();
+        f.engine.remove_image(&fresh).await.unwrap();
+        assert!(!f.engine.image_present(&fresh).await.unwrap());
+        f.engine.remove_image(&fresh).await.unwrap();
+    }
+
+    /// The filesystem of the engine's images is measured (by a holder that is gone after).
+    pub async fn the_image_filesystem_is_measured<S: Subject>(f: &Fixture<S>) {
+        let image = f.subject.holder_image();
+        f.engine.ensure_holder_image(&image).await.unwrap();
+        let root = f.engine.image_root().await.unwrap();
+        assert!(root.is_absolute(), "{}", root.display());
+        let fs = f.engine.image_filesystem(&image).await.unwrap();
+        assert!(fs.total_bytes > 0, "{fs:?}");
+        assert!(fs.available_bytes <= fs.free_bytes, "{fs:?}");
+        assert!(fs.free_bytes <= fs.total_bytes, "{fs:?}");
+        assert!((0.0..=100.0).contains(&fs.used_percent()), "{fs:?}");
+        let measurers = f.engine.list_labelled(LABEL_ROLE, "image-filesystem").await;
+        assert!(
+            measurers.unwrap().is_empty(),
+            "the measuring holder was left"
+        );
+    }
+
     /// The host's addresses, found with a holder: IPv4, not loopback, each once; the holder
     /// that found them is gone.
     pub async fn host_addresses_are_the_hosts_ipv4<S: Subject>(f: &Fixture<S>) {
@@ -1120,6 +1169,8 @@ macro_rules! contract {
                 an_internet_sandbox_serves_its_task,
                 a_hardened_task_serves,
                 holder_image_is_imported_when_absent,
+                an_image_in_use_is_kept_and_one_unused_removed,
+                the_image_filesystem_is_measured,
                 host_addresses_are_the_hosts_ipv4,
                 absent_image_is_named,
                 runtimes_include_the_default,

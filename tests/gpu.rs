@@ -59,6 +59,23 @@ impl Engine for Recording {
     async fn pull(&self, image: &str, progress: &PullProgress) -> Result<(), EngineError> {
         self.docker.pull(image, progress).await
     }
+    async fn stored_images(
+        &self,
+    ) -> Result<Vec<mecanywhere_executor::engine::StoredImage>, EngineError> {
+        self.docker.stored_images().await
+    }
+    async fn remove_image(&self, name: &str) -> Result<(), EngineError> {
+        self.docker.remove_image(name).await
+    }
+    async fn image_root(&self) -> Result<std::path::PathBuf, EngineError> {
+        self.docker.image_root().await
+    }
+    async fn image_filesystem(
+        &self,
+        holder_image: &str,
+    ) -> Result<mecanywhere_executor::engine::Filesystem, EngineError> {
+        self.docker.image_filesystem(holder_image).await
+    }
     async fn create(&self, spec: &ContainerSpec) -> Result<String, EngineError> {
         self.specs.lock().unwrap().push(spec.clone());
         let id = self.docker.create(spec).await?;

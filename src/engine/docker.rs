@@ -13,13 +13,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerUpdateBody, DeviceMapping,
-    DeviceRequest, HostConfig, HostConfigLogConfig, Mount, MountPointTypeEnum, MountTypeEnum,
-    ResourcesUlimits,
+    DeviceRequest, HostConfig, HostConfigLogConfig, ImageSummary, Mount, MountPointTypeEnum,
+    MountTypeEnum, ResourcesUlimits,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, EventsOptions, InspectContainerOptions,
     KillContainerOptions, ListContainersOptions, LogsOptions, RemoveContainerOptions,
-    StartContainerOptions, WaitContainerOptions,
+    RemoveImageOptions, StartContainerOptions, WaitContainerOptions,
 };
 use bollard::Docker;
 use futures_util::stream::BoxStream;
@@ -28,8 +28,8 @@ use futures_util::StreamExt;
 use super::docker_logs::{Endpoint, LogFollower};
 use super::ready::OutputScanner;
 use super::{
-    holder, ContainerSpec, Engine, EngineError, ExitState, Hardening, HolderSpec, SandboxNetwork,
-    SandboxRef, TaskAddr,
+    holder, ContainerSpec, Engine, EngineError, ExitState, Filesystem, Hardening, HolderSpec,
+    SandboxNetwork, SandboxRef, StoredImage, TaskAddr,
 };
 use crate::image_ref;
 use crate::pull_progress::{LayerEvent, PullProgress};
@@ -108,6 +108,37 @@ fn is_not_found(e: &bollard::errors::Error) -> bool {
             ..
         }
     )
+}
+
+/// A failed pull of `image`, by what Docker said: a full disk is named as such.
+fn pull_failure(image: &str, detail: String) -> EngineError {
+    if detail.contains("no space left on device") {
+        EngineError::NoSpace {
+            image: image.to_string(),
+            detail,
+        }
+    } else {
+        EngineError::ImageUnavailable {
+            image: image.to_string(),
+            detail,
+        }
+    }
+}
+
+/// An image of Docker's disk-usage listing.
+fn stored_image(image: ImageSummary) -> StoredImage {
+    let figure = |n: i64| n.max(0) as u64;
+    let mut names = image.repo_tags;
+    names.extend(image.repo_digests);
+    names.retain(|n| n != "<none>:<none>" && n != "<none>@<none>");
+    StoredImage {
+        id: image.id,
+        names,
+        size: figure(image.size),
+        shared: figure(image.shared_size),
+        containers: figure(image.containers),
+        created: image.created,
+    }
 }
 
 /// What a line of Docker's pull stream says of its layer (`id`), by its status; `None` for
@@ -348,10 +379,7 @@ impl DockerEngine {
             match item {
                 Ok(info) => {
                     if let Some(detail) = info.error_detail.and_then(|d| d.message) {
-                        return Err(EngineError::ImageUnavailable {
-                            image: image.to_string(),
-                            detail,
-                        });
+                        return Err(pull_failure(image, detail));
                     }
                     tracing::debug!(image = %reference, status = ?info.status, progress = ?info.progress, "pull");
                     if let (Some(id), Some(status)) = (&info.id, &info.status) {
@@ -374,10 +402,7 @@ impl DockerEngine {
                         bollard::errors::Error::DockerStreamError { error } => error,
                         other => other.to_string(),
                     };
-                    return Err(EngineError::ImageUnavailable {
-                        image: image.to_string(),
-                        detail,
-                    });
+                    return Err(pull_failure(image, detail));
                 }
             }
         }
@@ -593,6 +618,102 @@ impl Engine for DockerEngine {
 
     async fn pull(&self, image: &str, progress: &PullProgress) -> Result<(), EngineError> {
         self.pull_image(image, progress).await
+    }
+
+    async fn stored_images(&self) -> Result<Vec<StoredImage>, EngineError> {
+        let usage = self.docker.df(None).await.map_err(api_error)?;
+        Ok(usage
+            .images
+            .unwrap_or_default()
+            .into_iter()
+            .map(stored_image)
+            .collect())
+    }
+
+    async fn remove_image(&self, name: &str) -> Result<(), EngineError> {
+        // Never forced: an image a container uses stays (Docker answers 409).
+        let options = RemoveImageOptions {
+            force: false,
+            noprune: false,
+        };
+        match self.docker.remove_image(name, Some(options), None).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            }) => Err(EngineError::ImageInUse(name.to_string())),
+            Err(e) => Err(api_error(e)),
+        }
+    }
+
+    async fn image_root(&self) -> Result<PathBuf, EngineError> {
+        let info = self.docker.info().await.map_err(api_error)?;
+        info.docker_root_dir
+            .filter(|dir| !dir.is_empty())
+            .map(PathBuf::from)
+            .ok_or_else(|| EngineError::Api("docker info names no DockerRootDir".into()))
+    }
+
+    async fn image_filesystem(&self, holder_image: &str) -> Result<Filesystem, EngineError> {
+        // A holder with Docker's root directory mounted read-only measures its filesystem,
+        // and is removed. It has no network and no capabilities.
+        let root = self.image_root().await?;
+        let body = ContainerCreateBody {
+            image: Some(holder_image.to_string()),
+            cmd: Some(vec![
+                HOLDER_PATH.to_string(),
+                "statfs".to_string(),
+                "/docker-root".to_string(),
+            ]),
+            labels: Some(HashMap::from([(
+                super::LABEL_ROLE.to_string(),
+                "image-filesystem".to_string(),
+            )])),
+            host_config: Some(HostConfig {
+                network_mode: Some("none".into()),
+                binds: Some(vec![format!("{}:/docker-root:ro", root.display())]),
+                cap_drop: Some(vec!["ALL".into()]),
+                security_opt: Some(vec!["no-new-privileges".into()]),
+                readonly_rootfs: Some(true),
+                memory: Some(16 * 1024 * 1024),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let id = self.create_from(body).await?;
+        let measured = async {
+            self.docker
+                .start_container(&id, None::<StartContainerOptions>)
+                .await
+                .map_err(api_error)?;
+            self.wait_not_running(&id).await?;
+            let options = LogsOptions {
+                stdout: true,
+                stderr: true,
+                ..Default::default()
+            };
+            self.output(&id, options).await
+        };
+        let measured = measured.await;
+        self.remove(&id).await?;
+        let measured = measured?;
+        let figures: Vec<u64> = measured
+            .split_whitespace()
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        match figures[..] {
+            [total_bytes, free_bytes, available_bytes, fsid] => Ok(Filesystem {
+                total_bytes,
+                free_bytes,
+                available_bytes,
+                fsid,
+            }),
+            _ => Err(EngineError::Api(format!(
+                "could not measure the filesystem of {}: {}",
+                root.display(),
+                measured.trim()
+            ))),
+        }
     }
 
     async fn create(&self, spec: &ContainerSpec) -> Result<String, EngineError> {

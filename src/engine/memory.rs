@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -23,7 +23,10 @@ use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use tokio::sync::broadcast;
 
-use super::{ContainerSpec, Engine, EngineError, ExitState, HolderSpec, SandboxRef, TaskAddr};
+use super::{
+    ContainerSpec, Engine, EngineError, ExitState, Filesystem, HolderSpec, SandboxRef, StoredImage,
+    TaskAddr,
+};
 use crate::pull_progress::{LayerEvent, PullProgress};
 use crate::task::Call;
 use crate::task_client::{Answer, CallError, TaskCall};
@@ -134,6 +137,8 @@ pub struct Removed {
 #[derive(Default)]
 struct State {
     images: HashMap<String, ImageScript>,
+    /// Bytes an image takes on disk, where a test set it ([`DEFAULT_IMAGE_BYTES`] else).
+    image_bytes: HashMap<String, u64>,
     containers: HashMap<String, MemContainer>,
     removed: Vec<Removed>,
     next_id: u64,
@@ -183,6 +188,14 @@ impl MemContainer {
 }
 
 impl State {
+    /// What `image` takes on disk.
+    fn bytes_of(&self, image: &str) -> u64 {
+        self.image_bytes
+            .get(image)
+            .copied()
+            .unwrap_or(DEFAULT_IMAGE_BYTES)
+    }
+
     /// Adds `container` under the next id; returns the id.
     fn add(&mut self, mut container: MemContainer) -> String {
         self.next_id += 1;
@@ -202,6 +215,11 @@ enum Event {
     },
     Disconnected,
 }
+
+/// What an image takes on disk unless [`MemoryEngine::set_image_bytes`] says otherwise.
+pub const DEFAULT_IMAGE_BYTES: u64 = 10_000_000;
+/// The size of the in-memory engine's image filesystem.
+pub const DISK_BYTES: u64 = 100_000_000_000;
 
 /// The in-memory engine. Clones share one state.
 #[derive(Clone)]
@@ -237,6 +255,11 @@ impl MemoryEngine {
     /// Declares an image and how its task starts.
     pub fn add_image(&self, image: &str, script: ImageScript) {
         self.lock().images.insert(image.to_string(), script);
+    }
+
+    /// Sets what `image` takes on disk.
+    pub fn set_image_bytes(&self, image: &str, bytes: u64) {
+        self.lock().image_bytes.insert(image.to_string(), bytes);
     }
 
     /// Makes every engine call fail (and the event stream break) until called with false.
@@ -389,6 +412,67 @@ impl Engine for MemoryEngine {
             }
             None => Err(unavailable("pull refused (scripted)")),
         }
+    }
+
+    async fn stored_images(&self) -> Result<Vec<StoredImage>, EngineError> {
+        self.check_reachable()?;
+        let state = self.lock();
+        let mut stored: Vec<StoredImage> = state
+            .images
+            .iter()
+            .filter(|(_, script)| script.present)
+            .map(|(name, _)| StoredImage {
+                id: format!("sha256:mem-{name}"),
+                names: vec![name.clone()],
+                size: state.bytes_of(name),
+                shared: 0,
+                containers: state
+                    .containers
+                    .values()
+                    .filter(|c| &c.image == name)
+                    .count() as u64,
+                created: 0,
+            })
+            .collect();
+        stored.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(stored)
+    }
+
+    async fn remove_image(&self, name: &str) -> Result<(), EngineError> {
+        self.check_reachable()?;
+        let mut state = self.lock();
+        if state.containers.values().any(|c| c.image == name) {
+            return Err(EngineError::ImageInUse(name.to_string()));
+        }
+        if let Some(script) = state.images.get_mut(name) {
+            script.present = false;
+        }
+        Ok(())
+    }
+
+    async fn image_root(&self) -> Result<PathBuf, EngineError> {
+        self.check_reachable()?;
+        Ok(PathBuf::from("/var/lib/docker"))
+    }
+
+    async fn image_filesystem(&self, holder_image: &str) -> Result<Filesystem, EngineError> {
+        self.check_reachable()?;
+        let state = self.lock();
+        if !state.images.get(holder_image).is_some_and(|s| s.present) {
+            return Err(EngineError::Api(format!("No such image: {holder_image}")));
+        }
+        let held: u64 = state
+            .images
+            .iter()
+            .filter(|(_, script)| script.present)
+            .map(|(name, _)| state.bytes_of(name))
+            .sum();
+        Ok(Filesystem {
+            total_bytes: DISK_BYTES,
+            free_bytes: DISK_BYTES.saturating_sub(held),
+            available_bytes: DISK_BYTES.saturating_sub(held),
+            fsid: 1,
+        })
     }
 
     async fn create(&self, spec: &ContainerSpec) -> Result<String, EngineError> {

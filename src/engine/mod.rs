@@ -20,6 +20,7 @@ use async_trait::async_trait;
 use futures_util::stream::BoxStream;
 
 pub use crate::config::Hardening;
+pub use crate::host::Filesystem;
 use crate::pull_progress::PullProgress;
 pub use crate::task_client::TaskAddr;
 
@@ -109,6 +110,22 @@ pub struct HolderSpec {
     pub memory_bytes: i64,
 }
 
+/// An image the engine stores, as its disk-usage listing describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredImage {
+    pub id: String,
+    /// Its names: `repository:tag` and `repository@digest` references.
+    pub names: Vec<String>,
+    /// Bytes on disk, layers it shares with other images included (`docker images`' size).
+    pub size: u64,
+    /// Of `size`, the bytes in layers other images share.
+    pub shared: u64,
+    /// Containers (running or not) made from it.
+    pub containers: u64,
+    /// When it was built, in Unix seconds.
+    pub created: i64,
+}
+
 /// How a container ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExitState {
@@ -149,6 +166,11 @@ pub enum EngineError {
     NotListening(Duration),
     #[error("pulling image {image} timed out after {}", humantime::format_duration(*.after))]
     PullTimeout { image: String, after: Duration },
+    #[error("no space left for image {image} on the disk holding the engine's images: {detail}")]
+    NoSpace { image: String, detail: String },
+    /// A container (of this executor or any other) uses the image.
+    #[error("image {0} is in use by a container")]
+    ImageInUse(String),
     #[error("pulling image {image} made no progress for {} (pull_stall_timeout); the registry or the network is stuck", humantime::format_duration(*.after))]
     PullStalled { image: String, after: Duration },
     #[error("container engine refused: {0}")]
@@ -178,6 +200,19 @@ pub trait Engine: Send + Sync + 'static {
     /// Pulls `image` from its registry, reporting each layer's progress to `progress` as
     /// the engine learns it.
     async fn pull(&self, image: &str, progress: &PullProgress) -> Result<(), EngineError>;
+    /// The images the engine stores, with their sizes and how many containers use each.
+    async fn stored_images(&self) -> Result<Vec<StoredImage>, EngineError>;
+    /// Removes the image name `name` (a tag or a digest reference); the image goes with its
+    /// last name. An image a container uses (running or not) is not removed:
+    /// [`EngineError::ImageInUse`]. Removing a missing name is Ok.
+    async fn remove_image(&self, name: &str) -> Result<(), EngineError>;
+    /// Where the engine keeps its images, as a path on the engine's host (Docker's
+    /// `DockerRootDir`).
+    async fn image_root(&self) -> Result<PathBuf, EngineError>;
+    /// The filesystem of [`image_root`](Self::image_root) as the engine's host sees it,
+    /// measured by a holder of image `holder_image` it is mounted into (read-only), so it
+    /// can be read wherever the executor runs.
+    async fn image_filesystem(&self, holder_image: &str) -> Result<Filesystem, EngineError>;
     /// Creates (does not start) a container; returns its id.
     async fn create(&self, spec: &ContainerSpec) -> Result<String, EngineError>;
     /// Starts the container and follows its output until the ready line, its exit, or

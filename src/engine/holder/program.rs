@@ -78,6 +78,45 @@ extern "C" {
     fn epoll_create1(flags: i32) -> i32;
     fn epoll_ctl(epfd: i32, op: i32, fd: i32, event: *mut EpollEvent) -> i32;
     fn epoll_wait(epfd: i32, events: *mut EpollEvent, maxevents: i32, timeout: i32) -> i32;
+    fn statvfs(path: *const std::ffi::c_char, buf: *mut StatVfs) -> i32;
+}
+
+/// `struct statvfs` on 64-bit Linux (glibc and musl agree), with room to spare at its end.
+#[repr(C)]
+#[derive(Default)]
+struct StatVfs {
+    bsize: u64,
+    frsize: u64,
+    blocks: u64,
+    bfree: u64,
+    bavail: u64,
+    files: u64,
+    ffree: u64,
+    favail: u64,
+    fsid: u64,
+    flag: u64,
+    namemax: u64,
+    spare: [u64; 8],
+}
+
+/// `statfs PATH`: prints the size of the filesystem holding `path` and what of it is
+/// free and available (to others than root), in bytes, and its id:
+/// `TOTAL FREE AVAILABLE FSID`.
+fn print_filesystem(path: &str) -> io::Result<()> {
+    let c_path = std::ffi::CString::new(path)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL in the path"))?;
+    let mut buf = StatVfs::default();
+    if unsafe { statvfs(c_path.as_ptr(), &mut buf) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    println!(
+        "{} {} {} {}",
+        buf.blocks * buf.frsize,
+        buf.bfree * buf.frsize,
+        buf.bavail * buf.frsize,
+        buf.fsid
+    );
+    Ok(())
 }
 
 #[allow(dead_code)] // In the library, only the tests call it.
@@ -93,9 +132,10 @@ fn main() {
         },
         Some("addrs") if args.len() == 2 => std::fs::read_to_string("/proc/net/fib_trie")
             .map(|trie| local_addresses(&trie).iter().for_each(|a| println!("{a}"))),
+        Some("statfs") if args.len() == 3 => print_filesystem(&args[2]),
         _ => {
             eprintln!(
-                "usage: {} relay SOCKET_PATH [--owner UID:GID] [--block PREFIX]... | addrs",
+                "usage: {} relay SOCKET_PATH [--owner UID:GID] [--block PREFIX]... | addrs | statfs PATH",
                 args[0]
             );
             std::process::exit(2);
