@@ -10,6 +10,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod image_gc;
+
+pub use image_gc::{default_state_file, ImageGc};
+
 use crate::resources::{cores_to_milli, Demand};
 use crate::task::{Runtime, TaskKey};
 
@@ -101,6 +105,7 @@ struct RawConfig {
     spare_memory_mb: Option<u64>,
     keep_alive: Option<String>,
     keep_alive_price: Option<f64>,
+    image_gc: Option<serde_norway::Value>,
 }
 
 /// One `prewarm:` entry as written.
@@ -222,6 +227,8 @@ pub struct Config {
     pub spare_memory_mb: u64,
     /// How long idle containers are kept: `idle_timeout` each, or learned per task key.
     pub keep_alive: KeepAlivePolicy,
+    /// When task images are removed to keep the disk from filling (`image_gc`).
+    pub image_gc: ImageGc,
 }
 
 /// What a task's network reaches (`task_network`). In every mode a task reaches nothing of
@@ -414,6 +421,7 @@ impl Default for Config {
             spare_containers: 4,
             spare_memory_mb: 2048,
             keep_alive: KeepAlivePolicy::Fixed,
+            image_gc: ImageGc::default(),
         }
     }
 }
@@ -624,6 +632,10 @@ impl Config {
         c.read_prewarm(&mut raw)?;
         c.read_front(&mut raw)?;
         c.read_pools(&mut raw)?;
+        if let Some(value) = raw.image_gc.take() {
+            c.image_gc = ImageGc::from_value(value, MAX_DURATION)
+                .map_err(|message| invalid("image_gc", message))?;
+        }
         Ok(c)
     }
 

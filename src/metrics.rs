@@ -84,6 +84,16 @@ pub struct Metrics {
     pub pulls_in_flight: Gauge,
     pub pull_layers: Family<KindLabel, Gauge>,
     pub pull_bytes: Family<KindLabel, Gauge>,
+    /// Bytes the images this executor pulled or ran take (Docker's sizes), as of the image
+    /// collector's last pass.
+    pub image_bytes: Gauge,
+    /// Images removed by the image collector, by reason (`disk`: the filesystem passed
+    /// `high_percent`; `budget`: `max_bytes`; `pull`: room for a pull).
+    pub images_removed: Family<ReasonLabel, Counter>,
+    /// Bytes the removed images held alone (not shared with images that stay).
+    pub image_bytes_reclaimed: Counter,
+    /// How full the image filesystem is, in percent (measured when `high_percent` is set).
+    pub image_disk_used_percent: Gauge<f64, AtomicU64>,
     /// Panics of supervised background tasks (each was restarted).
     pub background_panics: Family<TaskLabel, Counter>,
     /// `keep_alive: adaptive`: containers started ahead of a predicted request.
@@ -236,6 +246,30 @@ impl Metrics {
             "Predicted pre-warms removed after their keep-alive window without serving a request",
             predicted_prewarms_unused.clone(),
         );
+        let image_bytes = Gauge::default();
+        registry.register(
+            "image_bytes",
+            "Bytes the task images this executor pulled or ran take on disk (Docker's sizes)",
+            image_bytes.clone(),
+        );
+        let images_removed = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "images_removed",
+            "Task images removed by image_gc, by reason (disk, budget, pull)",
+            images_removed.clone(),
+        );
+        let image_bytes_reclaimed = Counter::default();
+        registry.register(
+            "image_bytes_reclaimed",
+            "Bytes freed by image_gc's removals (layers no remaining image shares)",
+            image_bytes_reclaimed.clone(),
+        );
+        let image_disk_used_percent = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "image_disk_used_percent",
+            "How full the filesystem of Docker's root directory is, in percent",
+            image_disk_used_percent.clone(),
+        );
         let connections_refused = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "connections_refused",
@@ -270,6 +304,10 @@ impl Metrics {
             predicted_prewarms,
             predicted_prewarms_unused,
             connections_refused,
+            image_bytes,
+            images_removed,
+            image_bytes_reclaimed,
+            image_disk_used_percent,
         }
     }
 

@@ -44,6 +44,12 @@ struct State {
 pub struct PullProgress {
     started: Instant,
     state: Mutex<State>,
+    /// Told when the pull's known size grows (a layer's size became known).
+    grew: tokio::sync::Notify,
+}
+
+fn layer_total(state: &State, id: &str) -> u64 {
+    state.layers.get(id).map_or(0, |l| l.total)
 }
 
 /// A pull's progress at one moment.
@@ -72,7 +78,14 @@ impl PullProgress {
                 layers: BTreeMap::new(),
                 moved: now,
             }),
+            grew: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Completes when the pull's known size next grows. Create it before reading the
+    /// summary, so no growth between the two is missed.
+    pub fn size_grew(&self) -> tokio::sync::futures::Notified<'_> {
+        self.grew.notified()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -110,6 +123,11 @@ impl PullProgress {
             || layer.done != before.done;
         if moved {
             state.moved = Instant::now();
+        }
+        let grew = layer_total(&state, id) != before.total;
+        drop(state);
+        if grew {
+            self.grew.notify_waiters();
         }
     }
 

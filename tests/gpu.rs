@@ -175,6 +175,8 @@ async fn start(name: &str, has_gpu: bool) -> (Arc<Executor>, Arc<Recording>, Cle
     let config = Config {
         name: name.to_string(),
         has_gpu,
+        // Its default state file is the host's.
+        image_gc: mecanywhere_executor::config::ImageGc::off(),
         ..Config::default()
     };
     let engine = Arc::new(Recording {

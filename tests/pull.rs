@@ -5,88 +5,14 @@
 mod common;
 
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::registry::{build_with_random_layer, image_present, Registry, Tags};
 use common::*;
 use serde_json::json;
-
-/// A `docker-registry` on 127.0.0.1, stopped (and its storage removed) on drop.
-struct Registry {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Registry {
-    fn start() -> Registry {
-        let dir = tempfile::tempdir().unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let config = dir.path().join("registry.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: 127.0.0.1:{port}\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("docker-registry runs (Debian package docker-registry; scripts/test.sh installs it)");
-        let registry = Registry {
-            child,
-            port,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "registry did not listen");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        registry
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Removes local image tags on drop.
-struct Tags(Vec<String>);
-
-impl Drop for Tags {
-    fn drop(&mut self) {
-        for tag in &self.0 {
-            let _ = Command::new("docker").args(["rmi", tag]).output();
-        }
-    }
-}
-
-fn image_present(reference: &str) -> bool {
-    Command::new("docker")
-        .args(["image", "inspect", reference])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap()
-        .success()
-}
 
 #[test]
 fn an_absent_image_is_pulled_then_run() {
@@ -280,23 +206,7 @@ fn a_pull_reports_its_layers_and_bytes_from_dockers_stream() {
     let _tags = Tags(vec![reference.clone()]);
     // The echo image and a layer of 3 MB of random bytes that no other image has, so
     // that Docker downloads one layer and finds the other in place.
-    let dir = tempfile::tempdir().unwrap();
-    let mut blob = vec![0u8; 3_000_000];
-    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut blob)
-        .unwrap();
-    std::fs::write(dir.path().join("blob"), blob).unwrap();
-    std::fs::write(
-        dir.path().join("Dockerfile"),
-        format!("FROM {ECHO}\nCOPY blob /blob\n"),
-    )
-    .unwrap();
-    docker(&[
-        "build",
-        "-q",
-        "-t",
-        &reference,
-        dir.path().to_str().unwrap(),
-    ]);
+    build_with_random_layer(&reference, 3_000_000);
     docker(&["push", &reference]);
     docker(&["rmi", &reference]);
     assert!(!image_present(&reference), "the tag is gone locally");

@@ -23,6 +23,8 @@ mod context;
 mod control;
 mod error;
 mod gpus;
+mod image_gc;
+mod image_use;
 mod outcome;
 mod pool;
 mod prewarm;
@@ -47,7 +49,7 @@ pub use error::ExecError;
 pub use gpus::GpuLoader;
 
 use crate::config::{Config, KeepAlivePolicy};
-use crate::engine::{Engine, LABEL_EXECUTOR};
+use crate::engine::{Engine, EngineError, LABEL_EXECUTOR};
 use crate::host::{Host, HostCapacity};
 use crate::metrics::Metrics;
 use crate::resources::{cores_to_milli, Budget, Demand};
@@ -57,6 +59,8 @@ use admission::Admission;
 use background::spawn_supervised;
 use context::Context;
 use gpus::Gpus;
+use image_gc::ImageCollector;
+use image_use::ImageUse;
 use pool::Pool;
 use prewarm::Prewarmer;
 use pulls::Pulls;
@@ -175,6 +179,16 @@ impl Executor {
         let adaptive = Arc::new(Adaptive::new(&config.keep_alive)?);
         // `/update-config` may put a learned keep-alive in force: the keeper always runs.
         let pull_slots = config.max_concurrent_pulls as usize;
+        let uses = Arc::new(if config.image_gc.enabled {
+            let file = config
+                .image_gc
+                .state_file
+                .clone()
+                .unwrap_or_else(crate::config::default_state_file);
+            ImageUse::load(file).map_err(|e| ExecError::Engine(EngineError::Api(e.to_string())))?
+        } else {
+            ImageUse::in_memory()
+        });
         let ctx = Context::new(engine, config);
         let sandboxes = Arc::new(Sandboxes::prepare(ctx.clone()).await?);
         ctx.metrics.task_network(ctx.config().task_network);
@@ -182,9 +196,24 @@ impl Executor {
         let budget = Budget::new(total);
         let gpus = Arc::new(Gpus::new(gpu_loader));
         let admission = Arc::new(Admission::new(ctx.clone(), Arc::clone(&budget), runtimes));
-        let pulls = Arc::new(Pulls::new(ctx.clone(), pull_slots));
         let removals = Arc::new(Removals::new(ctx.clone(), Arc::clone(&pool)));
         let spares = Arc::new(Spares::new(ctx.clone(), Arc::clone(&removals)));
+        let collector = Arc::new(
+            ImageCollector::new(
+                ctx.clone(),
+                Arc::clone(&uses),
+                Arc::clone(&pool),
+                Arc::clone(&spares),
+                sandboxes.holder_image().to_string(),
+            )
+            .await?,
+        );
+        let pulls = Arc::new(Pulls::new(
+            ctx.clone(),
+            pull_slots,
+            Arc::clone(&uses),
+            Arc::clone(&collector),
+        ));
         let room = Arc::new(Room::new(
             ctx.clone(),
             Arc::clone(&pool),
@@ -213,6 +242,12 @@ impl Executor {
             Sandboxes::keep_filled,
         );
         spawn_supervised(&ctx, "spare_reaper", Arc::clone(&spares), Spares::reap);
+        spawn_supervised(
+            &ctx,
+            "image_gc",
+            Arc::clone(&collector),
+            ImageCollector::run,
+        );
         let watcher = Watcher::new(
             ctx.clone(),
             Arc::clone(&pool),

@@ -181,6 +181,15 @@ impl Pool {
         total
     }
 
+    /// The images of the keys in the pool now, starting or ready.
+    pub fn images(&self) -> BTreeSet<String> {
+        self.lock()
+            .slots
+            .keys()
+            .map(|key| key.image.clone())
+            .collect()
+    }
+
     /// Ids of the ready containers now.
     pub fn ready_ids(&self) -> BTreeSet<String> {
         self.lock()

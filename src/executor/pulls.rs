@@ -4,7 +4,10 @@
 //! pull slots (`max_concurrent_pulls`). A pull waits for a slot within its `pull_timeout`.
 //! While it lasts, its progress (as the engine reports it) is logged every
 //! [`PROGRESS_EVERY`], and a pull whose progress stands still for `pull_stall_timeout` is
-//! cancelled. It never reserves budget (a pull never holds room) and never touches the pool.
+//! cancelled. Before a pull and while it lasts, the image collector makes room for it
+//! (`image_gc`); a start whose image is being removed waits for the removal to end, then
+//! pulls it again. It never reserves budget (a pull never holds room) and never touches the
+//! pool.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +20,8 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use super::context::Context;
+use super::image_gc::ImageCollector;
+use super::image_use::ImageUse;
 use crate::engine::EngineError;
 use crate::pull_progress::{PullProgress, PullSummary};
 
@@ -36,15 +41,24 @@ pub(super) struct Pulls {
     next_id: AtomicU64,
     /// Pull slots (`max_concurrent_pulls`): a pull waits for one within its timeout.
     slots: Arc<Semaphore>,
+    uses: Arc<ImageUse>,
+    collector: Arc<ImageCollector>,
 }
 
 impl Pulls {
-    pub(super) fn new(ctx: Context, max_concurrent: usize) -> Pulls {
+    pub(super) fn new(
+        ctx: Context,
+        max_concurrent: usize,
+        uses: Arc<ImageUse>,
+        collector: Arc<ImageCollector>,
+    ) -> Pulls {
         Pulls {
             ctx,
             pulls: Arc::new(Mutex::new(HashMap::new())),
             next_id: AtomicU64::new(0),
             slots: Arc::new(Semaphore::new(max_concurrent)),
+            uses,
+            collector,
         }
     }
 
@@ -57,6 +71,8 @@ impl Pulls {
         image: &str,
         pull_timeout: Duration,
     ) -> Result<(), EngineError> {
+        // An image being removed is pulled again once the removal ended.
+        self.uses.wait_not_removing(image).await;
         if self.ctx.engine.image_present(image).await? {
             return Ok(());
         }
@@ -68,6 +84,11 @@ impl Pulls {
             pull.clone()
         };
         pull.await
+    }
+
+    /// A container of `image` started: it is in use now (image_gc's record).
+    pub(super) fn used(&self, image: &str) {
+        self.uses.used(image);
     }
 
     /// The pulls in progress now, by image, with how far each has come.
@@ -98,6 +119,8 @@ impl Pulls {
         let slots = Arc::clone(&self.slots);
         let map = Arc::clone(&self.pulls);
         let closing = self.ctx.closing.clone();
+        let uses = Arc::clone(&self.uses);
+        let collector = Arc::clone(&self.collector);
         let task = self.ctx.work.spawn(async move {
             let started = Instant::now();
             // The wait for a pull slot counts against the pull's timeout.
@@ -110,11 +133,16 @@ impl Pulls {
                 if engine.image_present(&image).await.unwrap_or(false) {
                     return Ok(());
                 }
+                uses.pull_began(&image);
+                let _ended = super::background::scopeguard(|| uses.pull_ended(&image));
+                // Room first: the images used least recently make way (image_gc).
+                collector.room_for_pull(&image, Default::default()).await?;
                 tracing::info!(image = %image, "pulling image");
                 tokio::select! {
                     biased; // In the order written, not at random: a simulated run replays.
                     pulled = engine.pull(&image, &pull_progress) => pulled,
                     stalled = watch_pull(&image, &pull_progress, stall_timeout) => Err(stalled),
+                    no_room = collector.watch_pull(&image, &pull_progress) => Err(no_room),
                 }
             };
             let result = tokio::select! {
@@ -132,6 +160,10 @@ impl Pulls {
                 }),
             };
             pull_seconds.observe(started.elapsed().as_secs_f64());
+            if result.is_ok() {
+                uses.pulled(&image);
+                collector.kick();
+            }
             match &result {
                 Ok(()) => tracing::info!(image = %image, progress = %pull_progress.describe(), took = ?started.elapsed(), "image pulled"),
                 Err(e) => tracing::warn!(image = %image, progress = %pull_progress.describe(), error = %e, "pull failed"),

@@ -170,6 +170,11 @@ impl Sandboxes {
     /// instances of the same name left), has the engine share it, imports the holder image,
     /// and starts one holder to prove the whole path; it becomes the pool's first. Under
     /// `internet`, the host's own addresses are asked of the engine: unreachable too.
+    /// The holder image's name (never removed by image_gc).
+    pub(super) fn holder_image(&self) -> &str {
+        &self.image
+    }
+
     pub(super) async fn prepare(ctx: Context) -> Result<Sandboxes, ExecError> {
         let config = ctx.config();
         let base = config

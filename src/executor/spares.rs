@@ -296,6 +296,17 @@ impl Spares {
         true
     }
 
+    /// The images of the spares now, ready or starting.
+    pub(super) fn images(&self) -> BTreeSet<String> {
+        let state = self.lock();
+        state
+            .spares
+            .iter()
+            .map(|s| s.container.key.image.clone())
+            .chain(state.starting.keys().cloned())
+            .collect()
+    }
+
     /// Ids of the spares now (reconciliation candidates).
     pub(super) fn ids(&self) -> BTreeSet<String> {
         self.lock()

@@ -414,6 +414,7 @@ impl Starter {
             phases.lap("start");
             let e = match started {
                 Ok(addr) => {
+                    self.pulls.used(&key.image);
                     let client = engine.task_client(&id, &addr, config.max_answer_bytes);
                     let prewarmed = config.prewarm.iter().any(|p| &p.key == key);
                     return Ok(Arc::new(Container::new(

@@ -73,12 +73,16 @@ pub fn no_gpus() -> GpuLoader {
 }
 
 /// Starts the real executor with `config` on `engine`, on a fixed host of `host` (no
-/// readings of the machine the test runs on).
+/// readings of the machine the test runs on). Image GC is off unless the test gives it a
+/// state file of its own (its default file is the host's).
 pub async fn start_on(
     engine: &MemoryEngine,
     host: HostCapacity,
-    config: Config,
+    mut config: Config,
 ) -> Result<Arc<Executor>, ExecError> {
+    if config.image_gc.state_file.is_none() {
+        config.image_gc = mecanywhere_executor::config::ImageGc::off();
+    }
     Executor::start_on(
         Host::fixed(host),
         config,

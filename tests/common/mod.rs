@@ -13,6 +13,7 @@
 #![allow(dead_code)]
 
 pub mod memory;
+pub mod registry;
 
 use std::io::Write;
 use std::net::TcpListener;
@@ -303,6 +304,11 @@ impl Executor {
         // add containers the tests do not expect.
         if !yaml.contains("spare_containers") {
             writeln!(f, "spare_containers: 0").unwrap();
+        }
+        // Image GC is tested on its own (tests/image_gc.rs): elsewhere it would write the
+        // host's state file and could remove the test images on a full disk.
+        if !yaml.contains("image_gc") {
+            writeln!(f, "image_gc: off").unwrap();
         }
         let port = free_port();
         let log = std::fs::File::create(dir.path().join("executor.log")).unwrap();

@@ -122,6 +122,8 @@ async fn start_executor(trace: &Trace, policy: Policy, engine: &MemoryEngine) ->
         // resized, and hold memory of their own) and no sandbox holders.
         spare_containers: 0,
         sandbox_pool: 0,
+        // Images stay: the replay weighs keep-alive alone (and writes no state file).
+        image_gc: mecanywhere_executor::config::ImageGc::off(),
         ..Config::default()
     };
     let host = Host::fixed(HostCapacity {
