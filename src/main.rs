@@ -120,6 +120,29 @@ async fn shutdown_signal(stop: CancellationToken) {
     stop.cancel();
 }
 
+/// On each SIGHUP (`systemctl reload`), reads the config file again and applies it
+/// ([`Executor::reload`]); a file that no longer parses is named in the log and changes nothing.
+async fn reload_on_hangup(executor: Arc<Executor>, path: Option<PathBuf>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot listen for SIGHUP: reloading the config is off");
+        return;
+    };
+    while hangup.recv().await.is_some() {
+        tracing::info!("SIGHUP received: reading the config file again");
+        let config = match Config::load(path.as_deref()) {
+            Ok((config, _)) => config,
+            Err(e) => {
+                tracing::error!(error = %e, "config not reloaded: the file is not valid; nothing changed");
+                continue;
+            }
+        };
+        if let Err(e) = executor.reload(config).await {
+            tracing::error!(error = %e, "config not reloaded");
+        }
+    }
+}
+
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`), as text or JSON lines. Text is
 /// coloured only on a terminal (and not with `NO_COLOR` set): a journal or a log file gets
 /// plain lines.
@@ -213,6 +236,7 @@ async fn main() -> ExitCode {
 
     let stop = CancellationToken::new();
     tokio::spawn(shutdown_signal(stop.clone()));
+    let reloads = tokio::spawn(reload_on_hangup(Arc::clone(&executor), path));
     let app = mecanywhere_executor::api::router(Arc::clone(&executor), stop.clone());
     let refused_per_peer = executor
         .metrics()
@@ -228,6 +252,7 @@ async fn main() -> ExitCode {
     ));
 
     stop.cancelled().await;
+    reloads.abort();
     executor.shutdown().await;
     if let Err(e) = server.await {
         tracing::error!(error = %e, "server task failed");

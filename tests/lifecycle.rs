@@ -80,6 +80,66 @@ fn sigint_removes_containers_and_exits_cleanly() {
     stops_on_signal("INT");
 }
 
+/// `/stats`' task budget: cores and MB (`None` while paused: /stats answers no figures).
+fn budget(ex: &Executor) -> Option<(f64, u64)> {
+    let stats = ex.get("/stats").body;
+    Some((stats["task_cpu"].as_f64()?, stats["task_mem"].as_u64()?))
+}
+
+#[test]
+fn sighup_reloads_the_config_file_and_keeps_serving() {
+    let mut ex = Executor::start("reload", "cpu: 1\nmem: 512\n");
+    echo(&ex, 0.5, 64, "before");
+    assert_eq!(budget(&ex), Some((1.0, 512)));
+    let pid = ex.pid();
+    // The budget and the idle timeout change while running; the API's address only at a
+    // restart (named in the log).
+    let config = ex.config_path();
+    let text = std::fs::read_to_string(&config).unwrap();
+    let changed = text.replace("cpu: 1\n", "cpu: 2\n").replace(
+        "mem: 512\n",
+        "mem: 768\nidle_timeout: 5m\nmax_connections: 99\n",
+    );
+    std::fs::write(&config, changed).unwrap();
+    ex.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // A reload pauses (warm containers go), updates and unpauses, as /update-config needs.
+    while budget(&ex) != Some((2.0, 768)) {
+        assert!(
+            Instant::now() < deadline,
+            "the new budget is not in force; log:\n{}",
+            ex.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(ex.pid(), pid, "reloaded, not restarted");
+    assert!(ex.try_wait().is_none(), "still running");
+    let log = ex.log();
+    assert!(
+        log.contains("take effect only when the executor is restarted")
+            && log.contains("max_connections"),
+        "the keys a reload cannot apply are named:\n{log}"
+    );
+    echo(&ex, 0.5, 64, "after");
+
+    // A file that no longer parses changes nothing and stops nothing.
+    std::fs::write(&config, "cpu: [not a number\n").unwrap();
+    ex.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ex.log().contains("config not reloaded") {
+        assert!(
+            Instant::now() < deadline,
+            "the bad file is named; log:\n{}",
+            ex.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(budget(&ex), Some((2.0, 768)));
+    echo(&ex, 0.5, 64, "still");
+    let status = ex.stop();
+    assert_clean_exit(&ex, Some(status), "/stop after reloads");
+}
+
 #[test]
 fn orphans_are_removed_by_the_next_instance_of_the_same_name_only() {
     let name = unique_name("orphan");

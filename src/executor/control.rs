@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::adaptive::Adaptive;
 use super::error::ExecError;
 use super::{task_budget, ConfigUpdate, Executor};
-use crate::config::Config;
+use crate::config::{Config, ImageGc};
 
 /// How long pause lets in-flight requests finish before removing their container.
 const PAUSE_DRAIN_LIMIT: Duration = Duration::from_secs(30);
@@ -134,6 +134,45 @@ impl Executor {
         Ok(())
     }
 
+    /// A reload (SIGHUP, `systemctl reload`) with `new`, the config file read again: what
+    /// `/update-config` can change is applied (a running executor is paused for it, as
+    /// `/update-config` needs, which removes its warm containers, and unpaused after); the
+    /// keys that only a restart applies are named in the log and left as they are.
+    pub async fn reload(self: &Arc<Self>, new: Config) -> Result<(), ExecError> {
+        let old = self.config();
+        let later = restart_only_changes(&old, &new);
+        if !later.is_empty() {
+            tracing::warn!(
+                keys = %later.join(", "),
+                "config keys changed that take effect only when the executor is restarted"
+            );
+        }
+        if new.image_gc != old.image_gc {
+            // Read afresh by every pass of the collector (the state file stays where it is).
+            self.ctx.update_config(|config| {
+                config.image_gc = ImageGc {
+                    state_file: config.image_gc.state_file.clone(),
+                    ..new.image_gc.clone()
+                }
+            });
+            tracing::info!(image_gc = ?self.config().image_gc, "image_gc changed");
+        }
+        let update = ConfigUpdate::between(&old, &new);
+        if update.is_empty() {
+            tracing::info!("config reloaded: nothing to change while running");
+            return Ok(());
+        }
+        let was_paused = self.is_paused();
+        if !was_paused {
+            self.pause().await;
+        }
+        let result = self.update_config(update).await;
+        if !was_paused {
+            self.unpause();
+        }
+        result
+    }
+
     /// Stop: refuse new work, cancel cold starts, remove every container this instance
     /// created (found by label, so nothing escapes), and return.
     pub async fn shutdown(&self) {
@@ -180,5 +219,154 @@ impl Executor {
         }
         self.sandboxes.remove_dir();
         tracing::info!("all task containers removed");
+    }
+}
+
+/// Config keys that only take effect when the executor starts again.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    // Destructured without `..`: a key added to `Config` must be sorted here, as changeable
+    // by a reload (in `ConfigUpdate::between`) or not.
+    let Config {
+        idle_timeout: _,
+        cpu: _,
+        mem_mb: _,
+        has_gpu: _,
+        microvm_runtime: _,
+        keep_alive: _,
+        retired: _,
+        image_gc,
+        start_timeout,
+        request_timeout,
+        queue_timeout,
+        sgx,
+        task_network,
+        network,
+        socket_dir,
+        name,
+        pull_timeout,
+        pull_stall_timeout,
+        max_concurrent_pulls,
+        max_request_bytes,
+        max_answer_bytes,
+        hardening,
+        task_tty,
+        auth_token,
+        prewarm,
+        listen,
+        max_connections,
+        max_connections_per_peer,
+        max_requests_in_flight,
+        header_read_timeout,
+        idle_connection_timeout,
+        body_read_timeout,
+        log_format,
+        background_eviction,
+        refills_wait_for_requests,
+        sandbox_pool,
+        sandbox_memory_mb,
+        spare_containers,
+        spare_memory_mb,
+    } = new;
+    let mut changed = Vec::new();
+    let mut note = |key: &'static str, differs: bool| {
+        if differs {
+            changed.push(key);
+        }
+    };
+    note("start_timeout", *start_timeout != old.start_timeout);
+    note("request_timeout", *request_timeout != old.request_timeout);
+    note("queue_timeout", *queue_timeout != old.queue_timeout);
+    note("sgx", *sgx != old.sgx);
+    note("task_network", *task_network != old.task_network);
+    note("network", *network != old.network);
+    note("socket_dir", *socket_dir != old.socket_dir);
+    note("name", *name != old.name);
+    note("pull_timeout", *pull_timeout != old.pull_timeout);
+    note(
+        "pull_stall_timeout",
+        *pull_stall_timeout != old.pull_stall_timeout,
+    );
+    note(
+        "max_concurrent_pulls",
+        *max_concurrent_pulls != old.max_concurrent_pulls,
+    );
+    note(
+        "max_request_bytes",
+        *max_request_bytes != old.max_request_bytes,
+    );
+    note(
+        "max_answer_bytes",
+        *max_answer_bytes != old.max_answer_bytes,
+    );
+    note("hardening", *hardening != old.hardening);
+    note("task_tty", *task_tty != old.task_tty);
+    note("auth_token", *auth_token != old.auth_token);
+    note("prewarm", *prewarm != old.prewarm);
+    note("listen", *listen != old.listen);
+    note("max_connections", *max_connections != old.max_connections);
+    note(
+        "max_connections_per_peer",
+        *max_connections_per_peer != old.max_connections_per_peer,
+    );
+    note(
+        "max_requests_in_flight",
+        *max_requests_in_flight != old.max_requests_in_flight,
+    );
+    note(
+        "header_read_timeout",
+        *header_read_timeout != old.header_read_timeout,
+    );
+    note(
+        "idle_connection_timeout",
+        *idle_connection_timeout != old.idle_connection_timeout,
+    );
+    note(
+        "body_read_timeout",
+        *body_read_timeout != old.body_read_timeout,
+    );
+    note("log_format", *log_format != old.log_format);
+    note(
+        "background_eviction",
+        *background_eviction != old.background_eviction,
+    );
+    note(
+        "refills_wait_for_requests",
+        *refills_wait_for_requests != old.refills_wait_for_requests,
+    );
+    note("sandbox_pool", *sandbox_pool != old.sandbox_pool);
+    note(
+        "sandbox_memory_mb",
+        *sandbox_memory_mb != old.sandbox_memory_mb,
+    );
+    note(
+        "spare_containers",
+        *spare_containers != old.spare_containers,
+    );
+    note("spare_memory_mb", *spare_memory_mb != old.spare_memory_mb);
+    note(
+        "image_gc.state_file",
+        image_gc.state_file != old.image_gc.state_file,
+    );
+    changed
+}
+
+impl ConfigUpdate {
+    /// What a reload from `old` to `new` changes of what `/update-config` can change.
+    fn between(old: &Config, new: &Config) -> ConfigUpdate {
+        fn changed<T: PartialEq + Clone>(old: &T, new: &T) -> Option<T> {
+            (old != new).then(|| new.clone())
+        }
+        ConfigUpdate {
+            idle_timeout: changed(&old.idle_timeout, &new.idle_timeout),
+            cpu: changed(&old.cpu, &new.cpu),
+            mem_mb: changed(&old.mem_mb, &new.mem_mb),
+            has_gpu: changed(&old.has_gpu, &new.has_gpu),
+            microvm_runtime: changed(&old.microvm_runtime, &new.microvm_runtime),
+            keep_alive: changed(&old.keep_alive, &new.keep_alive),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        *self == ConfigUpdate::default()
     }
 }
