@@ -84,6 +84,8 @@ pub struct Metrics {
     pub pulls_in_flight: Gauge,
     pub pull_layers: Family<KindLabel, Gauge>,
     pub pull_bytes: Family<KindLabel, Gauge>,
+    /// Passes of the image collector (`image_gc`), each a look at the images and the disk.
+    pub image_gc_passes: Counter,
     /// Bytes the images this executor pulled or ran take (Docker's sizes), as of the image
     /// collector's last pass.
     pub image_bytes: Gauge,
@@ -246,6 +248,12 @@ impl Metrics {
             "Predicted pre-warms removed after their keep-alive window without serving a request",
             predicted_prewarms_unused.clone(),
         );
+        let image_gc_passes = Counter::default();
+        registry.register(
+            "image_gc_passes",
+            "Passes of image_gc: a look at the images and the disk, removing what is due",
+            image_gc_passes.clone(),
+        );
         let image_bytes = Gauge::default();
         registry.register(
             "image_bytes",
@@ -304,6 +312,7 @@ impl Metrics {
             predicted_prewarms,
             predicted_prewarms_unused,
             connections_refused,
+            image_gc_passes,
             image_bytes,
             images_removed,
             image_bytes_reclaimed,

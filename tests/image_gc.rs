@@ -227,10 +227,17 @@ impl Drop for Cleanup {
     }
 }
 
-/// A second dockerd whose data root is a tmpfs of a few MB: a disk that fills. Stopped, its
-/// disk unmounted and its directories removed on drop.
+/// A second dockerd whose data root is a tmpfs of a few MB: a disk that fills. It runs in
+/// a network namespace of its own (a second daemon on the host's would take the host's
+/// `docker0` bridge away), with no bridge, no iptables rules and a containerd of its own;
+/// the executor reaches it through its socket, and it pulls from the test's registry served
+/// again on its namespace's loopback (`nsenter --net`: only the network namespace, the
+/// host's cgroup mounts stay in view). Stopped, its namespace deleted, its disk unmounted
+/// and its directories removed on drop.
 struct SmallDocker {
     dockerd: Child,
+    registry: Option<common::registry::Served>,
+    netns: String,
     dir: PathBuf,
     root: PathBuf,
 }
@@ -242,28 +249,48 @@ impl SmallDocker {
             .tempdir()
             .unwrap()
             .keep();
-        let root = dir.join("root");
-        std::fs::create_dir(&root).unwrap();
-        let mounted = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
-            .arg(&root)
+        let netns = unique_name("meca-small-docker");
+        let made = Command::new("ip")
+            .args(["netns", "add", &netns])
             .status()
             .unwrap();
         assert!(
-            mounted.success(),
-            "mounting a tmpfs needs root (the test command runs as root)"
+            made.success(),
+            "ip netns add needs root (the test command runs as root)"
         );
+        let root = dir.join("root");
+        std::fs::create_dir(&root).unwrap();
         let log = std::fs::File::create(dir.join("dockerd.log")).unwrap();
-        let dockerd = Command::new("dockerd")
+        let mut docker = SmallDocker {
+            // Replaced below: a child that has exited, so `Drop` has one to reap.
+            dockerd: Command::new("true").spawn().unwrap(),
+            registry: None,
+            netns,
+            dir,
+            root,
+        };
+        let up = Command::new("ip")
+            .args(["-n", &docker.netns, "link", "set", "lo", "up"])
+            .status()
+            .unwrap();
+        assert!(up.success());
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
+            .arg(&docker.root)
+            .status()
+            .unwrap();
+        assert!(mounted.success(), "mounting a tmpfs needs root");
+        docker.dockerd = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", docker.netns))
+            .arg("dockerd")
             .arg("--data-root")
-            .arg(&root)
+            .arg(&docker.root)
             .arg("--exec-root")
-            .arg(dir.join("exec"))
+            .arg(docker.dir.join("exec"))
             .arg("--pidfile")
-            .arg(dir.join("dockerd.pid"))
+            .arg(docker.dir.join("dockerd.pid"))
             .arg("-H")
-            .arg(format!("unix://{}", dir.join("docker.sock").display()))
-            // Beside the host's daemon: no bridge, no iptables, a containerd of its own.
+            .arg(docker.host())
             .args(["--bridge", "none", "--iptables=false", "--ip-masq=false"])
             .args(["--containerd-namespace", "meca-small-docker"])
             .args([
@@ -274,7 +301,6 @@ impl SmallDocker {
             .stderr(log)
             .spawn()
             .expect("dockerd runs");
-        let docker = SmallDocker { dockerd, dir, root };
         assert!(
             wait_until(Duration::from_secs(30), || docker
                 .cli(&["info", "--format", "{{.DockerRootDir}}"])
@@ -283,6 +309,11 @@ impl SmallDocker {
             std::fs::read_to_string(docker.dir.join("dockerd.log")).unwrap_or_default()
         );
         docker
+    }
+
+    /// Serves `registry` on this daemon's loopback too.
+    fn reach(&mut self, registry: &Registry) {
+        self.registry = Some(registry.serve_in_netns(&self.netns));
     }
 
     fn host(&self) -> String {
@@ -314,12 +345,17 @@ impl Drop for SmallDocker {
                 let _ = self.cli(&["rm", "-f", id]);
             }
         }
+        drop(self.registry.take());
         let _ = Command::new("kill")
             .arg(self.dockerd.id().to_string())
             .status();
-        let _ = wait_for_exit(&mut self.dockerd, Duration::from_secs(20));
-        let _ = self.dockerd.kill();
-        let _ = self.dockerd.wait();
+        if wait_for_exit(&mut self.dockerd, Duration::from_secs(20)).is_none() {
+            let _ = self.dockerd.kill();
+            let _ = self.dockerd.wait();
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .status();
         let _ = Command::new("umount").arg(&self.root).status();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -329,7 +365,7 @@ impl Drop for SmallDocker {
 fn on_a_small_disk_images_go_past_high_percent_and_a_pull_that_cannot_fit_fails_clearly() {
     require_images();
     let registry = Registry::start();
-    let small = SmallDocker::start(160);
+    let mut small = SmallDocker::start(160);
     let images: Vec<String> = ["a", "b", "c"]
         .iter()
         .map(|n| registry.reference(&format!("gc/disk-{n}:v1")))
@@ -344,6 +380,7 @@ fn on_a_small_disk_images_go_past_high_percent_and_a_pull_that_cannot_fit_fails_
     }
     build_with_random_layer(&huge, 200_000_000);
     push_and_forget(&huge);
+    small.reach(&registry);
 
     let state = tempfile::tempdir().unwrap();
     // 160 MB: each image takes 25 MB and more, so the third passes 45%.

@@ -453,6 +453,20 @@ fn executor_runs_as_a_container_on_a_user_network() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // With the socket alone it cannot see /var/lib/docker: image_gc (on by default) measures
+    // the image filesystem through Docker.
+    let started = logs();
+    assert!(
+        started.contains("image_gc on") && started.contains("measured=ThroughEngine"),
+        "image_gc measures through the engine in the seed's deployment: {started}"
+    );
+    let metrics = client.request("GET", &url("/metrics"), None).unwrap().raw;
+    let percent = mecanywhere_executor::metrics_text::Scrape::parse(&metrics)
+        .get("meca_image_disk_used_percent");
+    assert!(
+        percent.is_some_and(|p| p > 0.0 && p <= 100.0),
+        "the image filesystem was measured: {percent:?}"
+    );
     let input = "hello from the executor container";
     let body = json!({"id": ECHO, "input": input}).to_string();
     let reply = client

@@ -156,6 +156,8 @@ impl Executor {
                 }
             });
             tracing::info!(image_gc = ?self.config().image_gc, "image_gc changed");
+            // A pass now, under the new settings (and the next after their interval).
+            self.collector.kick();
         }
         let update = ConfigUpdate::between(&old, &new);
         if update.is_empty() {

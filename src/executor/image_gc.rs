@@ -80,6 +80,30 @@ pub(super) struct ImageCollector {
     one_pass: Semaphore,
     /// Wakes the routine loop for a pass now (after a pull).
     kick: Notify,
+    /// When it last said it could not remove enough.
+    warn_short: Throttle,
+}
+
+/// A warning said once, then at most every [`Throttle::EVERY`] while it holds.
+#[derive(Default)]
+struct Throttle(std::sync::Mutex<Option<tokio::time::Instant>>);
+
+impl Throttle {
+    const EVERY: Duration = Duration::from_secs(600);
+
+    fn should_warn(&self) -> bool {
+        let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let now = tokio::time::Instant::now();
+        if last.is_some_and(|at| now < at + Self::EVERY) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
+
+    fn reset(&self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
 }
 
 /// `bytes` for people: `412 MB`, `1.9 GB`.
@@ -128,6 +152,7 @@ impl ImageCollector {
             measure,
             one_pass: Semaphore::new(1),
             kick: Notify::new(),
+            warn_short: Throttle::default(),
         })
     }
 
@@ -153,6 +178,9 @@ impl ImageCollector {
             .image_filesystem(holder_image)
             .await
             .map_err(|e| refused(format!("{}: {e}", root.display())))?;
+        ctx.metrics
+            .image_disk_used_percent
+            .set(there.used_percent());
         match Filesystem::of(&root) {
             Ok(here) if here.fsid == there.fsid && here.total_bytes == there.total_bytes => {
                 Ok(Measure::Here(root))
@@ -181,19 +209,19 @@ impl ImageCollector {
         matches!(self.measure, Measure::Here(_))
     }
 
-    /// The routine passes: every `interval`, and at once when kicked; the record is written
-    /// after each.
+    /// The routine passes: one at start, then every `interval` and at once when kicked;
+    /// the record is written after each.
     pub(super) async fn run(self: Arc<Self>) {
         loop {
+            if let Err(e) = self.collect("", Why::Routine).await {
+                tracing::warn!(error = %e, "image_gc pass failed");
+            }
             let interval = self.ctx.config().image_gc.interval;
             tokio::select! {
                 biased; // In the order written, not at random: a simulated run replays.
                 () = self.ctx.closing.cancelled() => break,
                 () = self.kick.notified() => {}
                 () = tokio::time::sleep(interval) => {}
-            }
-            if let Err(e) = self.collect("", Why::Routine).await {
-                tracing::warn!(error = %e, "image_gc pass failed");
             }
         }
         self.uses.save();
@@ -222,6 +250,7 @@ impl ImageCollector {
         // in use for hours is not taken for one unused since its start.
         let in_pool = self.images_in_pool();
         self.uses.used_all(&in_pool);
+        self.ctx.metrics.image_gc_passes.inc();
         let stored = self.ctx.engine.stored_images().await?;
         self.uses.forget_absent(&stored);
         let record = self.uses.record();
@@ -261,8 +290,12 @@ impl ImageCollector {
             self.ctx.metrics.image_bytes.set(pass.held as i64);
         }
         self.uses.save();
-        if let Some(still) = over(&config, &pass, need, false) {
-            tracing::warn!(reason = %describe(still, &config, &pass), removed = pass.removed, "image_gc could not remove enough: every other image is in use, protected, or used within min_age");
+        match over(&config, &pass, need, false) {
+            Some(still) if self.warn_short.should_warn() => {
+                tracing::warn!(reason = %describe(still, &config, &pass), removed = pass.removed, "image_gc could not remove enough: every other image is in use, protected, or used within min_age (said at most every 10 minutes)");
+            }
+            Some(_) => {}
+            None => self.warn_short.reset(),
         }
         Ok(pass)
     }

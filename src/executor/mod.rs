@@ -143,6 +143,8 @@ pub struct Executor {
     spares: Arc<Spares>,
     /// The policy that learns each key's idle times (`keep_alive: adaptive`, `priced`).
     adaptive: Arc<Adaptive>,
+    /// Image GC (`image_gc`).
+    collector: Arc<ImageCollector>,
 }
 
 impl Executor {
@@ -298,6 +300,7 @@ impl Executor {
             sandboxes,
             spares,
             adaptive,
+            collector,
         }))
     }
 

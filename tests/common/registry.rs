@@ -12,6 +12,7 @@ use super::{docker, ECHO};
 pub struct Registry {
     child: Child,
     pub port: u16,
+    config: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -43,6 +44,7 @@ impl Registry {
         let registry = Registry {
             child,
             port,
+            config,
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -53,9 +55,55 @@ impl Registry {
         registry
     }
 
+    /// The same registry (its storage, its port) served again on the loopback of network
+    /// namespace `netns` too, for a daemon there; stopped when the answer is dropped.
+    pub fn serve_in_netns(&self, netns: &str) -> Served {
+        let served = Served(
+            Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{netns}"))
+                .args(["docker-registry", "serve"])
+                .arg(&self.config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("docker-registry runs in the namespace"),
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let listening = format!("127.0.0.1:{}", self.port);
+        loop {
+            let probe = Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{netns}"))
+                .args(["python3", "-c"])
+                .arg(format!(
+                    "import socket; socket.create_connection(('127.0.0.1', {}), 1)",
+                    self.port
+                ))
+                .stderr(Stdio::null())
+                .status();
+            if probe.is_ok_and(|status| status.success()) {
+                return served;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the registry did not listen on {listening} in {netns}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// `repository:tag` on this registry.
     pub fn reference(&self, repository_and_tag: &str) -> String {
         format!("127.0.0.1:{}/{repository_and_tag}", self.port)
+    }
+}
+
+/// A registry process serving elsewhere; stopped on drop.
+pub struct Served(Child);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
