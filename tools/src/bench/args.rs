@@ -33,7 +33,8 @@ pub struct Args {
     /// [default: the executor's, 4]
     #[arg(long, value_name = "N")]
     pub spare_containers: Option<u64>,
-    /// Run only these rows: back-to-back, the cold path's rows back to back (row 9)
+    /// Run only these rows: back-to-back, the cold path's rows back to back (row 9);
+    /// image-gc, new keys while image GC passes (row 10)
     #[arg(long, value_name = "ROWS", value_enum)]
     pub only: Option<Only>,
 }
@@ -42,6 +43,8 @@ pub struct Args {
 pub enum Only {
     // The cold path's rows back to back (row 9).
     BackToBack,
+    // New keys while image GC passes (row 10).
+    ImageGc,
 }
 
 impl Args {
@@ -120,6 +123,7 @@ mod tests {
         assert!(!args.background_eviction);
         assert_eq!(args.only, Some(Only::BackToBack));
         assert_eq!(args.json, Some(PathBuf::from("/tmp/b.json")));
+        assert_eq!(parse(&["--only", "image-gc"]).only, Some(Only::ImageGc));
         // The last of a repeated flag counts, as before.
         assert_eq!(parse(&["--seconds", "3", "--seconds", "7"]).seconds, 7);
     }

@@ -15,7 +15,7 @@
 //!
 //! Modules, in the order of a run: [`session`] starts the executor, [`footprint`] (row 5),
 //! [`cold`] (rows 3, 3b), [`prewarm`] (7), [`parallel`] (4), [`pools`] (8),
-//! [`back_to_back`] (9), [`warm`] (1, 6), [`throughput`] (2); [`baseline`] is the Docker
+//! [`back_to_back`] (9), [`image_gc`] (10), [`warm`] (1, 6), [`throughput`] (2); [`baseline`] is the Docker
 //! baseline, [`conn`] the HTTP connection, [`metrics`] the executor's `/metrics`, [`table`]
 //! the printed table, [`cleanup`] what is removed at the end; [`fixture`] holds the image,
 //! labels and keys the rows share, [`error`] the bench's error messages.
@@ -30,6 +30,7 @@ mod error;
 mod fixture;
 mod footprint;
 mod host;
+mod image_gc;
 mod metrics;
 mod parallel;
 mod pools;
@@ -159,12 +160,21 @@ async fn run(args: Args) -> Result<(), String> {
     // --- row 5a: idle memory and CPU -------------------------------------------------------
     let idle = footprint::Idle::measure(s.exec_pid).await;
 
-    if args.only == Some(Only::BackToBack) {
-        let b2b = back_to_back::back_to_back_rows(&mut ctl, &s, &args).await?;
+    if let Some(only) = args.only {
+        let (key, section) = match only {
+            Only::BackToBack => (
+                "cold_path_back_to_back",
+                back_to_back::back_to_back_rows(&mut ctl, &s, &args).await?,
+            ),
+            Only::ImageGc => (
+                "image_gc_off_the_request_path",
+                image_gc::image_gc_rows(&mut ctl, &s, &args).await?,
+            ),
+        };
         println!();
-        print_table(&b2b.rows);
-        results.insert("cold_path_back_to_back".into(), b2b.json);
-        results.insert("targets".into(), Value::Array(b2b.targets));
+        print_table(&section.rows);
+        results.insert(key.into(), section.json);
+        results.insert("targets".into(), Value::Array(section.targets));
         write_json(&json_path, results)?;
         ctl.control(Method::POST, "/stop").await?;
         println!(
@@ -185,6 +195,7 @@ async fn run(args: Args) -> Result<(), String> {
     // --- rows 8 and 9: the cold path's pools, and the same new keys back to back -------------
     let pools = pools::pools_rows(&mut ctl, &s, &args).await?;
     let b2b = back_to_back::back_to_back_rows(&mut ctl, &s, &args).await?;
+    let gc = image_gc::image_gc_rows(&mut ctl, &s, &args).await?;
     // The request connection sat idle meanwhile, longer than the executor keeps one open.
     conn = Conn::open(s.addr).await?;
 
@@ -218,6 +229,7 @@ async fn run(args: Args) -> Result<(), String> {
     rows.extend(parallel.rows());
     rows.extend(pools.rows);
     rows.extend(b2b.rows);
+    rows.extend(gc.rows);
     rows.extend(footprint.rows());
     rows.extend(many_images.rows());
     rows.extend(prewarm.rows());
@@ -236,6 +248,7 @@ async fn run(args: Args) -> Result<(), String> {
     results.insert("parallel_cold_start".into(), parallel.json());
     results.insert("cold_path_pools".into(), pools.json);
     results.insert("cold_path_back_to_back".into(), b2b.json);
+    results.insert("image_gc_off_the_request_path".into(), gc.json);
     results.insert("memory".into(), footprint.json());
     results.insert("idle_cpu".into(), idle.json());
     results.insert("many_images".into(), many_images.json());
@@ -246,6 +259,7 @@ async fn run(args: Args) -> Result<(), String> {
     targets.push(footprint.target());
     targets.extend(pools.targets);
     targets.extend(b2b.targets);
+    targets.extend(gc.targets);
     targets.push(cold.target());
     targets.push(parallel.target());
     targets.push(idle.target());

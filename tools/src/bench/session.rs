@@ -67,6 +67,9 @@ pub struct Session {
     pub exec_pid: u32,
     /// The host's cores, the executor's CPU budget.
     pub cores: usize,
+    /// The executor's config file and log.
+    pub config: PathBuf,
+    pub log: PathBuf,
 }
 
 impl Session {
@@ -90,10 +93,13 @@ impl Session {
         }
         std::fs::create_dir_all(&dir).map_err(err(dir.display()))?;
         let config = dir.join("mecanywhere_executor.yaml");
-        std::fs::write(&config, config_text(args, &name, cores)).map_err(err(config.display()))?;
+        let state_file = dir.join("images.json");
+        std::fs::write(&config, config_text(args, &name, cores, &state_file))
+            .map_err(err(config.display()))?;
         let port = launch::free_port().map_err(err("free port"))?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let child = launch::spawn_executor(executor_bin, &config, addr, &dir.join("executor.log"))
+        let log = dir.join("executor.log");
+        let child = launch::spawn_executor(executor_bin, &config, addr, &log)
             .map_err(err(executor_bin.display()))?;
         let exec_pid = child.id();
         leftovers().executor = Some(child);
@@ -129,6 +135,8 @@ impl Session {
             bench_label,
             exec_pid,
             cores,
+            config,
+            log,
         };
         Ok((session, ctl))
     }
@@ -184,13 +192,14 @@ impl Session {
     }
 }
 
-/// The executor's config: the host's cores, 4 GB, one prewarmed key, and the pools and
-/// eviction as the command line sets them.
-fn config_text(args: &Args, name: &str, cores: usize) -> String {
+/// The executor's config: the host's cores, 4 GB, one prewarmed key, image_gc's record in
+/// the bench's temp dir (its defaults otherwise), and the pools and eviction as the command
+/// line sets them.
+fn config_text(args: &Args, name: &str, cores: usize, state_file: &Path) -> String {
     format!(
         "name: {name}\ncpu: {cores}\nmem: 4096\nidle_timeout: 10m\nprewarm:\n  \
          - image: {IMAGE}\n    cpu: {PREWARM_CPU}\n    mem: {PREWARM_MEM}\n\
-         background_eviction: {}\n{}{}",
+         background_eviction: {}\n{}{}image_gc:\n  state_file: {}\n",
         args.background_eviction,
         args.sandbox_pool
             .map(|n| format!("sandbox_pool: {n}\n"))
@@ -198,6 +207,7 @@ fn config_text(args: &Args, name: &str, cores: usize) -> String {
         args.spare_containers
             .map(|n| format!("spare_containers: {n}\n"))
             .unwrap_or_default(),
+        state_file.display(),
     )
 }
 
@@ -254,10 +264,10 @@ mod tests {
     fn the_config_names_the_prewarmed_key_and_the_pools_set() {
         let args = Args::try_parse_from(["bench", "--sandbox-pool", "0"]).unwrap();
         assert_eq!(
-            config_text(&args, "bench-1", 2),
+            config_text(&args, "bench-1", 2, Path::new("/t/images.json")),
             "name: bench-1\ncpu: 2\nmem: 4096\nidle_timeout: 10m\nprewarm:\n  \
              - image: meca-echo:latest\n    cpu: 0.25\n    mem: 48\n\
-             background_eviction: true\nsandbox_pool: 0\n"
+             background_eviction: true\nsandbox_pool: 0\nimage_gc:\n  state_file: /t/images.json\n"
         );
         assert_eq!(
             default_json_path(Path::new("/w/target/release/bench")),
