@@ -41,6 +41,9 @@ cargo clippy --locked --workspace --all-targets -- -D warnings
 cargo test --locked --workspace --all-targets
 # The Debian package: contents, systemd unit, install into a clean Debian root and run.
 scripts/test-package.sh
+# The package's unit under a real systemd (PID 1 in a Debian container): start, stop,
+# restart after SIGKILL, journal, reload.
+scripts/test-systemd.sh
 
 left="$(docker ps -aq --filter label=org.mecanywhere.executor)"
 if [ -n "$left" ]; then
