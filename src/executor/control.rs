@@ -140,21 +140,18 @@ impl Executor {
     /// keys that only a restart applies are named in the log and left as they are.
     pub async fn reload(self: &Arc<Self>, new: Config) -> Result<(), ExecError> {
         let old = self.config();
-        let later = restart_only_changes(&old, &new);
+        let (image_gc, gc_later) = reloaded_image_gc(&old.image_gc, &new.image_gc);
+        let mut later = restart_only_changes(&old, &new);
+        later.extend(gc_later);
         if !later.is_empty() {
             tracing::warn!(
                 keys = %later.join(", "),
                 "config keys changed that take effect only when the executor is restarted"
             );
         }
-        if new.image_gc != old.image_gc {
-            // Read afresh by every pass of the collector (the state file stays where it is).
-            self.ctx.update_config(|config| {
-                config.image_gc = ImageGc {
-                    state_file: config.image_gc.state_file.clone(),
-                    ..new.image_gc.clone()
-                }
-            });
+        if image_gc != old.image_gc {
+            // Read afresh by every pass of the collector.
+            self.ctx.update_config(|config| config.image_gc = image_gc);
             tracing::info!(image_gc = ?self.config().image_gc, "image_gc changed");
             // A pass now, under the new settings (and the next after their interval).
             self.collector.kick();
@@ -224,6 +221,29 @@ impl Executor {
     }
 }
 
+/// The `image_gc` a reload puts in force, and what of `new` only a restart applies: the
+/// state file, switching image GC on (its record is read at start), and the filesystem
+/// thresholds when there were none (how the filesystem is measured is found at start).
+fn reloaded_image_gc(old: &ImageGc, new: &ImageGc) -> (ImageGc, Vec<&'static str>) {
+    let mut later = Vec::new();
+    if new.state_file != old.state_file {
+        later.push("image_gc.state_file");
+    }
+    if new.enabled && !old.enabled {
+        later.push("image_gc (switched on)");
+        return (old.clone(), later);
+    }
+    let mut gc = ImageGc {
+        state_file: old.state_file.clone(),
+        ..new.clone()
+    };
+    if gc.by_percent() && !old.by_percent() {
+        later.push("image_gc.high_percent (from 0)");
+        gc.high_percent = 0;
+    }
+    (gc, later)
+}
+
 /// Config keys that only take effect when the executor starts again.
 fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     // Destructured without `..`: a key added to `Config` must be sorted here, as changeable
@@ -236,7 +256,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         microvm_runtime: _,
         keep_alive: _,
         retired: _,
-        image_gc,
+        image_gc: _,
         start_timeout,
         request_timeout,
         queue_timeout,
@@ -345,10 +365,6 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         *spare_containers != old.spare_containers,
     );
     note("spare_memory_mb", *spare_memory_mb != old.spare_memory_mb);
-    note(
-        "image_gc.state_file",
-        image_gc.state_file != old.image_gc.state_file,
-    );
     changed
 }
 
@@ -370,5 +386,47 @@ impl ConfigUpdate {
 
     fn is_empty(&self) -> bool {
         *self == ConfigUpdate::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reload_applies_what_image_gc_can_change_while_running() {
+        let on = ImageGc::default();
+        let bytes_only = ImageGc {
+            high_percent: 0,
+            max_bytes: Some(1_000_000_000),
+            ..ImageGc::default()
+        };
+        // Thresholds and budgets change at once; off takes effect at once.
+        let tighter = ImageGc {
+            high_percent: 70,
+            low_percent: 60,
+            ..on.clone()
+        };
+        assert_eq!(reloaded_image_gc(&on, &tighter), (tighter.clone(), vec![]));
+        assert_eq!(reloaded_image_gc(&on, &ImageGc::off()).0, ImageGc::off());
+        assert_eq!(
+            reloaded_image_gc(&on, &bytes_only),
+            (bytes_only.clone(), vec![])
+        );
+        // What start-up sets up needs a restart.
+        let (gc, later) = reloaded_image_gc(&ImageGc::off(), &on);
+        assert_eq!(
+            (gc, later),
+            (ImageGc::off(), vec!["image_gc (switched on)"])
+        );
+        let (gc, later) = reloaded_image_gc(&bytes_only, &on);
+        assert_eq!(gc.high_percent, 0);
+        assert_eq!(later, vec!["image_gc.high_percent (from 0)"]);
+        let moved = ImageGc {
+            state_file: Some("/elsewhere.json".into()),
+            ..on.clone()
+        };
+        let (gc, later) = reloaded_image_gc(&on, &moved);
+        assert_eq!((gc.state_file, later), (None, vec!["image_gc.state_file"]));
     }
 }
