@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 mod image_gc;
 
-pub use image_gc::{default_state_file, ImageGc};
+pub use image_gc::ImageGc;
 
 use crate::resources::{cores_to_milli, Demand};
 use crate::task::{Runtime, TaskKey};
@@ -254,22 +254,21 @@ impl std::fmt::Display for TaskNetwork {
     }
 }
 
+/// The first directory systemd names in `variable` (`RUNTIME_DIRECTORY`, `STATE_DIRECTORY`:
+/// it may list several, separated by ':'), when set.
+fn systemd_directory(variable: &str) -> Option<std::path::PathBuf> {
+    let dirs = std::env::var_os(variable)?;
+    let first = dirs.to_string_lossy().split(':').next()?.to_string();
+    (!first.is_empty()).then(|| std::path::PathBuf::from(first))
+}
+
 /// Where sandbox sockets live when `socket_dir` is not set: systemd's `RuntimeDirectory`
 /// (`$RUNTIME_DIRECTORY`), else `/run/mecanywhere-executor` for root, else
 /// `$XDG_RUNTIME_DIR/mecanywhere-executor`, else a directory in the temp dir.
 pub fn default_socket_dir() -> std::path::PathBuf {
     use std::path::PathBuf;
-    if let Some(dir) = std::env::var_os("RUNTIME_DIRECTORY") {
-        // systemd may list several, separated by ':'.
-        let first = dir
-            .to_string_lossy()
-            .split(':')
-            .next()
-            .unwrap_or("")
-            .to_string();
-        if !first.is_empty() {
-            return PathBuf::from(first);
-        }
+    if let Some(dir) = systemd_directory("RUNTIME_DIRECTORY") {
+        return dir;
     }
     let run = PathBuf::from("/run/mecanywhere-executor");
     if std::fs::create_dir_all(&run).is_ok() {
@@ -279,6 +278,27 @@ pub fn default_socket_dir() -> std::path::PathBuf {
         return PathBuf::from(dir).join("mecanywhere-executor");
     }
     std::env::temp_dir().join("mecanywhere-executor")
+}
+
+/// Where image_gc's record is when `image_gc.state_file` is not set: `images.json` in
+/// systemd's `StateDirectory` (`$STATE_DIRECTORY`), else in `/var/lib/mecanywhere-executor`
+/// when that can be made, else in `$XDG_STATE_HOME` (or `~/.local/state`)
+/// `/mecanywhere-executor`.
+pub fn default_state_file() -> std::path::PathBuf {
+    use std::path::PathBuf;
+    const FILE: &str = "images.json";
+    if let Some(dir) = systemd_directory("STATE_DIRECTORY") {
+        return dir.join(FILE);
+    }
+    let system = PathBuf::from("/var/lib/mecanywhere-executor");
+    if std::fs::create_dir_all(&system).is_ok() {
+        return system.join(FILE);
+    }
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/state")))
+        .unwrap_or_else(std::env::temp_dir);
+    state.join("mecanywhere-executor").join(FILE)
 }
 
 /// How long idle containers are kept (`keep_alive`).

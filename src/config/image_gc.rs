@@ -28,7 +28,7 @@ pub struct ImageGc {
     /// How often the images are looked at (also before and during every pull).
     pub interval: Duration,
     /// The file that keeps when each image last ran, across restarts; `None`:
-    /// [`default_state_file`].
+    /// `config::default_state_file`.
     pub state_file: Option<PathBuf>,
 }
 
@@ -189,34 +189,6 @@ fn byte_size(value: &serde_norway::Value) -> Result<u64, String> {
         return Err(bad(text));
     }
     Ok(bytes as u64)
-}
-
-/// Where the state file is when `state_file` is not set: in systemd's `StateDirectory`
-/// (`$STATE_DIRECTORY`), else `/var/lib/mecanywhere-executor` when that can be made, else
-/// `$XDG_STATE_HOME/mecanywhere-executor`, else `~/.local/state/mecanywhere-executor`.
-pub fn default_state_file() -> PathBuf {
-    const FILE: &str = "images.json";
-    if let Some(dir) = std::env::var_os("STATE_DIRECTORY") {
-        // systemd may list several, separated by ':'.
-        let first = dir
-            .to_string_lossy()
-            .split(':')
-            .next()
-            .unwrap_or("")
-            .to_string();
-        if !first.is_empty() {
-            return PathBuf::from(first).join(FILE);
-        }
-    }
-    let system = PathBuf::from("/var/lib/mecanywhere-executor");
-    if std::fs::create_dir_all(&system).is_ok() {
-        return system.join(FILE);
-    }
-    let state = std::env::var_os("XDG_STATE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/state")))
-        .unwrap_or_else(std::env::temp_dir);
-    state.join("mecanywhere-executor").join(FILE)
 }
 
 #[cfg(test)]

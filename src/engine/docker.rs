@@ -110,6 +110,38 @@ fn is_not_found(e: &bollard::errors::Error) -> bool {
     )
 }
 
+/// A holder that runs its program once with `args` (space-separated) and exits: labelled
+/// with its `role`, in network mode `network`, with `bind` (`source:target:ro`), no
+/// capabilities, a read-only root and 16 MB.
+fn one_shot_holder_body(
+    image: &str,
+    args: &str,
+    role: &str,
+    network: &str,
+    bind: Option<String>,
+) -> ContainerCreateBody {
+    let mut cmd = vec![HOLDER_PATH.to_string()];
+    cmd.extend(args.split(' ').map(String::from));
+    ContainerCreateBody {
+        image: Some(image.to_string()),
+        cmd: Some(cmd),
+        labels: Some(HashMap::from([(
+            super::LABEL_ROLE.to_string(),
+            role.to_string(),
+        )])),
+        host_config: Some(HostConfig {
+            network_mode: Some(network.into()),
+            binds: bind.map(|b| vec![b]),
+            cap_drop: Some(vec!["ALL".into()]),
+            security_opt: Some(vec!["no-new-privileges".into()]),
+            readonly_rootfs: Some(true),
+            memory: Some(16 * 1024 * 1024),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// A failed pull of `image`, by what Docker said: a full disk is named as such.
 fn pull_failure(image: &str, detail: String) -> EngineError {
     if detail.contains("no space left on device") {
@@ -299,6 +331,28 @@ impl DockerEngine {
     }
 
     /// The last lines a container printed (for the error of a holder that exited).
+    /// Runs a one-shot container to its end and removes it; what it wrote (stdout and
+    /// stderr).
+    async fn run_once(&self, body: ContainerCreateBody) -> Result<String, EngineError> {
+        let id = self.create_from(body).await?;
+        let ran = async {
+            self.docker
+                .start_container(&id, None::<StartContainerOptions>)
+                .await
+                .map_err(api_error)?;
+            self.wait_not_running(&id).await?;
+            let options = LogsOptions {
+                stdout: true,
+                stderr: true,
+                ..Default::default()
+            };
+            self.output(&id, options).await
+        };
+        let ran = ran.await;
+        self.remove(&id).await?;
+        ran
+    }
+
     async fn output_tail(&self, id: &str) -> String {
         let options = LogsOptions {
             stdout: true,
@@ -658,45 +712,14 @@ impl Engine for DockerEngine {
         // A holder with Docker's root directory mounted read-only measures its filesystem,
         // and is removed. It has no network and no capabilities.
         let root = self.image_root().await?;
-        let body = ContainerCreateBody {
-            image: Some(holder_image.to_string()),
-            cmd: Some(vec![
-                HOLDER_PATH.to_string(),
-                "statfs".to_string(),
-                "/docker-root".to_string(),
-            ]),
-            labels: Some(HashMap::from([(
-                super::LABEL_ROLE.to_string(),
-                "image-filesystem".to_string(),
-            )])),
-            host_config: Some(HostConfig {
-                network_mode: Some("none".into()),
-                binds: Some(vec![format!("{}:/docker-root:ro", root.display())]),
-                cap_drop: Some(vec!["ALL".into()]),
-                security_opt: Some(vec!["no-new-privileges".into()]),
-                readonly_rootfs: Some(true),
-                memory: Some(16 * 1024 * 1024),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let id = self.create_from(body).await?;
-        let measured = async {
-            self.docker
-                .start_container(&id, None::<StartContainerOptions>)
-                .await
-                .map_err(api_error)?;
-            self.wait_not_running(&id).await?;
-            let options = LogsOptions {
-                stdout: true,
-                stderr: true,
-                ..Default::default()
-            };
-            self.output(&id, options).await
-        };
-        let measured = measured.await;
-        self.remove(&id).await?;
-        let measured = measured?;
+        let body = one_shot_holder_body(
+            holder_image,
+            "statfs /docker-root",
+            "image-filesystem",
+            "none",
+            Some(format!("{}:/docker-root:ro", root.display())),
+        );
+        let measured = self.run_once(body).await?;
         let figures: Vec<u64> = measured
             .split_whitespace()
             .filter_map(|n| n.parse().ok())
@@ -901,38 +924,8 @@ impl Engine for DockerEngine {
 
     async fn host_addresses(&self, holder_image: &str) -> Result<Vec<String>, EngineError> {
         // A holder in the host's network namespace lists its addresses, and is removed.
-        let body = ContainerCreateBody {
-            image: Some(holder_image.to_string()),
-            cmd: Some(vec![HOLDER_PATH.to_string(), "addrs".to_string()]),
-            labels: Some(HashMap::from([(
-                super::LABEL_ROLE.to_string(),
-                "host-addresses".to_string(),
-            )])),
-            host_config: Some(HostConfig {
-                network_mode: Some("host".into()),
-                cap_drop: Some(vec!["ALL".into()]),
-                security_opt: Some(vec!["no-new-privileges".into()]),
-                readonly_rootfs: Some(true),
-                memory: Some(16 * 1024 * 1024),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let id = self.create_from(body).await?;
-        let listed = async {
-            self.docker
-                .start_container(&id, None::<StartContainerOptions>)
-                .await
-                .map_err(api_error)?;
-            self.wait_not_running(&id).await?;
-            let options = LogsOptions {
-                stdout: true,
-                ..Default::default()
-            };
-            self.output(&id, options).await
-        };
-        let listed = listed.await;
-        self.remove(&id).await?;
+        let body = one_shot_holder_body(holder_image, "addrs", "host-addresses", "host", None);
+        let listed = self.run_once(body).await;
         let addrs: Vec<String> = listed?
             .lines()
             .map(str::trim)
