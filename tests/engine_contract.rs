@@ -356,6 +356,14 @@ impl<S: Subject> Fixture<S> {
         }
     }
 
+    /// The labels of this test's executor (its name, an instance of it).
+    fn labels(&self) -> HashMap<String, String> {
+        HashMap::from([
+            (LABEL_EXECUTOR.to_string(), self.label.clone()),
+            (LABEL_INSTANCE.to_string(), self.instance("main")),
+        ])
+    }
+
     /// A value of `LABEL_INSTANCE` (or any label) of this test only.
     fn instance(&self, name: &str) -> String {
         format!("{}-{name}", self.label)
@@ -952,7 +960,7 @@ mod cases {
         let mut blocked: Vec<String> = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
             .map(String::from)
             .to_vec();
-        let host = f.engine.host_addresses(&image).await.unwrap();
+        let host = f.engine.host_addresses(&image, &f.labels()).await.unwrap();
         blocked.extend(host.iter().map(|a| format!("{a}/32")));
         let instance = f.instance("main");
         let spec = HolderSpec {
@@ -1061,16 +1069,18 @@ mod cases {
         f.engine.ensure_holder_image(&image).await.unwrap();
         let root = f.engine.image_root().await.unwrap();
         assert!(root.is_absolute(), "{}", root.display());
-        let fs = f.engine.image_filesystem(&image).await.unwrap();
+        let fs = f
+            .engine
+            .image_filesystem(&image, &f.labels())
+            .await
+            .unwrap();
         assert!(fs.total_bytes > 0, "{fs:?}");
         assert!(fs.available_bytes <= fs.free_bytes, "{fs:?}");
         assert!(fs.free_bytes <= fs.total_bytes, "{fs:?}");
         assert!((0.0..=100.0).contains(&fs.used_percent()), "{fs:?}");
-        let measurers = f.engine.list_labelled(LABEL_ROLE, "image-filesystem").await;
-        assert!(
-            measurers.unwrap().is_empty(),
-            "the measuring holder was left"
-        );
+        // It carried this test's labels, and is gone.
+        let left = f.engine.list_labelled(LABEL_EXECUTOR, &f.label).await;
+        assert!(left.unwrap().is_empty(), "the measuring holder was left");
     }
 
     /// The host's addresses, found with a holder: IPv4, not loopback, each once; the holder
@@ -1078,7 +1088,7 @@ mod cases {
     pub async fn host_addresses_are_the_hosts_ipv4<S: Subject>(f: &Fixture<S>) {
         let image = f.subject.holder_image();
         f.engine.ensure_holder_image(&image).await.unwrap();
-        let addrs = f.engine.host_addresses(&image).await.unwrap();
+        let addrs = f.engine.host_addresses(&image, &f.labels()).await.unwrap();
         assert!(!addrs.is_empty());
         let unique: BTreeSet<&String> = addrs.iter().collect();
         assert_eq!(unique.len(), addrs.len(), "{addrs:?}");
@@ -1086,7 +1096,8 @@ mod cases {
             let ip: std::net::Ipv4Addr = addr.parse().unwrap_or_else(|_| panic!("{addr}"));
             assert!(!ip.is_loopback(), "{addrs:?}");
         }
-        let finders = f.engine.list_labelled(LABEL_ROLE, "host-addresses").await;
+        // It carried this test's labels, and is gone.
+        let finders = f.engine.list_labelled(LABEL_EXECUTOR, &f.label).await;
         assert!(finders.unwrap().is_empty(), "the finding holder was left");
     }
 

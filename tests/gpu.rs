@@ -73,8 +73,9 @@ impl Engine for Recording {
     async fn image_filesystem(
         &self,
         holder_image: &str,
+        labels: &std::collections::HashMap<String, String>,
     ) -> Result<mecanywhere_executor::engine::Filesystem, EngineError> {
-        self.docker.image_filesystem(holder_image).await
+        self.docker.image_filesystem(holder_image, labels).await
     }
     async fn create(&self, spec: &ContainerSpec) -> Result<String, EngineError> {
         self.specs.lock().unwrap().push(spec.clone());
@@ -119,8 +120,12 @@ impl Engine for Recording {
     async fn prepare_sandboxes(&self, dir: &std::path::Path) -> Result<(), EngineError> {
         self.docker.prepare_sandboxes(dir).await
     }
-    async fn host_addresses(&self, holder_image: &str) -> Result<Vec<String>, EngineError> {
-        self.docker.host_addresses(holder_image).await
+    async fn host_addresses(
+        &self,
+        holder_image: &str,
+        labels: &std::collections::HashMap<String, String>,
+    ) -> Result<Vec<String>, EngineError> {
+        self.docker.host_addresses(holder_image, labels).await
     }
     async fn ensure_holder_image(&self, name: &str) -> Result<(), EngineError> {
         self.docker.ensure_holder_image(name).await

@@ -111,24 +111,24 @@ fn is_not_found(e: &bollard::errors::Error) -> bool {
 }
 
 /// A holder that runs its program once with `args` (space-separated) and exits: labelled
-/// with its `role`, in network mode `network`, with `bind` (`source:target:ro`), no
-/// capabilities, a read-only root and 16 MB.
+/// with `labels` and its `role`, in network mode `network`, with `bind`
+/// (`source:target:ro`), no capabilities, a read-only root and 16 MB.
 fn one_shot_holder_body(
     image: &str,
     args: &str,
+    labels: &HashMap<String, String>,
     role: &str,
     network: &str,
     bind: Option<String>,
 ) -> ContainerCreateBody {
     let mut cmd = vec![HOLDER_PATH.to_string()];
     cmd.extend(args.split(' ').map(String::from));
+    let mut labels = labels.clone();
+    labels.insert(super::LABEL_ROLE.to_string(), role.to_string());
     ContainerCreateBody {
         image: Some(image.to_string()),
         cmd: Some(cmd),
-        labels: Some(HashMap::from([(
-            super::LABEL_ROLE.to_string(),
-            role.to_string(),
-        )])),
+        labels: Some(labels),
         host_config: Some(HostConfig {
             network_mode: Some(network.into()),
             binds: bind.map(|b| vec![b]),
@@ -708,13 +708,18 @@ impl Engine for DockerEngine {
             .ok_or_else(|| EngineError::Api("docker info names no DockerRootDir".into()))
     }
 
-    async fn image_filesystem(&self, holder_image: &str) -> Result<Filesystem, EngineError> {
+    async fn image_filesystem(
+        &self,
+        holder_image: &str,
+        labels: &HashMap<String, String>,
+    ) -> Result<Filesystem, EngineError> {
         // A holder with Docker's root directory mounted read-only measures its filesystem,
         // and is removed. It has no network and no capabilities.
         let root = self.image_root().await?;
         let body = one_shot_holder_body(
             holder_image,
             "statfs /docker-root",
+            labels,
             "image-filesystem",
             "none",
             Some(format!("{}:/docker-root:ro", root.display())),
@@ -922,9 +927,20 @@ impl Engine for DockerEngine {
         Ok(())
     }
 
-    async fn host_addresses(&self, holder_image: &str) -> Result<Vec<String>, EngineError> {
+    async fn host_addresses(
+        &self,
+        holder_image: &str,
+        labels: &HashMap<String, String>,
+    ) -> Result<Vec<String>, EngineError> {
         // A holder in the host's network namespace lists its addresses, and is removed.
-        let body = one_shot_holder_body(holder_image, "addrs", "host-addresses", "host", None);
+        let body = one_shot_holder_body(
+            holder_image,
+            "addrs",
+            labels,
+            "host-addresses",
+            "host",
+            None,
+        );
         let listed = self.run_once(body).await;
         let addrs: Vec<String> = listed?
             .lines()

@@ -455,7 +455,11 @@ impl Engine for MemoryEngine {
         Ok(PathBuf::from("/var/lib/docker"))
     }
 
-    async fn image_filesystem(&self, holder_image: &str) -> Result<Filesystem, EngineError> {
+    async fn image_filesystem(
+        &self,
+        holder_image: &str,
+        _labels: &HashMap<String, String>,
+    ) -> Result<Filesystem, EngineError> {
         self.check_reachable()?;
         let state = self.lock();
         if !state.images.get(holder_image).is_some_and(|s| s.present) {
@@ -735,7 +739,11 @@ impl Engine for MemoryEngine {
         false
     }
 
-    async fn host_addresses(&self, _holder_image: &str) -> Result<Vec<String>, EngineError> {
+    async fn host_addresses(
+        &self,
+        _holder_image: &str,
+        _labels: &HashMap<String, String>,
+    ) -> Result<Vec<String>, EngineError> {
         self.check_reachable()?;
         Ok(vec!["192.0.2.1".to_string()])
     }

@@ -210,9 +210,14 @@ pub trait Engine: Send + Sync + 'static {
     /// `DockerRootDir`).
     async fn image_root(&self) -> Result<PathBuf, EngineError>;
     /// The filesystem of [`image_root`](Self::image_root) as the engine's host sees it,
-    /// measured by a holder of image `holder_image` it is mounted into (read-only), so it
-    /// can be read wherever the executor runs.
-    async fn image_filesystem(&self, holder_image: &str) -> Result<Filesystem, EngineError>;
+    /// measured by a holder of image `holder_image` it is mounted into (read-only, the
+    /// holder labelled with `labels` and removed after), so it can be read wherever the
+    /// executor runs.
+    async fn image_filesystem(
+        &self,
+        holder_image: &str,
+        labels: &HashMap<String, String>,
+    ) -> Result<Filesystem, EngineError>;
     /// Creates (does not start) a container; returns its id.
     async fn create(&self, spec: &ContainerSpec) -> Result<String, EngineError>;
     /// Starts the container and follows its output until the ready line, its exit, or
@@ -257,8 +262,13 @@ pub trait Engine: Send + Sync + 'static {
     /// Fails when the holder program does not exist for this architecture.
     async fn ensure_holder_image(&self, name: &str) -> Result<(), EngineError>;
     /// The host's own IPv4 addresses (every interface of the host's network namespace, as
-    /// the engine's daemon sees it), found with a holder of image `holder_image`.
-    async fn host_addresses(&self, holder_image: &str) -> Result<Vec<String>, EngineError>;
+    /// the engine's daemon sees it), found with a holder of image `holder_image` (labelled
+    /// with `labels`, removed after).
+    async fn host_addresses(
+        &self,
+        holder_image: &str,
+        labels: &HashMap<String, String>,
+    ) -> Result<Vec<String>, EngineError>;
     /// Creates and starts a sandbox holder; returns it once its relay socket accepts
     /// connections. A holder that fails half-way is removed.
     async fn start_holder(&self, spec: &HolderSpec) -> Result<SandboxRef, EngineError>;

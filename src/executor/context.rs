@@ -46,6 +46,21 @@ impl Context {
         }
     }
 
+    /// The labels of everything this instance creates: its name and its instance id (a
+    /// container's role and key come on top).
+    pub(super) fn own_labels(&self) -> std::collections::HashMap<String, String> {
+        std::collections::HashMap::from([
+            (
+                crate::engine::LABEL_EXECUTOR.to_string(),
+                self.config().name.clone(),
+            ),
+            (
+                crate::engine::LABEL_INSTANCE.to_string(),
+                self.instance.to_string(),
+            ),
+        ])
+    }
+
     /// The current configuration (a shared snapshot: cheap on the request path).
     pub(super) fn config(&self) -> Arc<Config> {
         Arc::clone(&self.config.read().unwrap_or_else(|e| e.into_inner()))

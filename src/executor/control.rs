@@ -202,6 +202,8 @@ impl Executor {
                 "starts and removals did not end within 30s; removing their containers anyway"
             );
         }
+        // A pass in progress may be measuring the disk with a holder of its own.
+        self.collector.wait_passes(Duration::from_secs(10)).await;
         let engine = &self.ctx.engine;
         match engine
             .list_labelled(crate::engine::LABEL_INSTANCE, &self.ctx.instance)

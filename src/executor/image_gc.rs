@@ -175,7 +175,7 @@ impl ImageCollector {
             .map_err(|e| refused(e.to_string()))?;
         let there = ctx
             .engine
-            .image_filesystem(holder_image)
+            .image_filesystem(holder_image, &ctx.own_labels())
             .await
             .map_err(|e| refused(format!("{}: {e}", root.display())))?;
         ctx.metrics
@@ -195,7 +195,13 @@ impl ImageCollector {
             Measure::Not => return Ok(None),
             Measure::Here(root) => Filesystem::of(root)
                 .map_err(|e| EngineError::Api(format!("cannot measure {}: {e}", root.display())))?,
-            Measure::ThroughEngine => self.ctx.engine.image_filesystem(&self.holder_image).await?,
+            Measure::ThroughEngine => {
+                let labels = self.ctx.own_labels();
+                self.ctx
+                    .engine
+                    .image_filesystem(&self.holder_image, &labels)
+                    .await?
+            }
         };
         self.ctx
             .metrics
@@ -227,6 +233,18 @@ impl ImageCollector {
         self.uses.save();
     }
 
+    /// At shutdown (after `closing`): waits (at most `limit`) for a pass in progress to end,
+    /// so that the holder it may be measuring with is gone before the executor sweeps its
+    /// containers; no pass begins after `closing`.
+    pub(super) async fn wait_passes(&self, limit: Duration) {
+        if tokio::time::timeout(limit, self.one_pass.acquire())
+            .await
+            .is_err()
+        {
+            tracing::warn!("an image_gc pass did not end within {limit:?} of the stop");
+        }
+    }
+
     /// Asks for a routine pass now (after a pull brought a new image).
     pub(super) fn kick(&self) {
         self.kick.notify_one();
@@ -238,7 +256,7 @@ impl ImageCollector {
     /// fails: [`EngineError::NoSpace`], naming the disk or the budget.
     pub(super) async fn collect(&self, image: &str, why: Why) -> Result<Pass, EngineError> {
         let config = self.ctx.config();
-        if !config.image_gc.enabled {
+        if !config.image_gc.enabled || self.ctx.closing.is_cancelled() {
             return Ok(Pass::default());
         }
         let _pass = self
@@ -246,6 +264,9 @@ impl ImageCollector {
             .acquire()
             .await
             .expect("the semaphore is never closed");
+        if self.ctx.closing.is_cancelled() {
+            return Ok(Pass::default());
+        }
         // Containers in the pool use their images now: the record learns it, so an image
         // in use for hours is not taken for one unused since its start.
         let in_pool = self.images_in_pool();

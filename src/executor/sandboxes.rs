@@ -208,7 +208,7 @@ impl Sandboxes {
             TaskNetwork::Internet => {
                 let host_addrs = async {
                     ctx.engine.ensure_holder_image(&image).await?;
-                    ctx.engine.host_addresses(&image).await
+                    ctx.engine.host_addresses(&image, &ctx.own_labels()).await
                 };
                 let host_addrs = host_addrs
                     .await

@@ -66,11 +66,16 @@ fn containers_with_roles(name: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Ids of the task containers (not sandbox holders) of executor `name`, any state.
+/// Roles of the one-shot holders the executor runs to measure its host (the host's
+/// addresses, the image filesystem): they exit at once and are removed.
+pub const MEASURING_ROLES: [&str; 2] = ["host-addresses", "image-filesystem"];
+
+/// Ids of the task containers (not sandbox holders, not measuring holders) of executor
+/// `name`, any state.
 pub fn tasks_of(name: &str) -> Vec<String> {
     containers_with_roles(name)
         .into_iter()
-        .filter(|(_, role)| role != "sandbox")
+        .filter(|(_, role)| role != "sandbox" && !MEASURING_ROLES.contains(&role.as_str()))
         .map(|(id, _)| id)
         .collect()
 }
