@@ -230,7 +230,7 @@ impl ImageCollector {
                 () = tokio::time::sleep(interval) => {}
             }
         }
-        self.uses.save();
+        self.save_record().await;
     }
 
     /// At shutdown (after `closing`): waits (at most `limit`) for a pass in progress to end,
@@ -242,6 +242,15 @@ impl ImageCollector {
             .is_err()
         {
             tracing::warn!("an image_gc pass did not end within {limit:?} of the stop");
+        }
+    }
+
+    /// Writes the record (when it changed) off the runtime's threads: a file write and an
+    /// fsync must not hold up requests.
+    async fn save_record(&self) {
+        let uses = Arc::clone(&self.uses);
+        if let Err(e) = tokio::task::spawn_blocking(move || uses.save()).await {
+            tracing::warn!(error = %e, "writing the image_gc record failed");
         }
     }
 
@@ -291,7 +300,7 @@ impl ImageCollector {
             Why::Routine => Need::default(),
         };
         let Some(reason) = over(&config, &pass, need, false) else {
-            self.uses.save();
+            self.save_record().await;
             return Ok(pass);
         };
         let candidates = self.candidates(&config, &stored, &record, &in_pool);
@@ -310,7 +319,7 @@ impl ImageCollector {
             pass.filesystem = self.filesystem().await?;
             self.ctx.metrics.image_bytes.set(pass.held as i64);
         }
-        self.uses.save();
+        self.save_record().await;
         match over(&config, &pass, need, false) {
             Some(still) if self.warn_short.should_warn() => {
                 tracing::warn!(reason = %describe(still, &config, &pass), removed = pass.removed, "image_gc could not remove enough: every other image is in use, protected, or used within min_age (said at most every 10 minutes)");

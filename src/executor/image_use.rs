@@ -142,20 +142,18 @@ impl ImageUse {
         }
     }
 
-    /// The executor pulled `image` now.
+    /// The executor pulled `image` now (written with the next save: the pass a pull
+    /// kicks).
     pub(super) fn pulled(&self, image: &str) {
-        {
-            let mut state = self.lock();
-            state.record.insert(
-                canonical(image),
-                ImageEntry {
-                    last_used: now_unix(),
-                    pulled: true,
-                },
-            );
-            state.dirty = true;
-        }
-        self.save();
+        let mut state = self.lock();
+        state.record.insert(
+            canonical(image),
+            ImageEntry {
+                last_used: now_unix(),
+                pulled: true,
+            },
+        );
+        state.dirty = true;
     }
 
     /// The record, by canonical reference.
@@ -189,8 +187,9 @@ impl ImageUse {
         }
     }
 
-    /// Writes the record if it changed; a failure is logged (the record stays in memory
-    /// and is written again at the next save).
+    /// Writes the record if it changed (blocking: call it off the runtime's threads); a
+    /// failure is logged (the record stays in memory and is written again at the next
+    /// save).
     pub(super) fn save(&self) {
         if let Err(e) = self.write() {
             let file = self.file.as_deref().unwrap_or(Path::new("-"));
