@@ -48,10 +48,6 @@ pub struct PullProgress {
     grew: tokio::sync::Notify,
 }
 
-fn layer_total(state: &State, id: &str) -> u64 {
-    state.layers.get(id).map_or(0, |l| l.total)
-}
-
 /// A pull's progress at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PullSummary {
@@ -116,15 +112,15 @@ impl PullProgress {
                 layer.current = layer.total.max(layer.current);
             }
         }
+        let grew = layer.total != before.total;
         let moved = new
             || layer.current != before.current
-            || layer.total != before.total
+            || grew
             || layer.downloaded != before.downloaded
             || layer.done != before.done;
         if moved {
             state.moved = Instant::now();
         }
-        let grew = layer_total(&state, id) != before.total;
         drop(state);
         if grew {
             self.grew.notify_waiters();
@@ -176,8 +172,8 @@ impl PullProgress {
     }
 }
 
-/// Bytes for people: `412 MB`, `1.9 GB`.
-fn bytes(n: u64) -> String {
+/// Bytes for people: `412 MB`, `1.9 GB` (also image_gc's log lines and errors).
+pub fn bytes(n: u64) -> String {
     const MB: f64 = 1_000_000.0;
     let n = n as f64;
     if n >= 1000.0 * MB {

@@ -248,17 +248,32 @@ fn reloaded_image_gc(old: &ImageGc, new: &ImageGc) -> (ImageGc, Vec<&'static str
 
 /// Config keys that only take effect when the executor starts again.
 fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
-    // Destructured without `..`: a key added to `Config` must be sorted here, as changeable
-    // by a reload (in `ConfigUpdate::between`) or not.
-    let Config {
-        idle_timeout: _,
-        cpu: _,
-        mem_mb: _,
-        has_gpu: _,
-        microvm_runtime: _,
-        keep_alive: _,
-        retired: _,
-        image_gc: _,
+    // The fields named here are compared; the `Config` pattern has no `..`, so a key added
+    // to `Config` must be sorted here, as changeable by a reload (`_`, applied through
+    // `ConfigUpdate::between` or `reloaded_image_gc`) or not.
+    macro_rules! changed {
+        ($($key:ident),* $(,)?) => {{
+            let Config {
+                idle_timeout: _,
+                cpu: _,
+                mem_mb: _,
+                has_gpu: _,
+                microvm_runtime: _,
+                keep_alive: _,
+                retired: _,
+                image_gc: _,
+                $($key),*
+            } = new;
+            let mut changed = Vec::new();
+            $(
+                if *$key != old.$key {
+                    changed.push(stringify!($key));
+                }
+            )*
+            changed
+        }};
+    }
+    changed!(
         start_timeout,
         request_timeout,
         queue_timeout,
@@ -290,84 +305,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         sandbox_memory_mb,
         spare_containers,
         spare_memory_mb,
-    } = new;
-    let mut changed = Vec::new();
-    let mut note = |key: &'static str, differs: bool| {
-        if differs {
-            changed.push(key);
-        }
-    };
-    note("start_timeout", *start_timeout != old.start_timeout);
-    note("request_timeout", *request_timeout != old.request_timeout);
-    note("queue_timeout", *queue_timeout != old.queue_timeout);
-    note("sgx", *sgx != old.sgx);
-    note("task_network", *task_network != old.task_network);
-    note("network", *network != old.network);
-    note("socket_dir", *socket_dir != old.socket_dir);
-    note("name", *name != old.name);
-    note("pull_timeout", *pull_timeout != old.pull_timeout);
-    note(
-        "pull_stall_timeout",
-        *pull_stall_timeout != old.pull_stall_timeout,
-    );
-    note(
-        "max_concurrent_pulls",
-        *max_concurrent_pulls != old.max_concurrent_pulls,
-    );
-    note(
-        "max_request_bytes",
-        *max_request_bytes != old.max_request_bytes,
-    );
-    note(
-        "max_answer_bytes",
-        *max_answer_bytes != old.max_answer_bytes,
-    );
-    note("hardening", *hardening != old.hardening);
-    note("task_tty", *task_tty != old.task_tty);
-    note("auth_token", *auth_token != old.auth_token);
-    note("prewarm", *prewarm != old.prewarm);
-    note("listen", *listen != old.listen);
-    note("max_connections", *max_connections != old.max_connections);
-    note(
-        "max_connections_per_peer",
-        *max_connections_per_peer != old.max_connections_per_peer,
-    );
-    note(
-        "max_requests_in_flight",
-        *max_requests_in_flight != old.max_requests_in_flight,
-    );
-    note(
-        "header_read_timeout",
-        *header_read_timeout != old.header_read_timeout,
-    );
-    note(
-        "idle_connection_timeout",
-        *idle_connection_timeout != old.idle_connection_timeout,
-    );
-    note(
-        "body_read_timeout",
-        *body_read_timeout != old.body_read_timeout,
-    );
-    note("log_format", *log_format != old.log_format);
-    note(
-        "background_eviction",
-        *background_eviction != old.background_eviction,
-    );
-    note(
-        "refills_wait_for_requests",
-        *refills_wait_for_requests != old.refills_wait_for_requests,
-    );
-    note("sandbox_pool", *sandbox_pool != old.sandbox_pool);
-    note(
-        "sandbox_memory_mb",
-        *sandbox_memory_mb != old.sandbox_memory_mb,
-    );
-    note(
-        "spare_containers",
-        *spare_containers != old.spare_containers,
-    );
-    note("spare_memory_mb", *spare_memory_mb != old.spare_memory_mb);
-    changed
+    )
 }
 
 impl ConfigUpdate {

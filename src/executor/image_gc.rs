@@ -28,6 +28,7 @@ use crate::engine::{EngineError, StoredImage};
 use crate::host::Filesystem;
 use crate::image_ref::canonical;
 use crate::metrics::ReasonLabel;
+use crate::pull_progress::bytes as human;
 
 /// How the image filesystem is measured.
 #[derive(Debug, Clone)]
@@ -41,18 +42,10 @@ enum Measure {
     ThroughEngine,
 }
 
-/// Why a pass removes images.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Why {
-    /// Every `interval`, and after a pull.
-    Routine,
-    /// Room for a pull.
-    Pull(Need),
-}
-
 /// What a pull brings, as far as its registry told yet: `total` bytes, of which
 /// `remaining` are still to come (the disk holds the rest already; the byte budget counts
-/// the image only once it is in place, so all of it).
+/// the image only once it is in place, so all of it). Nothing (the default) for a routine
+/// pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(super) struct Need {
     pub(super) total: u64,
@@ -103,16 +96,6 @@ impl Throttle {
 
     fn reset(&self) {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
-    }
-}
-
-/// `bytes` for people: `412 MB`, `1.9 GB`.
-pub(super) fn human(bytes: u64) -> String {
-    let b = bytes as f64;
-    if b >= 1e9 {
-        format!("{:.1} GB", b / 1e9)
-    } else {
-        format!("{:.0} MB", b / 1e6)
     }
 }
 
@@ -219,7 +202,7 @@ impl ImageCollector {
     /// the record is written after each.
     pub(super) async fn run(self: Arc<Self>) {
         loop {
-            if let Err(e) = self.collect("", Why::Routine).await {
+            if let Err(e) = self.collect("", Need::default()).await {
                 tracing::warn!(error = %e, "image_gc pass failed");
             }
             let interval = self.ctx.config().image_gc.interval;
@@ -260,10 +243,10 @@ impl ImageCollector {
     }
 
     /// One pass: removes images, least recently used first, until the thresholds and the
-    /// budget (and the room `why` asks for) are met or nothing more may be removed. A pull
-    /// that even every removable image gone would leave without room removes nothing and
-    /// fails: [`EngineError::NoSpace`], naming the disk or the budget.
-    pub(super) async fn collect(&self, image: &str, why: Why) -> Result<Pass, EngineError> {
+    /// budget (and the room a pull of `image` needs) are met or nothing more may be removed.
+    /// A pull that even every removable image gone would leave without room removes nothing
+    /// and fails: [`EngineError::NoSpace`], naming the disk or the budget.
+    pub(super) async fn collect(&self, image: &str, need: Need) -> Result<Pass, EngineError> {
         let config = self.ctx.config();
         if !config.image_gc.enabled || self.ctx.closing.is_cancelled() {
             return Ok(Pass::default());
@@ -295,10 +278,6 @@ impl ImageCollector {
             removed: 0,
         };
         self.ctx.metrics.image_bytes.set(held as i64);
-        let need = match why {
-            Why::Pull(need) => need,
-            Why::Routine => Need::default(),
-        };
         let Some(reason) = over(&config, &pass, need, false) else {
             self.save_record().await;
             return Ok(pass);
@@ -433,7 +412,7 @@ impl ImageCollector {
 
     /// Makes room for a pull of `image` that brings `need`; fails when no room can be made.
     pub(super) async fn room_for_pull(&self, image: &str, need: Need) -> Result<(), EngineError> {
-        self.collect(image, Why::Pull(need)).await.map(|_| ())
+        self.collect(image, need).await.map(|_| ())
     }
 
     /// While a pull of `image` lasts: makes room each time its known size grows, and
