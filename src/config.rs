@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod engine;
 mod image_gc;
 
+pub use engine::{EngineChoice, SwarmSettings};
 pub use image_gc::ImageGc;
 
 use crate::resources::{cores_to_milli, Demand};
@@ -59,6 +61,8 @@ pub struct SgxConfig {
 struct RawConfig {
     #[serde(rename = "type")]
     engine_type: Option<String>,
+    engine: Option<String>,
+    swarm: Option<SwarmSettings>,
     timeout: Option<i64>,
     idle_timeout: Option<String>,
     start_timeout: Option<String>,
@@ -229,6 +233,8 @@ pub struct Config {
     pub keep_alive: KeepAlivePolicy,
     /// When task images are removed to keep the disk from filling (`image_gc`).
     pub image_gc: ImageGc,
+    /// The engine tasks run on (`engine`).
+    pub engine: EngineChoice,
 }
 
 /// What a task's network reaches (`task_network`). In every mode a task reaches nothing of
@@ -442,6 +448,7 @@ impl Default for Config {
             spare_memory_mb: 2048,
             keep_alive: KeepAlivePolicy::Fixed,
             image_gc: ImageGc::default(),
+            engine: EngineChoice::Docker,
         }
     }
 }
@@ -646,6 +653,8 @@ impl Config {
 
     fn from_raw(mut raw: RawConfig) -> Result<Config, ConfigError> {
         let mut c = Config::default();
+        let spares_set = raw.spare_containers.is_some();
+        let image_gc_set = raw.image_gc.is_some();
         c.read_tasks(&mut raw)?;
         c.read_network(&mut raw)?;
         c.read_hardening(&mut raw)?;
@@ -656,19 +665,75 @@ impl Config {
             c.image_gc = ImageGc::from_value(value, MAX_DURATION)
                 .map_err(|message| invalid("image_gc", message))?;
         }
+        if c.engine.is_swarm() {
+            c.fit_swarm(spares_set, image_gc_set)?;
+        }
         Ok(c)
+    }
+
+    /// Refuses what a Swarm cannot honour, and turns off by default what does not apply
+    /// there (`spares_set`, `image_gc_set`: the file set those keys).
+    fn fit_swarm(&mut self, spares_set: bool, image_gc_set: bool) -> Result<(), ConfigError> {
+        if self.task_network != TaskNetwork::Isolated {
+            return Err(invalid(
+                "task_network",
+                "engine: swarm runs tasks only isolated: a task on another node cannot be \
+                 fenced from that node's network, so internet would reach the owner's LAN",
+            ));
+        }
+        if self.sgx.enable {
+            return Err(invalid(
+                "sgx",
+                "engine: swarm cannot map devices into a service's tasks; SGX tasks need \
+                 engine: docker",
+            ));
+        }
+        // A spare is claimed by changing its limits, which restarts a Swarm task.
+        if spares_set && self.spare_containers > 0 {
+            return Err(invalid(
+                "spare_containers",
+                "engine: swarm keeps no spare containers (a service's limits cannot change \
+                 without a new task); set 0 or remove the key",
+            ));
+        }
+        self.spare_containers = 0;
+        if image_gc_set && self.image_gc.enabled {
+            return Err(invalid(
+                "image_gc",
+                "engine: swarm leaves images to each node's daemon (each pulls for itself); \
+                 set image_gc: off or remove the key, and prune on the nodes",
+            ));
+        }
+        self.image_gc.enabled = false;
+        Ok(())
     }
 
     /// The tasks' resources, timeouts and runtimes.
     fn read_tasks(&mut self, raw: &mut RawConfig) -> Result<(), ConfigError> {
-        if let Some(t) = raw.engine_type.take() {
-            if t != "docker" {
+        let swarm = raw.swarm.take();
+        let named = match (raw.engine_type.take(), raw.engine.take()) {
+            (Some(t), Some(e)) if t.trim() != e.trim() => {
                 return Err(invalid(
-                    "type",
-                    format!("{t:?}: only \"docker\" is supported"),
-                ));
+                    "engine",
+                    format!("{e:?} contradicts type: {t:?} (type is the older spelling of engine)"),
+                ))
             }
-        }
+            (Some(t), None) => Some(("type", t)),
+            (_, Some(e)) => Some(("engine", e)),
+            (None, None) => None,
+        };
+        self.engine = match named {
+            Some((key, name)) => {
+                EngineChoice::parse(&name, swarm).map_err(|message| invalid(key, message))?
+            }
+            None if swarm.is_some() => {
+                return Err(invalid(
+                    "swarm",
+                    "a swarm: section needs engine: swarm (the engine is docker)",
+                ))
+            }
+            None => EngineChoice::Docker,
+        };
         if let Some(m) = raw.timeout.take() {
             self.idle_timeout = check_timeout_minutes(m)?;
         }
@@ -1174,5 +1239,51 @@ mod tests {
         );
         let c = parse("max_connections: 64\nmax_connections_per_peer: 64\n").unwrap();
         assert_eq!((c.max_connections, c.max_connections_per_peer), (64, 64));
+    }
+
+    #[test]
+    fn the_engine_is_docker_unless_swarm_is_named() {
+        assert_eq!(parse("").unwrap().engine, EngineChoice::Docker);
+        assert_eq!(
+            parse("type: docker\n").unwrap().engine,
+            EngineChoice::Docker
+        );
+        let c = parse(
+            "engine: swarm\nswarm:\n  node_runtime: kata\n  constraints: [\"node.role==worker\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.engine,
+            EngineChoice::Swarm(SwarmSettings {
+                node_runtime: "kata".into(),
+                constraints: vec!["node.role==worker".into()],
+            })
+        );
+        assert!(parse("type: swarm\n").unwrap().engine.is_swarm());
+        // What a swarm cannot do is off by default there, and refused when asked for.
+        let c = parse("engine: swarm\n").unwrap();
+        assert_eq!(c.spare_containers, 0);
+        assert!(!c.image_gc.enabled);
+        assert!(parse("engine: swarm\nspare_containers: 0\nimage_gc: off\n").is_ok());
+        for (yaml, key) in [
+            ("engine: swarm\ntype: docker\n", "engine"),
+            ("swarm:\n  node_runtime: runc\n", "swarm"),
+            ("engine: docker\nswarm: {}\n", "engine"),
+            ("engine: kubernetes\n", "engine"),
+            ("engine: swarm\ntask_network: internet\n", "task_network"),
+            ("engine: swarm\nspare_containers: 2\n", "spare_containers"),
+            ("engine: swarm\nimage_gc:\n  max_bytes: 10GB\n", "image_gc"),
+            (
+                "engine: swarm\nsgx:\n  enable: true\n  sgx_device: /dev/sgx\n  aesmd_path: /a\n",
+                "sgx",
+            ),
+        ] {
+            match parse(yaml) {
+                Err(ConfigError::Invalid { key: k, message }) => {
+                    assert_eq!(k, key, "{yaml}: {message}")
+                }
+                other => panic!("{yaml}: {other:?}"),
+            }
+        }
     }
 }

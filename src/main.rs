@@ -13,8 +13,11 @@ use clap::{Parser, Subcommand};
 mod ctl;
 use tokio_util::sync::CancellationToken;
 
+use mecanywhere_executor::config::EngineChoice;
 use mecanywhere_executor::config::{Config, LogFormat};
 use mecanywhere_executor::engine::docker::DockerEngine;
+use mecanywhere_executor::engine::swarm::SwarmEngine;
+use mecanywhere_executor::engine::{Engine, EngineError};
 use mecanywhere_executor::executor::{Executor, GpuLoader};
 use mecanywhere_executor::gpu::nvml::NvmlInventory;
 use mecanywhere_executor::gpu::{GpuInventory, IDLE_PERCENT};
@@ -198,7 +201,7 @@ async fn main() -> ExitCode {
         header_read_timeout: config.header_read_timeout,
         idle_connection_timeout: config.idle_connection_timeout,
     };
-    let engine = match DockerEngine::connect().await {
+    let engine: Arc<dyn Engine> = match connect_engine(&config).await {
         Ok(engine) => engine,
         Err(e) => {
             eprintln!("mecanywhere-executor: {e}");
@@ -208,7 +211,7 @@ async fn main() -> ExitCode {
     let gpu_loader: GpuLoader = Box::new(|| {
         NvmlInventory::load().map(|inventory| Arc::new(inventory) as Arc<dyn GpuInventory>)
     });
-    let executor = match Executor::start(config, Arc::new(engine), gpu_loader).await {
+    let executor = match Executor::start(config, engine, gpu_loader).await {
         Ok(executor) => executor,
         Err(e) => {
             eprintln!("mecanywhere-executor: cannot start: {e}");
@@ -259,6 +262,23 @@ async fn main() -> ExitCode {
     }
     tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// The engine `engine:` names, on the daemon `DOCKER_HOST` names.
+async fn connect_engine(config: &Config) -> Result<Arc<dyn Engine>, EngineError> {
+    let docker = DockerEngine::connect().await?;
+    Ok(match &config.engine {
+        EngineChoice::Docker => Arc::new(docker),
+        EngineChoice::Swarm(settings) => Arc::new(
+            SwarmEngine::connect(
+                docker,
+                settings.clone(),
+                config.queue_timeout,
+                config.pull_timeout,
+            )
+            .await?,
+        ),
+    })
 }
 
 #[cfg(test)]

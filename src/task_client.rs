@@ -22,7 +22,7 @@ use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
 use crate::task::Call;
@@ -36,6 +36,12 @@ pub enum TaskAddr {
     /// The Unix socket of the task's sandbox holder, which relays each connection to the
     /// task's port 8080 inside the sandbox (see `holder/program.rs`).
     Relay(PathBuf),
+    /// The Unix socket of a sandbox holder that forwards each connection to `to`: the task
+    /// on another machine of a cluster, on a network only the holder shares with it.
+    Forward {
+        relay: PathBuf,
+        to: std::net::SocketAddrV4,
+    },
     /// A TCP address of the task's port.
     Tcp(SocketAddr),
 }
@@ -44,6 +50,7 @@ impl std::fmt::Display for TaskAddr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             TaskAddr::Relay(path) => write!(f, "unix:{}", path.display()),
+            TaskAddr::Forward { relay, to } => write!(f, "unix:{} to {to}", relay.display()),
             TaskAddr::Tcp(addr) => addr.fmt(f),
         }
     }
@@ -65,26 +72,36 @@ pub enum TaskStream {
 /// greeting means the task does not listen (yet): [`io::ErrorKind::ConnectionRefused`].
 pub async fn connect(addr: &TaskAddr) -> io::Result<TaskStream> {
     match addr {
-        TaskAddr::Relay(path) => {
-            let mut stream = UnixStream::connect(path).await?;
-            let mut greeting = [0u8; 1];
-            match stream.read(&mut greeting).await? {
-                1 if greeting[0] == GREETING => Ok(TaskStream::Relay(TokioIo::new(stream))),
-                1 => Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "the sandbox relay answered with an unknown greeting",
-                )),
-                _ => Err(io::Error::new(
-                    io::ErrorKind::ConnectionRefused,
-                    "nothing listens on the task's port 8080",
-                )),
-            }
+        TaskAddr::Relay(path) => greeted(UnixStream::connect(path).await?).await,
+        TaskAddr::Forward { relay, to } => {
+            let mut stream = UnixStream::connect(relay).await?;
+            let mut named = [0u8; 6];
+            named[..4].copy_from_slice(&to.ip().octets());
+            named[4..].copy_from_slice(&to.port().to_be_bytes());
+            stream.write_all(&named).await?;
+            greeted(stream).await
         }
         TaskAddr::Tcp(addr) => {
             let stream = TcpStream::connect(addr).await?;
             stream.set_nodelay(true)?;
             Ok(TaskStream::Tcp(TokioIo::new(stream)))
         }
+    }
+}
+
+/// A relay's connection once the relay greeted it (it reached the task).
+async fn greeted(mut stream: UnixStream) -> io::Result<TaskStream> {
+    let mut greeting = [0u8; 1];
+    match stream.read(&mut greeting).await? {
+        1 if greeting[0] == GREETING => Ok(TaskStream::Relay(TokioIo::new(stream))),
+        1 => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the sandbox relay answered with an unknown greeting",
+        )),
+        _ => Err(io::Error::new(
+            io::ErrorKind::ConnectionRefused,
+            "nothing listens on the task's port 8080",
+        )),
     }
 }
 

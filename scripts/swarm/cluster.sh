@@ -4,6 +4,8 @@
 # (scripts/swarm/Dockerfile: the Debian root of scripts/build-python-task-images.sh plus
 # docker.io) running its own dockerd on a tmpfs, with a cgroup parent of its own, on a
 # network of its own; its socket is at $SWARM_DIR/node<N>/docker.sock for this host.
+# $SWARM_DIR is also mounted at the same path in every node, so a path under it names the
+# same file on this host and on the nodes (as on a manager an executor runs on).
 #
 #   swarm_up N            builds the node image when missing, starts N nodes, inits the
 #                         swarm on node 1 (the manager) and joins the others as workers
@@ -16,7 +18,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/../lib/docker.sh"
 
 SWARM_SUITE="$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-bookworm}")"
 SWARM_NODE_IMAGE="meca-swarm-node:${SWARM_SUITE:-bookworm}"
-SWARM_NAME="meca-swarm-$$"
+SWARM_NAME="${SWARM_NAME:-meca-swarm-$$}"
 SWARM_DIR=""
 SWARM_NODES=0
 
@@ -58,7 +60,7 @@ swarm_up() {
             --cap-add ALL --cap-drop SYS_RESOURCE --security-opt seccomp=unconfined \
             --security-opt apparmor=unconfined --device-cgroup-rule 'a *:* rwm' \
             -v /sys/fs/cgroup:/sys/fs/cgroup:rw --tmpfs /var/lib/docker:exec \
-            -v "$SWARM_DIR/node$n:/run/meca" "$SWARM_NODE_IMAGE" \
+            -v "$SWARM_DIR/node$n:/run/meca" -v "$SWARM_DIR:$SWARM_DIR" "$SWARM_NODE_IMAGE" \
             dockerd --config-file /run/meca/daemon.json -H unix:///run/meca/docker.sock >/dev/null
         SWARM_NODES="$n"
     done

@@ -81,7 +81,7 @@ fn own_container_id(mountinfo: &str) -> Option<String> {
         (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_string())
     })
 }
-fn api_error(e: bollard::errors::Error) -> EngineError {
+pub(super) fn api_error(e: bollard::errors::Error) -> EngineError {
     use bollard::errors::Error as E;
     match e {
         // Docker says so only in words.
@@ -100,7 +100,7 @@ fn api_error(e: bollard::errors::Error) -> EngineError {
     }
 }
 
-fn is_not_found(e: &bollard::errors::Error) -> bool {
+pub(super) fn is_not_found(e: &bollard::errors::Error) -> bool {
     matches!(
         e,
         bollard::errors::Error::DockerResponseServerError {
@@ -197,7 +197,24 @@ fn with_default_tag(image: &str) -> String {
 impl DockerEngine {
     /// Connects using `DOCKER_HOST` or the default socket and negotiates the API version.
     pub async fn connect() -> Result<DockerEngine, EngineError> {
-        let docker = Docker::connect_with_defaults().map_err(api_error)?;
+        Self::connect_to(&std::env::var("DOCKER_HOST").unwrap_or_default()).await
+    }
+
+    /// Connects to the daemon at `host` (as `DOCKER_HOST` names one: `unix://PATH`,
+    /// `tcp://HOST:PORT`; empty: the default socket) and negotiates the API version.
+    pub async fn connect_to(host: &str) -> Result<DockerEngine, EngineError> {
+        let logs = Endpoint::parse(host)?;
+        let docker = match &logs {
+            Endpoint::Unix(path) => Docker::connect_with_unix(
+                &path.display().to_string(),
+                120,
+                bollard::API_DEFAULT_VERSION,
+            ),
+            Endpoint::Tcp(addr) => {
+                Docker::connect_with_http(addr, 120, bollard::API_DEFAULT_VERSION)
+            }
+        }
+        .map_err(api_error)?;
         let docker = docker.negotiate_version().await.map_err(|e| {
             EngineError::Unreachable(format!("cannot talk to the Docker daemon: {e}"))
         })?;
@@ -207,7 +224,7 @@ impl DockerEngine {
         Ok(DockerEngine {
             docker,
             sockets: Arc::new(OnceLock::new()),
-            logs: Endpoint::from_env()?,
+            logs,
             api_version,
         })
     }
@@ -365,6 +382,60 @@ impl DockerEngine {
     }
 
     /// Waits until the started holder `id` accepts connections on `socket`.
+    /// The daemon's client, for the swarm engine (which speaks to the same daemon, a
+    /// manager's).
+    pub(super) fn client(&self) -> &Docker {
+        &self.docker
+    }
+
+    /// GETs `path` of the daemon's API as JSON (see [`super::docker_logs::get_json`]).
+    pub(super) async fn get_json(&self, path: &str) -> Result<serde_json::Value, EngineError> {
+        super::docker_logs::get_json(&self.logs, &self.api_version, path).await
+    }
+
+    /// Follows the output of swarm service `id`'s tasks (see [`LogFollower::open_service`]).
+    pub(super) async fn follow_service(
+        &self,
+        id: &str,
+        tty: bool,
+    ) -> Result<LogFollower, EngineError> {
+        LogFollower::open_service(&self.logs, &self.api_version, id, tty).await
+    }
+
+    /// Creates and starts a sandbox holder (on `forward_on`, as a cluster task's gateway,
+    /// when given); returns it once its relay socket accepts connections. A holder that
+    /// fails half-way is removed.
+    pub(super) async fn start_holder_on(
+        &self,
+        spec: &HolderSpec,
+        forward_on: Option<&str>,
+    ) -> Result<SandboxRef, EngineError> {
+        let shared = self.sockets.get().ok_or_else(|| {
+            EngineError::Api("sandboxes were not prepared (no socket directory)".into())
+        })?;
+        let body = holder_body(spec, shared, forward_on)?;
+        let id = self.create_from(body).await?;
+        let started = async {
+            self.docker
+                .start_container(&id, None::<StartContainerOptions>)
+                .await
+                .map_err(api_error)?;
+            self.until_relay_listens(&id, &spec.socket).await
+        };
+        match started.await {
+            Ok(()) => Ok(SandboxRef {
+                id,
+                addr: TaskAddr::Relay(spec.socket.clone()),
+            }),
+            Err(e) => {
+                if let Err(removal) = self.remove(&id).await {
+                    tracing::warn!(container = %id, error = %removal, "could not remove a failed sandbox holder");
+                }
+                Err(e)
+            }
+        }
+    }
+
     async fn until_relay_listens(&self, id: &str, socket: &Path) -> Result<(), EngineError> {
         let started = tokio::time::Instant::now();
         let mut checked = started;
@@ -466,7 +537,7 @@ impl DockerEngine {
 
     /// Follows the container's output until the ready line; `Ok(false)` when the stream
     /// ended first (the container stopped).
-    async fn follow_until_ready(
+    pub(super) async fn follow_until_ready(
         logs: &mut LogFollower,
         scanner: &mut OutputScanner,
     ) -> Result<bool, EngineError> {
@@ -482,7 +553,7 @@ impl DockerEngine {
     /// Waits, after the ready line, until the task accepts connections at `addr` (a task
     /// may print the line before it listens: Flask apps print it while their module loads).
     /// False when the container's output ended first, i.e. it stopped.
-    async fn until_listening(addr: &TaskAddr, logs: &mut LogFollower) -> bool {
+    pub(super) async fn until_listening(addr: &TaskAddr, logs: &mut LogFollower) -> bool {
         let probe = async {
             // Through the relay, a connection stands only once the task's port accepted it.
             // The probe connection is closed without a request.
@@ -514,6 +585,7 @@ fn exit_state_of(info: &ContainerInspectResponse) -> Option<ExitState> {
         code: state.exit_code.unwrap_or(-1),
         oom_killed: state.oom_killed.unwrap_or(false),
         memory_limit_mb: (memory > 0).then_some(memory as u64 / (1024 * 1024)),
+        node_lost: false,
     })
 }
 
@@ -605,7 +677,13 @@ fn task_body(spec: &ContainerSpec) -> ContainerCreateBody {
 }
 
 /// What Docker is asked to create for a sandbox holder that shares `shared`.
-fn holder_body(spec: &HolderSpec, shared: &SocketDir) -> Result<ContainerCreateBody, EngineError> {
+/// What Docker is asked to create for a sandbox holder; `forward_on`: the holder is a
+/// cluster task's gateway on that network (`relay --forward`), not its namespace.
+fn holder_body(
+    spec: &HolderSpec,
+    shared: &SocketDir,
+    forward_on: Option<&str>,
+) -> Result<ContainerCreateBody, EngineError> {
     let name = spec.socket.strip_prefix(&shared.local).map_err(|_| {
         EngineError::Api(format!(
             "socket {} is outside the sandbox directory {}",
@@ -645,6 +723,10 @@ fn holder_body(spec: &HolderSpec, shared: &SocketDir) -> Result<ContainerCreateB
                 cmd.push(prefix.clone());
             }
         }
+    }
+    if let Some(network) = forward_on {
+        host_config.network_mode = Some(network.to_string());
+        cmd.push("--forward".into());
     }
     Ok(ContainerCreateBody {
         image: Some(spec.image.clone()),
@@ -956,30 +1038,7 @@ impl Engine for DockerEngine {
     }
 
     async fn start_holder(&self, spec: &HolderSpec) -> Result<SandboxRef, EngineError> {
-        let shared = self.sockets.get().ok_or_else(|| {
-            EngineError::Api("sandboxes were not prepared (no socket directory)".into())
-        })?;
-        let body = holder_body(spec, shared)?;
-        let id = self.create_from(body).await?;
-        let started = async {
-            self.docker
-                .start_container(&id, None::<StartContainerOptions>)
-                .await
-                .map_err(api_error)?;
-            self.until_relay_listens(&id, &spec.socket).await
-        };
-        match started.await {
-            Ok(()) => Ok(SandboxRef {
-                id,
-                addr: TaskAddr::Relay(spec.socket.clone()),
-            }),
-            Err(e) => {
-                if let Err(removal) = self.remove(&id).await {
-                    tracing::warn!(container = %id, error = %removal, "could not remove a failed sandbox holder");
-                }
-                Err(e)
-            }
-        }
+        self.start_holder_on(spec, None).await
     }
 
     async fn update_limits(
@@ -1088,7 +1147,7 @@ mod tests {
             network: Some("meca-net".into()),
             blocked: vec!["10.0.0.0/8".into()],
         };
-        let holder = |network| holder_body(&holder_spec(network), &socket_dir()).unwrap();
+        let holder = |network| holder_body(&holder_spec(network), &socket_dir(), None).unwrap();
         let default_body = serde_json::json!({
             "HostConfig": {
                 "Binds": [

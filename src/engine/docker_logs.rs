@@ -11,6 +11,9 @@
 //! Owns one HTTP/1.1 connection per follower (to `DOCKER_HOST`, unix or tcp, as bollard
 //! reads it); the connection is closed when the follower is dropped. Knows nothing of ready
 //! lines: [`super::ready`] scans what this yields.
+//!
+//! Also [`get_json`]: one plain GET whose JSON body is returned whole, for the fields
+//! bollard's models drop (a swarm task's network addresses).
 
 use std::path::PathBuf;
 
@@ -31,13 +34,9 @@ pub(super) enum Endpoint {
 }
 
 impl Endpoint {
-    /// `DOCKER_HOST` read as bollard reads it: `unix://PATH`, `tcp://` or `http://HOST:PORT`.
-    pub(super) fn from_env() -> Result<Endpoint, EngineError> {
-        let host = std::env::var("DOCKER_HOST").unwrap_or_default();
-        Endpoint::parse(&host)
-    }
-
-    fn parse(host: &str) -> Result<Endpoint, EngineError> {
+    /// A daemon address as `DOCKER_HOST` names one (read as bollard reads it): `unix://PATH`,
+    /// `tcp://` or `http://HOST:PORT`; empty: the default socket.
+    pub(super) fn parse(host: &str) -> Result<Endpoint, EngineError> {
         if host.is_empty() {
             return Ok(Endpoint::Unix("/var/run/docker.sock".into()));
         }
@@ -54,6 +53,70 @@ impl Endpoint {
             "DOCKER_HOST={host}: only unix:// and tcp:// (http://) daemons are supported"
         )))
     }
+}
+
+/// GETs `path` (with the API version prefix) and returns its JSON body; an answer other than
+/// 2xx is an error with the daemon's message.
+pub(super) async fn get_json(
+    endpoint: &Endpoint,
+    api_version: &str,
+    path: &str,
+) -> Result<serde_json::Value, EngineError> {
+    let unreachable = |e: std::io::Error| {
+        EngineError::Unreachable(format!("cannot connect to the Docker daemon: {e}"))
+    };
+    let (mut sender, connection) = match endpoint {
+        Endpoint::Unix(socket) => {
+            handshake(
+                tokio::net::UnixStream::connect(socket)
+                    .await
+                    .map_err(unreachable)?,
+            )
+            .await?
+        }
+        Endpoint::Tcp(addr) => {
+            handshake(
+                tokio::net::TcpStream::connect(addr.as_str())
+                    .await
+                    .map_err(unreachable)?,
+            )
+            .await?
+        }
+    };
+    let answer = async {
+        let request = hyper::Request::get(format!("/v{api_version}{path}"))
+            .header(hyper::header::HOST, "docker")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| EngineError::Api(format!("request {path}: {e}")))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| EngineError::Unreachable(format!("GET {path}: {e}")))?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| EngineError::Unreachable(format!("GET {path}: {e}")))?
+            .to_bytes();
+        let value: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| EngineError::Api(format!("GET {path}: not JSON: {e}")))?;
+        if !status.is_success() {
+            let message = value["message"]
+                .as_str()
+                .unwrap_or("no message")
+                .to_string();
+            return Err(if status.as_u16() == 404 {
+                EngineError::NoSuchContainer(message)
+            } else {
+                EngineError::Api(message)
+            });
+        }
+        Ok(value)
+    }
+    .await;
+    connection.abort();
+    answer
 }
 
 /// A container's output as it arrives, split into pieces of stdout and stderr.
@@ -79,6 +142,25 @@ impl LogFollower {
         id: &str,
         tty: bool,
     ) -> Result<LogFollower, EngineError> {
+        Self::open_path(endpoint, &format!("/v{api_version}/containers/{id}"), tty).await
+    }
+
+    /// Follows the output of swarm service `id`'s tasks (on any node) from their start.
+    pub(super) async fn open_service(
+        endpoint: &Endpoint,
+        api_version: &str,
+        id: &str,
+        tty: bool,
+    ) -> Result<LogFollower, EngineError> {
+        Self::open_path(endpoint, &format!("/v{api_version}/services/{id}"), tty).await
+    }
+
+    /// Follows `{object}/logs` (a container's or a service's).
+    async fn open_path(
+        endpoint: &Endpoint,
+        object: &str,
+        tty: bool,
+    ) -> Result<LogFollower, EngineError> {
         let unreachable = |e: std::io::Error| {
             EngineError::Unreachable(format!("cannot connect to the Docker daemon: {e}"))
         };
@@ -96,12 +178,10 @@ impl LogFollower {
                 handshake(stream).await?
             }
         };
-        let request = hyper::Request::get(format!(
-            "/v{api_version}/containers/{id}/logs?follow=1&stdout=1&stderr=1"
-        ))
-        .header(hyper::header::HOST, "docker")
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| EngineError::Api(format!("log request: {e}")))?;
+        let request = hyper::Request::get(format!("{object}/logs?follow=1&stdout=1&stderr=1"))
+            .header(hyper::header::HOST, "docker")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| EngineError::Api(format!("log request: {e}")))?;
         let response = sender
             .send_request(request)
             .await

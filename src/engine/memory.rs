@@ -183,6 +183,7 @@ impl MemContainer {
             code,
             oom_killed,
             memory_limit_mb: (self.mem_mb > 0).then_some(self.mem_mb),
+            node_lost: false,
         }
     }
 }

@@ -1,5 +1,6 @@
-//! The container engine seen by the executor: one trait, [`Engine`], and its Docker
-//! implementation in [`docker`].
+//! The container engine seen by the executor: one trait, [`Engine`], and its
+//! implementations: Docker ([`docker`]), Docker Swarm ([`swarm`]), in memory ([`memory`],
+//! for tests).
 //!
 //! Owns the translation of a [`ContainerSpec`] into engine calls and of engine failures into
 //! [`EngineError`]s a host operator can act on. It must not know about pools, budgets or
@@ -11,6 +12,7 @@ mod docker_logs;
 pub mod holder;
 pub mod memory;
 pub mod ready;
+pub mod swarm;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -133,10 +135,15 @@ pub struct ExitState {
     pub oom_killed: bool,
     /// The container's memory limit, when it had one.
     pub memory_limit_mb: Option<u64>,
+    /// The machine it ran on left the cluster (down or gone): nothing more is known.
+    pub node_lost: bool,
 }
 
 impl std::fmt::Display for ExitState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.node_lost {
+            return f.write_str("was lost with the node it ran on (the node is down)");
+        }
         if self.oom_killed {
             f.write_str("ran out of memory")?;
             if let Some(limit) = self.memory_limit_mb {
@@ -178,6 +185,13 @@ pub enum EngineError {
     /// The engine has no driver for the GPUs the task asked for (no NVIDIA runtime).
     #[error("container engine cannot give GPUs: {0}")]
     GpuDriverMissing(String),
+    /// No machine of the engine has room for the task (a cluster's scheduler kept it
+    /// pending).
+    #[error("no room for the task: {0}")]
+    NoRoom(String),
+    /// The engine cannot do what the task needs.
+    #[error("this engine cannot run the task: {0}")]
+    Unsupported(String),
     /// The container does not exist (any more).
     #[error("container {0} does not exist")]
     NoSuchContainer(String),
@@ -253,6 +267,14 @@ pub trait Engine: Send + Sync + 'static {
     /// itself, or the volume it is on when the executor runs in a container). Fails with
     /// the reason when it cannot be shared.
     async fn prepare_sandboxes(&self, dir: &Path) -> Result<(), EngineError>;
+    /// Whether the engine's machines get a task's image themselves when the task starts (a
+    /// cluster's nodes each pull for themselves): then the executor neither checks nor
+    /// pulls it, and an image no machine can get fails the start
+    /// ([`EngineError::ImageUnavailable`]); `image_present` and `pull` speak of the
+    /// executor's own machine only.
+    fn pulls_at_start(&self) -> bool {
+        false
+    }
     /// Whether the holders' sockets are files in that directory (an engine that relays in
     /// memory needs no directory at all).
     fn sockets_on_disk(&self) -> bool {

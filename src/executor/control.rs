@@ -274,6 +274,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         }};
     }
     changed!(
+        engine,
         start_timeout,
         request_timeout,
         queue_timeout,

@@ -71,6 +71,10 @@ impl Pulls {
         image: &str,
         pull_timeout: Duration,
     ) -> Result<(), EngineError> {
+        // The engine's machines pull it when its task starts.
+        if self.ctx.engine.pulls_at_start() {
+            return Ok(());
+        }
         // An image being removed is pulled again once the removal ended.
         self.uses.wait_not_removing(image).await;
         if self.ctx.engine.image_present(image).await? {

@@ -21,8 +21,14 @@
 //! hop but no destination. It then hands the socket to `--owner` and drops every
 //! capability; the task, which joins later with none, cannot change the routes.
 //!
+//! On a cluster (the swarm engine) a task runs in a namespace of its own on some node, and
+//! the holder is its gateway instead: it sits alone with the task on the sandbox's own
+//! network, and with `--forward` each connection starts with the task's address (4 bytes of
+//! IPv4 and 2 of port, network order), to which the holder connects instead of
+//! `127.0.0.1:8080`. Only addresses of the holder's own subnets are taken.
+//!
 //! ```text
-//! hold relay SOCKET_PATH [--owner UID:GID] [--block A.B.C.D/N]...
+//! hold relay SOCKET_PATH [--owner UID:GID] [--block A.B.C.D/N]... [--forward]
 //! hold addrs              print this namespace's own IPv4 addresses, one a line
 //! ```
 
@@ -37,8 +43,12 @@ use std::time::Duration;
 pub const GREETING: u8 = b'+';
 /// Where the task listens, inside the namespace.
 const TASK: (Ipv4Addr, u16) = (Ipv4Addr::LOCALHOST, 8080);
-/// How long connecting to the task may take (loopback: only a full accept queue is slow).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long connecting to the task may take (loopback: only a full accept queue is slow;
+/// across nodes the first packet also finds its tunnel).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a `--forward` connection may take to name its destination (the executor writes
+/// it with the connection).
+const TARGET_TIMEOUT: Duration = Duration::from_secs(1);
 
 const EPOLLIN: u32 = 0x001;
 const EPOLLOUT: u32 = 0x004;
@@ -135,7 +145,7 @@ fn main() {
         Some("statfs") if args.len() == 3 => print_filesystem(&args[2]),
         _ => {
             eprintln!(
-                "usage: {} relay SOCKET_PATH [--owner UID:GID] [--block PREFIX]... | addrs | statfs PATH",
+                "usage: {} relay SOCKET_PATH [--owner UID:GID] [--block PREFIX]... [--forward] | addrs | statfs PATH",
                 args[0]
             );
             std::process::exit(2);
@@ -173,6 +183,8 @@ struct RelayArgs {
     socket: String,
     owner: Option<(u32, u32)>,
     blocked: Vec<(Ipv4Addr, u8)>,
+    /// Each connection names its destination (see the module doc).
+    forward: bool,
 }
 
 impl RelayArgs {
@@ -181,9 +193,14 @@ impl RelayArgs {
             socket: args[0].clone(),
             owner: None,
             blocked: Vec::new(),
+            forward: false,
         };
         let mut rest = args[1..].iter();
         while let Some(flag) = rest.next() {
+            if flag == "--forward" {
+                parsed.forward = true;
+                continue;
+            }
             let value = rest.next().ok_or(format!("{flag} needs a value"))?;
             match flag.as_str() {
                 "--owner" => {
@@ -226,6 +243,9 @@ fn relay(args: &RelayArgs) -> io::Result<()> {
         drop_capabilities()?;
     }
     let mut relay = Relay::new(listener)?;
+    if args.forward {
+        relay.destinations = Destinations::Named(own_subnets()?);
+    }
     loop {
         relay.turn(-1)?;
     }
@@ -563,6 +583,15 @@ struct Relay {
     epoll: RawFd,
     conns: Vec<Option<Conn>>,
     scratch: Vec<u8>,
+    destinations: Destinations,
+}
+
+/// Where the relay connects each connection.
+enum Destinations {
+    /// The task at `127.0.0.1:8080` in this namespace.
+    Local,
+    /// The address the connection names, when it is in one of these subnets.
+    Named(Vec<(Ipv4Addr, u8)>),
 }
 
 /// The epoll token of the listener; a connection's are `slot << 1 | side`.
@@ -580,6 +609,7 @@ impl Relay {
             epoll,
             conns: Vec::new(),
             scratch: vec![0; 64 * 1024],
+            destinations: Destinations::Local,
         };
         relay.watch(relay.listener.as_raw_fd(), LISTENER)?;
         Ok(relay)
@@ -634,7 +664,7 @@ impl Relay {
         loop {
             match self.listener.accept() {
                 Ok((executor, _)) => {
-                    if let Some(conn) = connect_task(executor) {
+                    if let Some(conn) = connect_task(executor, &self.destinations) {
                         self.add(conn);
                     }
                 }
@@ -664,9 +694,20 @@ impl Relay {
 }
 
 /// Connects `executor`'s new connection to the task and greets it; `None` (the executor's
-/// connection closed without a greeting) when the task does not listen.
-fn connect_task(mut executor: UnixStream) -> Option<Conn> {
-    let task = TcpStream::connect_timeout(&SocketAddr::from(TASK), CONNECT_TIMEOUT).ok()?;
+/// connection closed without a greeting) when the task does not listen, or the connection
+/// named a destination it may not have.
+fn connect_task(mut executor: UnixStream, destinations: &Destinations) -> Option<Conn> {
+    let to = match destinations {
+        Destinations::Local => SocketAddr::from(TASK),
+        Destinations::Named(subnets) => {
+            let to = named_destination(&mut executor)?;
+            if !subnets.iter().any(|&net| in_subnet(*to.ip(), net)) {
+                return None;
+            }
+            SocketAddr::V4(to)
+        }
+    };
+    let task = TcpStream::connect_timeout(&to, CONNECT_TIMEOUT).ok()?;
     task.set_nodelay(true).ok()?;
     executor.set_nonblocking(false).ok()?;
     executor.write_all(&[GREETING]).ok()?;
@@ -680,10 +721,73 @@ fn connect_task(mut executor: UnixStream) -> Option<Conn> {
     })
 }
 
+/// The destination a `--forward` connection names first (IPv4, port; network order).
+fn named_destination(executor: &mut UnixStream) -> Option<std::net::SocketAddrV4> {
+    let mut named = [0u8; 6];
+    executor.set_nonblocking(false).ok()?;
+    executor.set_read_timeout(Some(TARGET_TIMEOUT)).ok()?;
+    executor.read_exact(&mut named).ok()?;
+    executor.set_read_timeout(None).ok()?;
+    let ip = Ipv4Addr::new(named[0], named[1], named[2], named[3]);
+    Some(std::net::SocketAddrV4::new(
+        ip,
+        u16::from_be_bytes([named[4], named[5]]),
+    ))
+}
+
+fn in_subnet(addr: Ipv4Addr, (net, len): (Ipv4Addr, u8)) -> bool {
+    let mask = if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(len))
+    };
+    u32::from(addr) & mask == u32::from(net) & mask
+}
+
+/// The subnets of this namespace's own interfaces, loopback left out, from
+/// `/proc/net/route` (destination and mask in host order, hex).
+fn own_subnets() -> io::Result<Vec<(Ipv4Addr, u8)>> {
+    let table = std::fs::read_to_string("/proc/net/route")?;
+    Ok(subnets_in_route_table(&table))
+}
+
+fn subnets_in_route_table(table: &str) -> Vec<(Ipv4Addr, u8)> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let hex = |i: usize| u32::from_str_radix(fields.get(i)?, 16).ok();
+            let (dest, gateway, mask) = (hex(1)?, hex(2)?, hex(7)?);
+            // Directly connected subnets only: no gateway, and not the default route.
+            if gateway != 0 || mask == 0 {
+                return None;
+            }
+            let dest = Ipv4Addr::from(u32::from_be(dest));
+            let len = u32::from_be(mask).leading_ones() as u8;
+            (!dest.is_loopback()).then_some((dest, len))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Cursor;
+
+    #[test]
+    fn a_forwarding_relay_takes_only_its_own_subnets() {
+        // /proc/net/route of a holder on an overlay 10.0.1.0/24 (and a default route).
+        let table =
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+                     eth0\t0001000A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
+                     eth1\t00000000\t010012AC\t0003\t0\t0\t0\t00000000\t0\t0\t0\n";
+        let subnets = subnets_in_route_table(table);
+        assert_eq!(subnets, vec![(Ipv4Addr::new(10, 0, 1, 0), 24)]);
+        assert!(in_subnet(Ipv4Addr::new(10, 0, 1, 7), subnets[0]));
+        assert!(!in_subnet(Ipv4Addr::new(10, 0, 2, 7), subnets[0]));
+        assert!(!in_subnet(Ipv4Addr::new(172, 18, 0, 1), subnets[0]));
+    }
 
     /// A writer that takes at most `room` bytes, then would block.
     struct Tight {
@@ -753,8 +857,11 @@ mod tests {
                 socket: "/run/meca/a".into(),
                 owner: Some((7, 8)),
                 blocked: vec![(Ipv4Addr::new(10, 0, 0, 0), 8)],
+                forward: false,
             }
         );
+        let forwarding = ["/s".to_string(), "--forward".to_string()];
+        assert!(RelayArgs::parse(&forwarding).unwrap().forward);
         for bad in [
             ["--block", "10.0.0.0/33"],
             ["--block", "x/8"],
