@@ -1,5 +1,5 @@
 //! The host's own resources: core count, memory, and current usage for `/stats`; the size
-//! of a filesystem.
+//! of a filesystem. On a cluster the capacity is the cluster's (set from the engine).
 //!
 //! Owns the `sysinfo` handle. Readings are taken on demand (when `/stats` is asked), never
 //! by a background poller. Admission never depends on sampled CPU idleness: it is decided by
@@ -63,7 +63,9 @@ impl Filesystem {
 pub struct Host {
     /// `None` for a host of fixed figures (simulations), whose usage reads as 0%.
     system: Option<Mutex<System>>,
-    capacity: HostCapacity,
+    /// This machine's, or the machines' of the engine when they are others (a cluster's
+    /// ready nodes, which change: [`Host::set_capacity`]).
+    capacity: Mutex<HostCapacity>,
 }
 
 impl Host {
@@ -76,7 +78,7 @@ impl Host {
         let mem_mb = system.total_memory() / (1024 * 1024);
         Host {
             system: Some(Mutex::new(system)),
-            capacity: HostCapacity { cores, mem_mb },
+            capacity: Mutex::new(HostCapacity { cores, mem_mb }),
         }
     }
 
@@ -84,12 +86,18 @@ impl Host {
     pub fn fixed(capacity: HostCapacity) -> Host {
         Host {
             system: None,
-            capacity,
+            capacity: Mutex::new(capacity),
         }
     }
 
     pub fn capacity(&self) -> HostCapacity {
-        self.capacity
+        *self.capacity.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The capacity tasks run on is `capacity` from now on (the engine's machines are not
+    /// this one, and they changed).
+    pub fn set_capacity(&self, capacity: HostCapacity) {
+        *self.capacity.lock().unwrap_or_else(|e| e.into_inner()) = capacity;
     }
 
     /// CPU busy since the previous reading (or start) and memory in use now.

@@ -54,14 +54,16 @@ swarm_up() {
         mkdir -p "$SWARM_DIR/node$n"
         echo "{\"cgroup-parent\": \"/$SWARM_NAME-node$n\"}" >"$SWARM_DIR/node$n/daemon.json"
         # Docker in Docker as this host allows it: no --privileged (dockerd here lacks
-        # CAP_SYS_RESOURCE), cgroups mounted read-write, every device allowed.
+        # CAP_SYS_RESOURCE), cgroups mounted read-write, every device allowed. A node
+        # started again (a test's lost node) begins afresh: its state was on the tmpfs,
+        # and the pid files of the daemon it lost go.
         docker run -d --name "$SWARM_NAME-node$n" --hostname "node$n" \
             --label org.mecanywhere.test-image=1 --network "$SWARM_NAME" \
             --cap-add ALL --cap-drop SYS_RESOURCE --security-opt seccomp=unconfined \
             --security-opt apparmor=unconfined --device-cgroup-rule 'a *:* rwm' \
             -v /sys/fs/cgroup:/sys/fs/cgroup:rw --tmpfs /var/lib/docker:exec \
             -v "$SWARM_DIR/node$n:/run/meca" -v "$SWARM_DIR:$SWARM_DIR" "$SWARM_NODE_IMAGE" \
-            dockerd --config-file /run/meca/daemon.json -H unix:///run/meca/docker.sock >/dev/null
+            sh -c 'rm -rf /var/run/docker.pid /var/run/docker; exec dockerd --config-file /run/meca/daemon.json -H unix:///run/meca/docker.sock' >/dev/null
         SWARM_NODES="$n"
     done
     for n in $(seq 1 "$count"); do

@@ -267,6 +267,12 @@ pub trait Engine: Send + Sync + 'static {
     /// itself, or the volume it is on when the executor runs in a container). Fails with
     /// the reason when it cannot be shared.
     async fn prepare_sandboxes(&self, dir: &Path) -> Result<(), EngineError>;
+    /// The capacity tasks are scheduled on, when the engine's machines are not the
+    /// executor's own (a cluster: the ready nodes open to tasks, in all); `None`: this
+    /// host's. Read at start and then every few seconds: machines come and go.
+    async fn capacity(&self) -> Result<Option<crate::host::HostCapacity>, EngineError> {
+        Ok(None)
+    }
     /// Whether the engine's machines get a task's image themselves when the task starts (a
     /// cluster's nodes each pull for themselves): then the executor neither checks nor
     /// pulls it, and an image no machine can get fails the start

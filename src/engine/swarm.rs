@@ -48,6 +48,9 @@ use super::{
 };
 use crate::config::SwarmSettings;
 use crate::pull_progress::PullProgress;
+use crate::task::Call;
+use crate::task_client::{Answer, CallError, TaskCall, TaskClient};
+use bytes::Bytes;
 
 /// [`LABEL_ROLE`] of a sandbox's overlay network.
 pub const ROLE_SANDBOX_NETWORK: &str = "sandbox-network";
@@ -689,6 +692,27 @@ fn urlencode(text: &str) -> String {
 
 #[async_trait]
 impl Engine for SwarmEngine {
+    async fn capacity(&self) -> Result<Option<crate::host::HostCapacity>, EngineError> {
+        let nodes = self.docker.get_json("/nodes").await?;
+        let (mut nano_cpus, mut mem_bytes) = (0i64, 0i64);
+        for node in nodes.as_array().into_iter().flatten() {
+            let ready = node["Status"]["State"].as_str() == Some("ready");
+            let open = node["Spec"]["Availability"].as_str() == Some("active");
+            if ready && open {
+                nano_cpus += node["Description"]["Resources"]["NanoCPUs"]
+                    .as_i64()
+                    .unwrap_or(0);
+                mem_bytes += node["Description"]["Resources"]["MemoryBytes"]
+                    .as_i64()
+                    .unwrap_or(0);
+            }
+        }
+        Ok(Some(crate::host::HostCapacity {
+            cores: (nano_cpus / 1_000_000_000) as u32,
+            mem_mb: (mem_bytes / (1024 * 1024)) as u64,
+        }))
+    }
+
     fn pulls_at_start(&self) -> bool {
         // Each node pulls for itself when its task starts (see `until_running`).
         true
@@ -997,6 +1021,7 @@ impl Engine for SwarmEngine {
             docker: self.docker.clone(),
             key: key.to_string(),
             value: value.to_string(),
+            ended: self.ended.clone(),
         };
         // The poller looks at once, so what runs now is known when it ends later; it stops
         // when the stream is dropped.
@@ -1007,6 +1032,9 @@ impl Engine for SwarmEngine {
                 match engine.poll(&mut alive, &mut reported).await {
                     Ok(gone) => {
                         for id in gone {
+                            let labels =
+                                HashMap::from([(engine.key.clone(), engine.value.clone())]);
+                            let _ = engine.ended.send((id.clone(), labels));
                             if found.send(Ok(id)).await.is_err() {
                                 return;
                             }
@@ -1099,6 +1127,19 @@ impl Engine for SwarmEngine {
         }
     }
 
+    fn task_client(
+        &self,
+        id: &str,
+        addr: &TaskAddr,
+        max_answer_bytes: usize,
+    ) -> std::sync::Arc<dyn TaskCall> {
+        std::sync::Arc::new(LostAware {
+            inner: TaskClient::new(addr.clone(), max_answer_bytes),
+            id: id.to_string(),
+            ended: self.ended.clone(),
+        })
+    }
+
     async fn update_limits(
         &self,
         id: &str,
@@ -1112,11 +1153,57 @@ impl Engine for SwarmEngine {
     }
 }
 
-/// What the exits stream of services needs (cloned into the stream).
+/// The client of a task on a swarm: a call in flight fails as soon as its task is known to
+/// have ended (removed, or its node lost). On a single host a container's death closes
+/// the connection; a node that went away closes nothing, and the call would wait for its
+/// timeout.
+#[derive(Debug)]
+struct LostAware {
+    inner: TaskClient,
+    id: String,
+    ended: tokio::sync::broadcast::Sender<(String, HashMap<String, String>)>,
+}
+
+#[async_trait]
+impl TaskCall for LostAware {
+    fn addr(&self) -> &TaskAddr {
+        self.inner.addr()
+    }
+
+    async fn call(&self, call: Call, input: Bytes, timeout: Duration) -> Result<Answer, CallError> {
+        let mut ended = self.ended.subscribe();
+        let gone = async {
+            loop {
+                match ended.recv().await {
+                    Ok((id, _)) if id == self.id => return,
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        std::future::pending::<()>().await
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            answer = self.inner.call(call, input, timeout) => answer,
+            () = gone => Err(CallError::Transport(
+                "the task ended while it was called (removed, or its node was lost)".into(),
+            )),
+        }
+    }
+
+    fn close(&self) {
+        self.inner.close();
+    }
+}
+
+/// What the exits stream of services needs (moved into its poller).
 struct ExitPoller {
     docker: DockerEngine,
     key: String,
     value: String,
+    /// Where what it finds ended is also told, for the calls in flight to those tasks
+    /// ([`LostAware`]).
+    ended: tokio::sync::broadcast::Sender<(String, HashMap<String, String>)>,
 }
 
 impl ExitPoller {

@@ -19,6 +19,7 @@
 mod adaptive;
 mod admission;
 mod background;
+mod capacity;
 mod container;
 mod context;
 mod control;
@@ -58,6 +59,7 @@ use crate::task::TaskKey;
 use adaptive::Adaptive;
 use admission::Admission;
 use background::spawn_supervised;
+use capacity::CapacityFollower;
 use context::Context;
 use gpus::Gpus;
 use image_gc::ImageCollector;
@@ -131,7 +133,7 @@ pub fn task_budget(config: &Config, host: HostCapacity) -> Demand {
 pub struct Executor {
     /// The handles every component shares (engine, config, metrics, stop, tracked work).
     ctx: Context,
-    host: Host,
+    host: Arc<Host>,
     pool: Arc<Pool>,
     budget: Arc<Budget>,
     gpus: Arc<Gpus>,
@@ -171,6 +173,17 @@ impl Executor {
         for retired in &config.retired {
             tracing::warn!("config: {retired}");
         }
+        // On a cluster, the budget is capped by the cluster's capacity, not this host's.
+        let cluster = engine.capacity().await?;
+        if let Some(capacity) = cluster {
+            tracing::info!(
+                cores = capacity.cores,
+                mem_mb = capacity.mem_mb,
+                "the engine's machines in all"
+            );
+            host.set_capacity(capacity);
+        }
+        let host = Arc::new(host);
         let total = task_budget(&config, host.capacity());
         let orphans = engine.list_labelled(LABEL_EXECUTOR, &config.name).await?;
         for id in &orphans {
@@ -279,6 +292,21 @@ impl Executor {
             Arc::new(prewarmer),
             Prewarmer::keep_prewarmed,
         );
+        if cluster.is_some() {
+            let follower = CapacityFollower::new(
+                ctx.clone(),
+                Arc::clone(&host),
+                Arc::clone(&budget),
+                Arc::clone(&pool),
+                task_budget,
+            );
+            spawn_supervised(
+                &ctx,
+                "capacity_follower",
+                Arc::new(follower),
+                CapacityFollower::follow,
+            );
+        }
         let budget_total = budget.snapshot().total;
         tracing::info!(
             instance = %ctx.instance,

@@ -14,6 +14,7 @@
 
 pub mod memory;
 pub mod registry;
+pub mod swarm;
 
 use std::io::Write;
 use std::net::TcpListener;
@@ -286,6 +287,11 @@ impl Executor {
     /// Starts an executor with extra environment variables (e.g. `DOCKER_HOST`).
     pub fn start_with_env(prefix: &str, yaml: &str, env: &[(&str, &str)]) -> Executor {
         Self::start_full(&unique_name(prefix), yaml, env, "127.0.0.1")
+    }
+
+    /// Starts an executor named `name` with extra environment variables.
+    pub fn start_named_with_env(name: &str, yaml: &str, env: &[(&str, &str)]) -> Executor {
+        Self::start_full(name, yaml, env, "127.0.0.1")
     }
 
     /// Starts an executor listening on every interface (`0.0.0.0`, no token), so its API is

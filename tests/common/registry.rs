@@ -56,11 +56,17 @@ impl Registry {
     }
 
     /// The same registry (its storage, its port) served again on the loopback of network
-    /// namespace `netns` too, for a daemon there; stopped when the answer is dropped.
+    /// namespace `netns` too (a name in /run/netns, or a path), for a daemon there; stopped
+    /// when the answer is dropped.
     pub fn serve_in_netns(&self, netns: &str) -> Served {
+        let netns = if netns.starts_with('/') {
+            netns.to_string()
+        } else {
+            format!("/run/netns/{netns}")
+        };
         let served = Served(
             Command::new("nsenter")
-                .arg(format!("--net=/run/netns/{netns}"))
+                .arg(format!("--net={netns}"))
                 .args(["docker-registry", "serve"])
                 .arg(&self.config)
                 .stdout(Stdio::null())
@@ -72,7 +78,7 @@ impl Registry {
         let listening = format!("127.0.0.1:{}", self.port);
         loop {
             let probe = Command::new("nsenter")
-                .arg(format!("--net=/run/netns/{netns}"))
+                .arg(format!("--net={netns}"))
                 .args(["python3", "-c"])
                 .arg(format!(
                     "import socket; socket.create_connection(('127.0.0.1', {}), 1)",

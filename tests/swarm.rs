@@ -1,0 +1,300 @@
+//! `engine: swarm` on a real 3-node Docker Swarm of nested dockerds (`scripts/test-swarm.sh`,
+//! part of `scripts/test.sh`, brings it up, loads the test images on every node, runs these
+//! with `--ignored --test-threads=1` and removes it): the executor binary talks to the
+//! manager (node 1) as `DOCKER_HOST`, and is checked as a host owner would: the seed's
+//! requests answered, tasks spread over the nodes, limits seen from inside a task, a
+//! reservation no node fits queued then refused on time, a node pulling a task's image
+//! from a registry (the test's own, on each node's loopback) and naming one it cannot get,
+//! a node lost mid-run, and nothing left on any node.
+//!
+//! One at a time: the lost-node test takes a node away (and brings it back as a new one).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use common::registry::{build_with_random_layer, push_and_forget, Registry, Tags};
+use common::swarm::{LeftRemoved, Swarm};
+use common::{unique_name, Executor};
+
+/// The images the tests run, loaded on every node (`scripts/test-swarm.sh`).
+const IMAGES: &[&str] = &[
+    "meca-echo:latest",
+    "meca-test-limits:latest",
+    "meca-test-slow-answer:latest",
+];
+
+/// An executor on the swarm (config `yaml` added to the swarm's), and what removes what it
+/// leaves there (dropped after it).
+fn start<'s>(swarm: &'s Swarm, prefix: &str, yaml: &str) -> (LeftRemoved<'s>, Executor) {
+    let name = unique_name(prefix);
+    let sockets = swarm.dir.join("sockets");
+    std::fs::create_dir_all(&sockets).unwrap();
+    let config = format!(
+        "engine: swarm\nsocket_dir: {}\nsandbox_pool: 2\n{yaml}",
+        sockets.display()
+    );
+    let left = LeftRemoved {
+        swarm,
+        name: name.clone(),
+    };
+    let host = swarm.host(1);
+    let executor = Executor::start_named_with_env(&name, &config, &[("DOCKER_HOST", &host)]);
+    (left, executor)
+}
+
+fn echo(cpu: f64, mem: u64, input: &str) -> serde_json::Value {
+    json!({"id": "meca-echo:latest", "resource": {"cpu": cpu, "mem": mem}, "input": input})
+}
+
+/// `/stats` field `field` as a number.
+fn stat(ex: &Executor, field: &str) -> f64 {
+    let stats = ex.get("/stats");
+    stats.body[field]
+        .as_f64()
+        .unwrap_or_else(|| panic!("/stats has no {field}: {stats:?}"))
+}
+
+#[test]
+#[ignore = "needs the 3-node swarm of scripts/test-swarm.sh (run by scripts/test.sh)"]
+fn seed_requests_are_served_keys_spread_over_the_nodes_and_stop_leaves_nothing() {
+    let swarm = Swarm::from_env();
+    let (_left, mut ex) = start(&swarm, "swarm-seed", "cpu: 3\nmem: 2048\n");
+    // The README's two curl requests, as the seed documents them.
+    let reply = ex.execute(&json!({"id": "meca-echo:latest", "input": "{\"name\": \"sbip\"}"}));
+    assert!(reply.success(), "{reply:?}");
+    assert_eq!(reply.msg(), "{\"name\": \"sbip\"}");
+    let reply = ex.execute(&echo(1.0, 128, "{\"name\": \"sbip\"}"));
+    assert!(reply.success(), "{reply:?}");
+    // /stats: the cluster's capacity (3 nodes of this machine's cores) and the budget.
+    let cores = std::thread::available_parallelism().unwrap().get() as f64;
+    assert_eq!(stat(&ex, "total_cpu"), 3.0 * cores);
+    assert_eq!(stat(&ex, "task_cpu"), 3.0_f64.min(3.0 * cores));
+
+    // Six keys at once: Swarm places them where there is room, on more than one node.
+    let replies: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..6)
+            .map(|i| {
+                let ex = &ex;
+                s.spawn(move || ex.execute(&echo(0.25, 64 + i, &format!("key {i}"))))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (i, reply) in replies.iter().enumerate() {
+        assert!(reply.success(), "key {i}: {reply:?}");
+        assert_eq!(reply.msg(), format!("key {i}"));
+    }
+    let nodes = swarm.task_nodes(&ex.name);
+    let distinct: std::collections::BTreeSet<&String> = nodes.iter().collect();
+    assert!(distinct.len() >= 2, "all tasks on one node: {nodes:?}");
+    // Warm: the same key again is served by the same service.
+    let services = swarm.services_of(&ex.name);
+    assert!(ex.execute(&echo(0.25, 64, "again")).success());
+    assert_eq!(swarm.services_of(&ex.name), services);
+
+    ex.stop();
+    let left = swarm.settled_left_by(&ex.name, Duration::from_secs(30));
+    assert!(left.is_empty(), "left on the swarm after /stop: {left:?}");
+}
+
+#[test]
+#[ignore = "needs the 3-node swarm of scripts/test-swarm.sh (run by scripts/test.sh)"]
+fn limits_are_seen_from_inside_the_task() {
+    let swarm = Swarm::from_env();
+    let (_left, _ex) = start(&swarm, "swarm-limits", "cpu: 2\nmem: 1024\n");
+    let ex = &_ex;
+    let reply = ex.execute(&json!({
+        "id": "meca-test-limits:latest",
+        "resource": {"cpu": 0.5, "mem": 96},
+        "input": "limits?"
+    }));
+    assert!(reply.success(), "{reply:?}");
+    let seen: serde_json::Value = serde_json::from_str(reply.msg()).unwrap();
+    assert_eq!(seen, json!({"cpu": 0.5, "mem_mb": 96}), "{reply:?}");
+    // What Swarm was asked: the limits are also the reservations.
+    let service = &swarm.services_of(&ex.name)[0];
+    let resources = swarm.docker(
+        1,
+        &[
+            "service",
+            "inspect",
+            "-f",
+            "{{json .Spec.TaskTemplate.Resources}}",
+            service,
+        ],
+    );
+    let resources: serde_json::Value = serde_json::from_str(&resources).unwrap();
+    assert_eq!(resources["Limits"]["NanoCPUs"], 500_000_000);
+    assert_eq!(resources["Reservations"]["NanoCPUs"], 500_000_000);
+    assert_eq!(resources["Limits"]["MemoryBytes"], 96 << 20);
+    assert_eq!(resources["Reservations"]["MemoryBytes"], 96 << 20);
+}
+
+#[test]
+#[ignore = "needs the 3-node swarm of scripts/test-swarm.sh (run by scripts/test.sh)"]
+fn a_reservation_no_node_fits_is_queued_then_refused_on_time() {
+    let swarm = Swarm::from_env();
+    let cores = std::thread::available_parallelism().unwrap().get() as f64;
+    // The budget holds more than any one node has: the task fits the budget, no node.
+    let yaml = format!("cpu: {}\nmem: 2048\nqueue_timeout: 3s\n", 3.0 * cores);
+    let (_left, ex) = start(&swarm, "swarm-no-room", &yaml);
+    let began = Instant::now();
+    let reply = ex.execute(&echo(cores + 0.5, 64, "too big for a node"));
+    let took = began.elapsed();
+    assert!(!reply.success(), "{reply:?}");
+    assert!(
+        reply.msg().contains("no node of the swarm had room"),
+        "{}",
+        reply.msg()
+    );
+    assert!(
+        reply.msg().contains("insufficient resources"),
+        "{}",
+        reply.msg()
+    );
+    assert!(
+        took >= Duration::from_secs(3),
+        "refused before queue_timeout: {took:?}"
+    );
+    assert!(took < Duration::from_secs(20), "refused late: {took:?}");
+    // Nothing of it stays pending, and a task that fits is served.
+    let reply = ex.execute(&echo(0.5, 64, "fits"));
+    assert!(reply.success(), "{reply:?}");
+    assert_eq!(swarm.services_of(&ex.name).len(), 1);
+}
+
+#[test]
+#[ignore = "needs the 3-node swarm of scripts/test-swarm.sh (run by scripts/test.sh)"]
+fn each_node_pulls_from_the_registry_and_an_image_none_can_get_is_named() {
+    let swarm = Swarm::from_env();
+    let registry = Registry::start();
+    let image = registry.reference(&format!("{}:v1", unique_name("swarm-pulled")));
+    let _tags = Tags(vec![image.clone()]);
+    build_with_random_layer(&image, 1 << 20);
+    push_and_forget(&image);
+    // The registry on each node's own loopback, where its dockerd pulls from.
+    let _served: Vec<_> = (1..=3)
+        .map(|n| registry.serve_in_netns(&swarm.node_netns(n)))
+        .collect();
+    let (_left, ex) = start(
+        &swarm,
+        "swarm-pull",
+        "cpu: 2\nmem: 1024\npull_timeout: 60s\n",
+    );
+
+    let reply =
+        ex.execute(&json!({"id": image, "resource": {"cpu": 0.5, "mem": 64}, "input": "pulled"}));
+    assert!(reply.success(), "{reply:?}");
+    assert_eq!(reply.msg(), "pulled");
+
+    let absent = "127.0.0.1:9/meca-swarm-absent:v1";
+    let began = Instant::now();
+    let reply =
+        ex.execute(&json!({"id": absent, "resource": {"cpu": 0.5, "mem": 64}, "input": "x"}));
+    assert!(!reply.success(), "{reply:?}");
+    assert!(reply.msg().contains(absent), "{}", reply.msg());
+    assert!(
+        reply.msg().contains("could not get it"),
+        "the node's refusal is named: {}",
+        reply.msg()
+    );
+    assert!(
+        began.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        began.elapsed()
+    );
+}
+
+/// Brings node `n` back as a new worker when dropped (also when the test fails).
+struct NodeBack<'a>(&'a Swarm, u32);
+
+impl Drop for NodeBack<'_> {
+    fn drop(&mut self) {
+        let back = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.0.restore_node(self.1, IMAGES)
+        }));
+        if back.is_err() {
+            eprintln!("node{} could not be brought back", self.1);
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs the 3-node swarm of scripts/test-swarm.sh (run by scripts/test.sh)"]
+fn a_node_lost_mid_run_fails_its_request_clearly_and_the_next_runs_elsewhere() {
+    let swarm = Swarm::from_env();
+    // Tasks on the workers only: the manager (and the executor's daemon) stays.
+    let yaml = "cpu: 2\nmem: 1024\nrequest_timeout: 120s\nswarm:\n  constraints: [\"node.role==worker\"]\n";
+    let (_left, ex) = start(&swarm, "swarm-lost", yaml);
+    let slow = json!({"id": "meca-test-slow-answer:latest", "resource": {"cpu": 0.5, "mem": 64}, "input": "slow"});
+    let reply = ex.execute(&slow);
+    assert!(reply.success(), "{reply:?}");
+    let node: u32 = swarm.task_nodes(&ex.name)[0]
+        .trim_start_matches("node")
+        .parse()
+        .unwrap();
+    assert!(node == 2 || node == 3, "on node{node}");
+    let cores_before = stat(&ex, "total_cpu");
+
+    let (in_flight, lost_at) = std::thread::scope(|s| {
+        let call = s.spawn(|| {
+            let began = Instant::now();
+            (ex.execute(&slow), began)
+        });
+        // The call is under way (the task answers after 2 s); its node goes.
+        std::thread::sleep(Duration::from_millis(700));
+        swarm.stop_node(node);
+        let lost_at = Instant::now();
+        let (reply, _) = call.join().unwrap();
+        (reply, lost_at)
+    });
+    let _back = NodeBack(&swarm, node);
+    let failed_after = lost_at.elapsed();
+    assert!(
+        !in_flight.success(),
+        "answered from a lost node: {in_flight:?}"
+    );
+    assert!(!in_flight.msg().is_empty());
+    // Long before request_timeout (120 s): once Swarm marks the node down.
+    assert!(
+        failed_after < Duration::from_secs(60),
+        "the in-flight request waited {failed_after:?}: {in_flight:?}"
+    );
+    eprintln!(
+        "in-flight request failed {:.1} s after its node was lost: {}",
+        failed_after.as_secs_f64(),
+        in_flight.msg()
+    );
+    // The next request starts the key on the other worker.
+    let next = loop {
+        let reply = ex.execute(&slow);
+        if reply.success() {
+            break lost_at.elapsed();
+        }
+        assert!(
+            lost_at.elapsed() < Duration::from_secs(90),
+            "no request succeeded within 90 s of the node's loss: {reply:?}"
+        );
+    };
+    eprintln!(
+        "first successful request {:.1} s after the node was lost",
+        next.as_secs_f64()
+    );
+    let now_on = swarm.task_nodes(&ex.name);
+    assert!(
+        !now_on.contains(&format!("node{node}")),
+        "still on the lost node: {now_on:?}"
+    );
+    // The lost node's capacity left the budget's ceiling.
+    let started = Instant::now();
+    while stat(&ex, "total_cpu") >= cores_before {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the cluster's capacity still counts the lost node"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
