@@ -2,8 +2,9 @@
 # Runs the whole test suite against a real Docker daemon. On a fresh Debian machine it
 # installs what is missing (docker.io, runsc, docker-registry, debootstrap), starts dockerd when none
 # runs (and stops it again at the end), registers gVisor as Docker runtime `runsc`, builds
-# the task images from this repository, checks formatting and lints, runs every test, and
-# fails if any container carrying the executor's label is left behind.
+# the task images from this repository, checks formatting and lints, runs every test (the
+# swarm engine's on a 3-node Swarm it brings up and removes), and fails if any container
+# carrying the executor's label is left behind.
 #
 # Usage: scripts/test.sh      (from any directory)
 set -euo pipefail
@@ -44,6 +45,9 @@ scripts/test-package.sh
 # The package's unit under a real systemd (PID 1 in a Debian container): start, stop,
 # restart after SIGKILL, journal, reload.
 scripts/test-systemd.sh
+# engine: swarm on a real 3-node Docker Swarm of nested dockerds: the engine contract's
+# swarm cases and tests/swarm.rs (ignored by the cargo test above), nothing left on a node.
+scripts/test-swarm.sh
 
 left="$(docker ps -aq --filter label=org.mecanywhere.executor)"
 if [ -n "$left" ]; then

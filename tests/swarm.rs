@@ -298,3 +298,113 @@ fn a_node_lost_mid_run_fails_its_request_clearly_and_the_next_runs_elsewhere() {
         std::thread::sleep(Duration::from_millis(500));
     }
 }
+
+/// Removes the executor's own service when dropped.
+struct ServiceRemoved<'a>(&'a Swarm, String);
+
+impl Drop for ServiceRemoved<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.try_docker(1, &["service", "rm", &self.1]);
+    }
+}
+
+#[test]
+#[ignore = "needs the 3-node swarm of scripts/test-swarm.sh (run by scripts/test.sh)"]
+fn the_executor_deployed_as_a_service_on_the_manager_serves_the_seed_request() {
+    let swarm = Swarm::from_env();
+    // The README's deployment: the executor image (built here, without a registry) as a
+    // service pinned to a manager, the manager's Docker socket and a config mounted, its
+    // port published on that node.
+    let build =
+        std::process::Command::new(common::repo_root().join("scripts/build-executor-image.sh"))
+            .output()
+            .expect("build script runs");
+    assert!(
+        build.status.success(),
+        "{}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    let mut save = std::process::Command::new("docker")
+        .args(["save", "mecanywhere-executor:latest"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let loaded = std::process::Command::new("docker")
+        .args(["-H", &swarm.host(1), "load", "-q"])
+        .stdin(save.stdout.take().unwrap())
+        .output()
+        .unwrap();
+    assert!(save.wait().unwrap().success() && loaded.status.success());
+
+    let name = unique_name("swarm-deployed");
+    let _left = LeftRemoved {
+        swarm: &swarm,
+        name: name.clone(),
+    };
+    let config = swarm.dir.join(format!("{name}.yaml"));
+    std::fs::write(
+        &config,
+        format!("engine: swarm\ncpu: 2\nmem: 1024\nname: {name}\n"),
+    )
+    .unwrap();
+    let port = common::free_port().to_string();
+    let service = format!("meca-executor-{}", std::process::id());
+    let _service = ServiceRemoved(&swarm, service.clone());
+    swarm.docker(
+        1,
+        &[
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            &service,
+            "--constraint",
+            "node.role==manager",
+            // The test swarm's manager keeps its socket there (a real one: /var/run/docker.sock).
+            "--mount",
+            "type=bind,src=/run/meca/docker.sock,dst=/var/run/docker.sock",
+            "--mount",
+            &format!(
+                "type=bind,src={},dst=/app/mecanywhere_executor.yaml,readonly",
+                config.display()
+            ),
+            "--publish",
+            &format!("mode=host,target=2591,published={port}"),
+            "--stop-grace-period",
+            "60s",
+            "mecanywhere-executor:latest",
+        ],
+    );
+    let url = format!("http://{}:{port}/", swarm.node_ip(1));
+    let client = common::Client::new();
+    let request = json!({"id": "meca-echo:latest", "input": "{\"name\": \"sbip\"}"}).to_string();
+    let started = Instant::now();
+    let reply = loop {
+        match client.request("POST", &url, Some(request.clone().into_bytes())) {
+            Ok(reply) => break reply,
+            Err(e) => {
+                let logs = swarm.try_docker(1, &["service", "logs", &service]);
+                assert!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "the executor's service did not answer at {url}: {e}; its logs: {logs:?}"
+                );
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        }
+    };
+    assert!(reply.success(), "{reply:?}");
+    assert_eq!(reply.msg(), "{\"name\": \"sbip\"}");
+    assert_eq!(
+        swarm.services_of(&name).len(),
+        1,
+        "the task is a service of its own"
+    );
+
+    // Removing the executor's service stops it as SIGTERM does: its tasks go with it.
+    swarm.docker(1, &["service", "rm", &service]);
+    let left = swarm.settled_left_by(&name, Duration::from_secs(60));
+    assert!(
+        left.is_empty(),
+        "left after the executor's service was removed: {left:?}"
+    );
+}
