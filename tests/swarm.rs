@@ -131,6 +131,46 @@ fn limits_are_seen_from_inside_the_task() {
     assert_eq!(resources["Reservations"]["NanoCPUs"], 500_000_000);
     assert_eq!(resources["Limits"]["MemoryBytes"], 96 << 20);
     assert_eq!(resources["Reservations"]["MemoryBytes"], 96 << 20);
+
+    // The hardening carried over, as the task's node shows its container and process.
+    let task = swarm.docker(1, &["service", "ps", "-q", "--no-trunc", service]);
+    let task = task.lines().next().unwrap();
+    let container = swarm.docker(1, &["inspect", "-f", "{{.Status.ContainerStatus.ContainerID}}", task]);
+    let node: u32 = swarm
+        .docker(1, &["service", "ps", "--format", "{{.Node}}", service])
+        .trim_start_matches("node")
+        .parse()
+        .unwrap();
+    let host_config = swarm.docker(
+        node,
+        &[
+            "inspect",
+            "-f",
+            "{{json .HostConfig.CapDrop}} {{.HostConfig.PidsLimit}} {{json .HostConfig.Ulimits}}",
+            &container,
+        ],
+    );
+    assert_eq!(
+        host_config,
+        "[\"ALL\"] 1024 [{\"Name\":\"nofile\",\"Hard\":4096,\"Soft\":4096}]"
+    );
+    let pid = swarm.docker(node, &["inspect", "-f", "{{.State.Pid}}", &container]);
+    let status = common::docker(&[
+        "exec",
+        &swarm.node_container(node),
+        "cat",
+        &format!("/proc/{pid}/status"),
+    ]);
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(field("NoNewPrivs:"), "1", "{status}");
+    assert_eq!(field("CapEff:"), "0000000000000000", "{status}");
 }
 
 #[test]

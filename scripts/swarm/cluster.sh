@@ -52,7 +52,10 @@ swarm_up() {
     docker network create --label org.mecanywhere.test-image=1 "$SWARM_NAME" >/dev/null
     for n in $(seq 1 "$count"); do
         mkdir -p "$SWARM_DIR/node$n"
-        echo "{\"cgroup-parent\": \"/$SWARM_NAME-node$n\"}" >"$SWARM_DIR/node$n/daemon.json"
+        # no-new-privileges for every container: Docker 20.10 ignores the field a service
+        # asks for it with (README, "Running on a cluster").
+        echo "{\"cgroup-parent\": \"/$SWARM_NAME-node$n\", \"no-new-privileges\": true}" \
+            >"$SWARM_DIR/node$n/daemon.json"
         # Docker in Docker as this host allows it: no --privileged (dockerd here lacks
         # CAP_SYS_RESOURCE), cgroups mounted read-write, every device allowed. A node
         # started again (a test's lost node) begins afresh: its state was on the tmpfs,
