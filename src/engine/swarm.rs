@@ -588,9 +588,15 @@ impl SwarmEngine {
     ) -> Result<SwarmTask, EngineError> {
         let started = tokio::time::Instant::now();
         let mut preparing_since = None;
+        let mut seen = String::new();
         loop {
             let down = self.nodes_down().await?;
             if let Some(task) = self.current_task(id).await? {
+                let state = format!("{} {}", task.status.state, task.status.err);
+                if state != seen {
+                    tracing::debug!(service = %id, %state, after = ?started.elapsed(), "task state");
+                    seen = state;
+                }
                 match task.phase(&down) {
                     Phase::Running => return Ok(task),
                     Phase::Pending { no_room } => {
@@ -644,6 +650,40 @@ impl SwarmEngine {
         }
         if started.elapsed() >= TASK_GONE_WAIT {
             tracing::warn!(%service, "a removed service's task still ran after {TASK_GONE_WAIT:?}");
+        }
+    }
+
+    /// The reference a task service names `image` by, so that a node runs the image it has
+    /// and pulls only one it lacks. Named by tag, a node's agent pulls at every start
+    /// (Swarm always refreshes a tag): from the tag's registry, Docker Hub for a bare name,
+    /// even when it has the image, and a registry it cannot reach holds the start until
+    /// the pull gives up (30 s measured). So, as `docker service create` resolves a tag:
+    /// the manager's copy's registry digest (`name@sha256:...`: a node that has it pulls
+    /// nothing, one that lacks it pulls exactly that), or its image id when it came from
+    /// no registry (loaded or built on the nodes); an image the manager lacks is resolved
+    /// by its registry; one no registry resolves stays as named (the node then reports
+    /// what it could not get).
+    async fn pinned(&self, image: &str) -> String {
+        let (name, _, _) = crate::image_ref::split(image);
+        match self.docker.client().inspect_image(image).await {
+            Ok(info) => {
+                let wanted = crate::image_ref::canonical(&format!("{name}@x"));
+                let digest = info.repo_digests.unwrap_or_default().into_iter().find(|d| {
+                    let (repo, _, _) = crate::image_ref::split(d);
+                    crate::image_ref::canonical(&format!("{repo}@x")) == wanted
+                });
+                digest.or(info.id).unwrap_or_else(|| image.to_string())
+            }
+            Err(_) => match self.docker.client().inspect_registry_image(image, None).await {
+                Ok(found) => match found.descriptor.digest {
+                    Some(digest) => format!("{name}@{digest}"),
+                    None => image.to_string(),
+                },
+                Err(e) => {
+                    tracing::debug!(%image, error = %e, "no registry resolves the image");
+                    image.to_string()
+                }
+            },
         }
     }
 
@@ -780,7 +820,15 @@ impl Engine for SwarmEngine {
         }
         let network = self.network_of(&spec.sandbox.id).await?;
         let name = format!("meca-task-{}", random_suffix());
-        let body = self.service_spec(spec, &name, &network);
+        let mut body = self.service_spec(spec, &name, &network);
+        let image = self.pinned(&spec.image).await;
+        if let Some(container) = body
+            .task_template
+            .as_mut()
+            .and_then(|t| t.container_spec.as_mut())
+        {
+            container.image = Some(image);
+        }
         let created = self
             .docker
             .client()
