@@ -135,7 +135,15 @@ fn limits_are_seen_from_inside_the_task() {
     // The hardening carried over, as the task's node shows its container and process.
     let task = swarm.docker(1, &["service", "ps", "-q", "--no-trunc", service]);
     let task = task.lines().next().unwrap();
-    let container = swarm.docker(1, &["inspect", "-f", "{{.Status.ContainerStatus.ContainerID}}", task]);
+    let container = swarm.docker(
+        1,
+        &[
+            "inspect",
+            "-f",
+            "{{.Status.ContainerStatus.ContainerID}}",
+            task,
+        ],
+    );
     let node: u32 = swarm
         .docker(1, &["service", "ps", "--format", "{{.Node}}", service])
         .trim_start_matches("node")

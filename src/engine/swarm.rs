@@ -16,6 +16,11 @@
 //! nor any other task. Holders, images, runtimes and the manager's own disk are the
 //! manager daemon's, through [`DockerEngine`].
 //!
+//! Images: each node pulls for itself when its task starts ([`Engine::pulls_at_start`]);
+//! a service names its image by digest or id ([`SwarmEngine::pinned`]), so a node pulls
+//! only what it lacks, and a pull that fails or takes too long is read from the task's
+//! state.
+//!
 //! Not here: a per-service OCI runtime and device mappings (Swarm has neither; refused at
 //! [`Engine::create`]), and changing a running task's limits (a new task in Swarm).
 
@@ -290,7 +295,9 @@ impl SwarmEngine {
                 format!(
                     "{} {}",
                     n["Description"]["Hostname"].as_str().unwrap_or("?"),
-                    n["Description"]["Engine"]["EngineVersion"].as_str().unwrap_or("?")
+                    n["Description"]["Engine"]["EngineVersion"]
+                        .as_str()
+                        .unwrap_or("?")
                 )
             })
             .collect();
@@ -674,7 +681,12 @@ impl SwarmEngine {
                 });
                 digest.or(info.id).unwrap_or_else(|| image.to_string())
             }
-            Err(_) => match self.docker.client().inspect_registry_image(image, None).await {
+            Err(_) => match self
+                .docker
+                .client()
+                .inspect_registry_image(image, None)
+                .await
+            {
                 Ok(found) => match found.descriptor.digest {
                     Some(digest) => format!("{name}@{digest}"),
                     None => image.to_string(),
