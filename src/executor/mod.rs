@@ -6,7 +6,8 @@
 //! `Room` (reserving, eviction, the idle reaper), `Starter` (cold starts and their pause),
 //! `Removals` (taking containers down, broken containers), `Spares`, `Sandboxes`,
 //! `Refills`, `Watcher`, `Prewarmer`, `Adaptive` (the learned keep-alive and pre-warm
-//! times), and `ImageCollector` with `ImageUse` (image GC and its record of use). This
+//! times), `ImageCollector` with `ImageUse` (image GC and its record of use), and
+//! `CapacityFollower` (the budget's ceiling on a cluster, whose machines change). This
 //! file holds the public types and the wiring: [`Executor`] composes the
 //! components and starts the background tasks, each holding only the component it runs.
 //! What the executor does is one file per job: `request` (the request path, top to
