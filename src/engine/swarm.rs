@@ -663,8 +663,7 @@ impl SwarmEngine {
     /// The reference a task service names `image` by, so that a node runs the image it has
     /// and pulls only one it lacks. Named by tag, a node's agent pulls at every start
     /// (Swarm always refreshes a tag): from the tag's registry, Docker Hub for a bare name,
-    /// even when it has the image, and a registry it cannot reach holds the start until
-    /// the pull gives up (30 s measured). So, as `docker service create` resolves a tag:
+    /// even when it has the image. So, as `docker service create` resolves a tag:
     /// the manager's copy's registry digest (`name@sha256:...`: a node that has it pulls
     /// nothing, one that lacks it pulls exactly that), or its image id when it came from
     /// no registry (loaded or built on the nodes); an image the manager lacks is resolved
