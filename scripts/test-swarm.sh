@@ -15,7 +15,7 @@ source "$ROOT/scripts/swarm/cluster.sh"
 
 IMAGES=(meca-echo:latest meca-test-exit-at-start:latest meca-test-never-ready:latest
     meca-test-mark-no-listen:latest meca-test-crash:latest meca-test-oom:latest
-    meca-test-limits:latest meca-test-slow-answer:latest)
+    meca-test-limits:latest meca-test-slow-answer:latest meca-test-probe:latest)
 
 trap swarm_down EXIT
 swarm_up 3

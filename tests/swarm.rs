@@ -24,6 +24,7 @@ const IMAGES: &[&str] = &[
     "meca-echo:latest",
     "meca-test-limits:latest",
     "meca-test-slow-answer:latest",
+    "meca-test-probe:latest",
 ];
 
 /// An executor on the swarm (config `yaml` added to the swarm's), and what removes what it
@@ -94,6 +95,23 @@ fn seed_requests_are_served_keys_spread_over_the_nodes_and_stop_leaves_nothing()
     let services = swarm.services_of(&ex.name);
     assert!(ex.execute(&echo(0.25, 64, "again")).success());
     assert_eq!(swarm.services_of(&ex.name), services);
+
+    // The desktop app's controls: pause takes the tasks off the swarm, the budget changes
+    // while paused, unpause serves again.
+    assert!(ex.post("/pause", "").success());
+    assert!(
+        swarm.services_of(&ex.name).is_empty(),
+        "pause left task services"
+    );
+    let reply = ex.post(
+        "/update-config",
+        "{\"timeout\": 2, \"cpu\": 1, \"mem\": 512}",
+    );
+    assert!(reply.success(), "{reply:?}");
+    assert!(ex.post("/unpause", "").success());
+    assert_eq!(stat(&ex, "task_cpu"), 1.0);
+    assert_eq!(stat(&ex, "task_mem"), 512.0);
+    assert!(ex.execute(&echo(0.5, 64, "after unpause")).success());
 
     ex.stop();
     let left = swarm.settled_left_by(&ex.name, Duration::from_secs(30));
@@ -455,4 +473,74 @@ fn the_executor_deployed_as_a_service_on_the_manager_serves_the_seed_request() {
         left.is_empty(),
         "left after the executor's service was removed: {left:?}"
     );
+}
+
+#[test]
+#[ignore = "needs the 3-node swarm of scripts/test-swarm.sh (run by scripts/test.sh)"]
+fn a_task_on_the_swarm_reaches_no_other_task_no_node_and_not_this_host() {
+    let swarm = Swarm::from_env();
+    // A listener of this test on every address of this host.
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (_left, ex) = start(&swarm, "swarm-isolated", "cpu: 2\nmem: 1024\n");
+    // Another task, and its address on its own sandbox network.
+    assert!(ex.execute(&echo(0.25, 64, "neighbour")).success());
+    let neighbour = &swarm.services_of(&ex.name)[0];
+    let task = swarm.docker(1, &["service", "ps", "-q", "--no-trunc", neighbour]);
+    let attachments = swarm.docker(
+        1,
+        &[
+            "inspect",
+            "-f",
+            "{{json .NetworksAttachments}}",
+            task.trim(),
+        ],
+    );
+    let attachments: serde_json::Value = serde_json::from_str(&attachments).unwrap();
+    let neighbour_ip = attachments[0]["Addresses"][0]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let gateway = |network: &str| {
+        common::docker(&[
+            "network",
+            "inspect",
+            "-f",
+            "{{(index .IPAM.Config 0).Gateway}}",
+            network,
+        ])
+    };
+    let mut targets = vec![
+        // The probe's own port: it listens there (the probe works).
+        "127.0.0.1:8080".to_string(),
+        format!("{neighbour_ip}:8080"),
+        format!("{}:{port}", gateway(&swarm.name)),
+        format!("{}:{port}", gateway("bridge")),
+    ];
+    for n in 1..=3 {
+        // Swarm's gossip port, open on every node.
+        targets.push(format!("{}:7946", swarm.node_ip(n)));
+    }
+    targets.push(format!("{}:2377", swarm.node_ip(1)));
+    let reply = ex.execute(&json!({
+        "id": "meca-test-probe:latest",
+        "resource": {"cpu": 0.25, "mem": 32},
+        "input": serde_json::to_string(&targets).unwrap()
+    }));
+    assert!(reply.success(), "{reply:?}");
+    let seen: serde_json::Value = serde_json::from_str(reply.msg()).unwrap();
+    let results = &seen["results"];
+    assert_eq!(results["127.0.0.1:8080"], "connected", "{seen}");
+    for target in &targets[1..] {
+        assert_ne!(
+            results[target.as_str()],
+            "connected",
+            "{target} reached: {seen}"
+        );
+    }
+    // Loopback and the sandbox network only.
+    assert_eq!(seen["interfaces"].as_array().unwrap().len(), 2, "{seen}");
 }
