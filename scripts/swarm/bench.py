@@ -15,6 +15,7 @@ import http.client
 import json
 import os
 import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -107,6 +108,8 @@ class Executor:
         except OSError:
             pass
         self.proc.wait(timeout=120)
+        # Its config and log go (a failed run exits before, and keeps them to read).
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def relay_conn(socket_path, ip, port):
