@@ -738,7 +738,7 @@ fn holder_body(
     })
 }
 
-fn label_filter(key: &str, value: &str) -> (String, Vec<String>) {
+pub(super) fn label_filter(key: &str, value: &str) -> (String, Vec<String>) {
     ("label".to_string(), vec![format!("{key}={value}")])
 }
 

@@ -37,14 +37,12 @@ use bollard::models::{
     TaskSpecContainerSpecPrivileges, TaskSpecLogDriver, TaskSpecPlacement, TaskSpecResources,
     TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum,
 };
-use bollard::query_parameters::{
-    InspectServiceOptions, ListNetworksOptions, ListServicesOptions, UpdateServiceOptions,
-};
+use bollard::query_parameters::{InspectServiceOptions, ListNetworksOptions, UpdateServiceOptions};
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use serde::Deserialize;
 
-use super::docker::{api_error, is_not_found, DockerEngine};
+use super::docker::{api_error, is_not_found, label_filter, DockerEngine};
 use super::docker_logs::LogFollower;
 use super::ready::OutputScanner;
 use super::{
@@ -172,11 +170,7 @@ impl Ending {
     /// until they pause).
     async fn into_error(self, spec: &ContainerSpec, logs: &mut LogFollower) -> EngineError {
         let mut scanner = OutputScanner::default();
-        while let Ok(Some(Ok((stream, bytes)))) =
-            tokio::time::timeout(Duration::from_millis(300), logs.next()).await
-        {
-            scanner.feed(stream, &bytes);
-        }
+        drain(logs, &mut scanner).await;
         self.with_output(spec, scanner.tail())
     }
 
@@ -318,35 +312,11 @@ impl SwarmEngine {
         })
     }
 
-    /// The tasks of services `ids`, the latest of each service first.
-    async fn tasks_of(&self, ids: &[String]) -> Result<Vec<(String, SwarmTask)>, EngineError> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let filters = serde_json::json!({ "service": ids }).to_string();
-        let value = self
-            .docker
-            .get_json(&format!("/tasks?filters={}", urlencode(&filters)))
-            .await?;
-        let mut tasks: Vec<(String, SwarmTask)> = value
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|t| {
-                let service = t["ServiceID"].as_str()?.to_string();
-                Some((service, serde_json::from_value(t.clone()).ok()?))
-            })
-            .collect();
-        tasks.sort_by(|a, b| b.1.created_at.cmp(&a.1.created_at));
-        Ok(tasks)
-    }
-
     /// The latest task of service `id` (`None`: none yet); a missing service is
     /// [`EngineError::NoSuchContainer`].
     async fn current_task(&self, id: &str) -> Result<Option<SwarmTask>, EngineError> {
         self.inspect_service(id).await?;
-        Ok(self
-            .tasks_of(&[id.to_string()])
+        Ok(tasks_of(&self.docker, &[id.to_string()])
             .await?
             .into_iter()
             .map(|(_, t)| t)
@@ -364,24 +334,6 @@ impl SwarmEngine {
             Err(e) if is_not_found(&e) => Err(EngineError::NoSuchContainer(id.to_string())),
             Err(e) => Err(api_error(e)),
         }
-    }
-
-    /// The nodes that are down or gone from the swarm.
-    async fn nodes_down(&self) -> Result<HashSet<String>, EngineError> {
-        let nodes = self
-            .docker
-            .client()
-            .list_nodes(None::<bollard::query_parameters::ListNodesOptions>)
-            .await
-            .map_err(api_error)?;
-        Ok(nodes
-            .into_iter()
-            .filter(|n| {
-                let state = n.status.as_ref().and_then(|s| s.state);
-                !matches!(state, Some(bollard::models::NodeState::READY))
-            })
-            .filter_map(|n| n.id)
-            .collect())
     }
 
     /// Sets service `id`'s replicas to `replicas`.
@@ -597,7 +549,7 @@ impl SwarmEngine {
         let mut preparing_since = None;
         let mut seen = String::new();
         loop {
-            let down = self.nodes_down().await?;
+            let down = nodes_down(&self.docker).await?;
             if let Some(task) = self.current_task(id).await? {
                 let state = format!("{} {}", task.status.state, task.status.err);
                 if state != seen {
@@ -641,7 +593,7 @@ impl SwarmEngine {
         let started = tokio::time::Instant::now();
         for task in tasks {
             while started.elapsed() < TASK_GONE_WAIT {
-                let Ok(down) = self.nodes_down().await else {
+                let Ok(down) = nodes_down(&self.docker).await else {
                     return;
                 };
                 match self.docker.get_json(&format!("/tasks/{task}")).await {
@@ -705,35 +657,98 @@ impl SwarmEngine {
         value: &str,
         all: bool,
     ) -> Result<Vec<String>, EngineError> {
-        let options = ListServicesOptions {
-            filters: Some(HashMap::from([(
-                "label".to_string(),
-                vec![format!("{key}={value}")],
-            )])),
-            ..Default::default()
-        };
-        let ids: Vec<String> = self
-            .docker
-            .client()
-            .list_services(Some(options))
-            .await
-            .map_err(api_error)?
-            .into_iter()
-            .filter_map(|s| s.id)
-            .collect();
+        let ids = services_labelled(&self.docker, key, value).await?;
         if all {
             return Ok(ids);
         }
-        let down = self.nodes_down().await?;
-        let mut seen = HashSet::new();
-        let mut running = Vec::new();
-        for (service, task) in self.tasks_of(&ids).await? {
-            if seen.insert(service.clone()) && task.phase(&down) == Phase::Running {
-                running.push(service);
-            }
-        }
-        Ok(running)
+        let down = nodes_down(&self.docker).await?;
+        let latest = latest_tasks(&self.docker, &ids).await?;
+        Ok(ids
+            .into_iter()
+            .filter(|id| {
+                latest
+                    .get(id)
+                    .is_some_and(|t| t.phase(&down) == Phase::Running)
+            })
+            .collect())
     }
+}
+
+/// Feeds `scanner` what `logs` bring until they pause (a task that ended prints no more; the
+/// service's stream does not end with it).
+async fn drain(logs: &mut LogFollower, scanner: &mut OutputScanner) {
+    while let Ok(Some(Ok((stream, bytes)))) =
+        tokio::time::timeout(Duration::from_millis(300), logs.next()).await
+    {
+        scanner.feed(stream, &bytes);
+    }
+}
+
+/// The ids of the services labelled `key=value`.
+async fn services_labelled(
+    docker: &DockerEngine,
+    key: &str,
+    value: &str,
+) -> Result<Vec<String>, EngineError> {
+    let filters = serde_json::json!({ "label": [format!("{key}={value}")] }).to_string();
+    let services = docker
+        .get_json(&format!("/services?filters={}", urlencode(&filters)))
+        .await?;
+    Ok(services
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| Some(s["ID"].as_str()?.to_string()))
+        .collect())
+}
+
+/// The tasks of services `ids` (with their service's id), the latest first.
+async fn tasks_of(
+    docker: &DockerEngine,
+    ids: &[String],
+) -> Result<Vec<(String, SwarmTask)>, EngineError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let filters = serde_json::json!({ "service": ids }).to_string();
+    let value = docker
+        .get_json(&format!("/tasks?filters={}", urlencode(&filters)))
+        .await?;
+    let mut tasks: Vec<(String, SwarmTask)> = value
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| {
+            let service = t["ServiceID"].as_str()?.to_string();
+            Some((service, serde_json::from_value(t.clone()).ok()?))
+        })
+        .collect();
+    tasks.sort_by(|a, b| b.1.created_at.cmp(&a.1.created_at));
+    Ok(tasks)
+}
+
+/// The latest task of each of services `ids` that has one.
+async fn latest_tasks(
+    docker: &DockerEngine,
+    ids: &[String],
+) -> Result<HashMap<String, SwarmTask>, EngineError> {
+    let mut latest = HashMap::new();
+    for (service, task) in tasks_of(docker, ids).await? {
+        latest.entry(service).or_insert(task);
+    }
+    Ok(latest)
+}
+
+/// The nodes that are not ready (down, or gone from the swarm).
+async fn nodes_down(docker: &DockerEngine) -> Result<HashSet<String>, EngineError> {
+    let nodes = docker.get_json("/nodes").await?;
+    Ok(nodes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| n["Status"]["State"].as_str() != Some("ready"))
+        .filter_map(|n| Some(n["ID"].as_str()?.to_string()))
+        .collect())
 }
 
 fn exited(code: i64, memory_limit_mb: Option<u64>) -> ExitState {
@@ -888,7 +903,7 @@ impl Engine for SwarmEngine {
         let ended = async {
             loop {
                 tokio::time::sleep(TASK_POLL * 2).await;
-                let down = self.nodes_down().await?;
+                let down = nodes_down(&self.docker).await?;
                 if let Some(task) = self.current_task(id).await? {
                     if let Phase::Ended(ending) = task.phase(&down) {
                         return Ok::<Ending, EngineError>(ending);
@@ -907,11 +922,7 @@ impl Engine for SwarmEngine {
             Err(_) => return Err(EngineError::ReadyTimeout(deadline)),
             Ok(Err(e)) => return Err(e),
             Ok(Ok(Some(ending))) => {
-                while let Ok(Some(Ok((stream, bytes)))) =
-                    tokio::time::timeout(Duration::from_millis(300), logs.next()).await
-                {
-                    scanner.feed(stream, &bytes);
-                }
+                drain(&mut logs, &mut scanner).await;
                 return Err(ending.with_output(spec, scanner.tail()));
             }
             Ok(Ok(None)) => {
@@ -943,9 +954,8 @@ impl Engine for SwarmEngine {
             .spec
             .and_then(|s| s.task_template?.resources?.limits?.memory_bytes)
             .map(|m| m as u64 / (1024 * 1024));
-        let down = self.nodes_down().await?;
-        let Some(task) = self
-            .tasks_of(&[id.to_string()])
+        let down = nodes_down(&self.docker).await?;
+        let Some(task) = tasks_of(&self.docker, &[id.to_string()])
             .await?
             .into_iter()
             .map(|(_, t)| t)
@@ -974,8 +984,7 @@ impl Engine for SwarmEngine {
             Err(e) => return Err(e),
         };
         if let Some(labels) = labels {
-            let tasks: Vec<String> = self
-                .tasks_of(&[id.to_string()])
+            let tasks: Vec<String> = tasks_of(&self.docker, &[id.to_string()])
                 .await?
                 .into_iter()
                 .map(|(_, t)| t.id)
@@ -1046,7 +1055,7 @@ impl Engine for SwarmEngine {
 
     async fn list_labelled(&self, key: &str, value: &str) -> Result<Vec<String>, EngineError> {
         let mut ids = self.labelled_services(key, value, true).await?;
-        let filter = HashMap::from([("label".to_string(), vec![format!("{key}={value}")])]);
+        let filter = HashMap::from([label_filter(key, value)]);
         let containers = self
             .docker
             .client()
@@ -1297,48 +1306,9 @@ impl ExitPoller {
         alive: &mut HashSet<String>,
         reported: &mut HashSet<String>,
     ) -> Result<Vec<String>, EngineError> {
-        let filters =
-            serde_json::json!({ "label": [format!("{}={}", self.key, self.value)] }).to_string();
-        let services = self
-            .docker
-            .get_json(&format!("/services?filters={}", urlencode(&filters)))
-            .await?;
-        let ids: Vec<String> = services
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|s| Some(s["ID"].as_str()?.to_string()))
-            .collect();
-        let nodes = self.docker.get_json("/nodes").await?;
-        let down: HashSet<String> = nodes
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|n| n["Status"]["State"].as_str() != Some("ready"))
-            .filter_map(|n| Some(n["ID"].as_str()?.to_string()))
-            .collect();
-        let mut latest: HashMap<String, SwarmTask> = HashMap::new();
-        if !ids.is_empty() {
-            let filters = serde_json::json!({ "service": ids }).to_string();
-            let tasks = self
-                .docker
-                .get_json(&format!("/tasks?filters={}", urlencode(&filters)))
-                .await?;
-            for t in tasks.as_array().into_iter().flatten() {
-                let Some(service) = t["ServiceID"].as_str() else {
-                    continue;
-                };
-                let Ok(task) = serde_json::from_value::<SwarmTask>(t.clone()) else {
-                    continue;
-                };
-                match latest.get(service) {
-                    Some(seen) if seen.created_at >= task.created_at => {}
-                    _ => {
-                        latest.insert(service.to_string(), task);
-                    }
-                }
-            }
-        }
+        let ids = services_labelled(&self.docker, &self.key, &self.value).await?;
+        let down = nodes_down(&self.docker).await?;
+        let latest = latest_tasks(&self.docker, &ids).await?;
         let mut gone = Vec::new();
         let present: HashSet<&String> = ids.iter().collect();
         for id in alive.iter() {
