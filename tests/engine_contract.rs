@@ -907,6 +907,9 @@ mod cases {
         );
         assert_eq!(f.listed(LABEL_TASK_KEY, &key).await, set([&id]));
         assert!(f.running(LABEL_TASK_KEY, &key).await.is_empty());
+        // Killing what already exited keeps its code.
+        f.engine.kill(&id).await.unwrap();
+        assert_eq!(f.engine.exit_state(&id).await.unwrap(), Some(state));
     }
 
     /// A task killed by its memory limit is reported as out of memory, with the limit.
@@ -959,6 +962,13 @@ mod cases {
             .kill(&f.instance("no-such-container"))
             .await
             .unwrap();
+        // The exit state is kept until the removal, also once the engine's own record of
+        // the stopped task may be gone (Swarm deletes a scaled-down task within a second).
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(
+            f.engine.exit_state(&id).await.unwrap().map(|s| s.code),
+            Some(137)
+        );
     }
 
     /// Removing a running task takes it (and its holder) away for good: nothing is listed,

@@ -57,6 +57,10 @@ use bytes::Bytes;
 
 /// [`LABEL_ROLE`] of a sandbox's overlay network.
 pub const ROLE_SANDBOX_NETWORK: &str = "sandbox-network";
+/// Set on a service that [`SwarmEngine::kill`] scaled to 0. Swarm deletes the task of a
+/// service scaled down soon after it stopped, so once it is gone this label is how
+/// [`SwarmEngine::exit_state`] still tells a killed task (SIGKILL, 137) from one never started.
+const LABEL_KILLED: &str = "org.mecanywhere.killed";
 /// The name of every sandbox network starts so.
 const NETWORK_PREFIX: &str = "meca-sbx-";
 /// How often a starting task's state is read.
@@ -337,11 +341,18 @@ impl SwarmEngine {
     }
 
     /// Sets service `id`'s replicas to `replicas`.
-    async fn scale(&self, id: &str, replicas: i64) -> Result<(), EngineError> {
+    /// Sets service `id`'s replicas; `killed` also labels it [`LABEL_KILLED`], in the same
+    /// update.
+    async fn scale(&self, id: &str, replicas: i64, killed: bool) -> Result<(), EngineError> {
         for _ in 0..5 {
             let service = self.inspect_service(id).await?;
             let version = service.version.and_then(|v| v.index).unwrap_or(0);
             let mut spec = service.spec.unwrap_or_default();
+            if killed {
+                spec.labels
+                    .get_or_insert_with(HashMap::new)
+                    .insert(LABEL_KILLED.to_string(), "true".to_string());
+            }
             spec.mode = Some(ServiceSpecMode {
                 replicated: Some(ServiceSpecModeReplicated {
                     replicas: Some(replicas),
@@ -751,6 +762,14 @@ async fn nodes_down(docker: &DockerEngine) -> Result<HashSet<String>, EngineErro
         .collect())
 }
 
+/// The replicas a service's spec asks for (0 or 1 here).
+fn replicas(spec: &ServiceSpec) -> i64 {
+    spec.mode
+        .as_ref()
+        .and_then(|m| m.replicated.as_ref()?.replicas)
+        .unwrap_or(0)
+}
+
 fn exited(code: i64, memory_limit_mb: Option<u64>) -> ExitState {
     ExitState {
         code,
@@ -879,7 +898,7 @@ impl Engine for SwarmEngine {
         };
         let network = self.network_of(&spec.sandbox.id).await?;
         let began = tokio::time::Instant::now();
-        self.scale(id, 1).await?;
+        self.scale(id, 1, false).await?;
         let task = self.until_running(id, spec).await?;
         tracing::debug!(service = %id, node = %task.node_id, after = ?began.elapsed(), "task running");
         // Followed once the task is on its node: a log subscription made before Swarm placed
@@ -950,9 +969,15 @@ impl Engine for SwarmEngine {
 
     async fn exit_state(&self, id: &str) -> Result<Option<ExitState>, EngineError> {
         let service = self.inspect_service(id).await?;
-        let memory_limit_mb = service
-            .spec
-            .and_then(|s| s.task_template?.resources?.limits?.memory_bytes)
+        let spec = service.spec.unwrap_or_default();
+        let killed = spec
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key(LABEL_KILLED));
+        let scaled_up = replicas(&spec) > 0;
+        let memory_limit_mb = spec
+            .task_template
+            .and_then(|t| t.resources?.limits?.memory_bytes)
             .map(|m| m as u64 / (1024 * 1024));
         let down = nodes_down(&self.docker).await?;
         let Some(task) = tasks_of(&self.docker, &[id.to_string()])
@@ -961,8 +986,15 @@ impl Engine for SwarmEngine {
             .map(|(_, t)| t)
             .next()
         else {
-            // Created, never started: stopped, as a created container is.
-            return Ok(Some(exited(0, memory_limit_mb)));
+            return Ok(match (scaled_up, killed) {
+                // Started, and Swarm has not made its task yet.
+                (true, _) => None,
+                // Swarm deleted the task of a killed service once it stopped: it was
+                // killed by the stop signal, SIGKILL.
+                (false, true) => Some(exited(137, memory_limit_mb)),
+                // Created, never started: stopped, as a created container is.
+                (false, false) => Some(exited(0, memory_limit_mb)),
+            });
         };
         Ok(match task.phase(&down) {
             Phase::Pending { .. } | Phase::Preparing | Phase::Running => None,
@@ -1026,13 +1058,25 @@ impl Engine for SwarmEngine {
     }
 
     async fn kill(&self, id: &str) -> Result<(), EngineError> {
-        let labels = match self.inspect_service(id).await {
-            Ok(service) => service.spec.and_then(|s| s.labels).unwrap_or_default(),
+        let spec = match self.inspect_service(id).await {
+            Ok(service) => service.spec.unwrap_or_default(),
             // Perhaps a holder.
             Err(EngineError::NoSuchContainer(_)) => return self.docker.kill(id).await,
             Err(e) => return Err(e),
         };
-        match self.scale(id, 0).await {
+        if replicas(&spec) == 0 {
+            // Never started, or killed already.
+            return Ok(());
+        }
+        let labels = spec.labels.unwrap_or_default();
+        // A task that already ended keeps its exit state: scaling its service to 0 would
+        // make Swarm delete it, and its exit code with it.
+        match self.exit_state(id).await {
+            Ok(Some(_)) | Err(EngineError::NoSuchContainer(_)) => return Ok(()),
+            Ok(None) => {}
+            Err(e) => return Err(e),
+        }
+        match self.scale(id, 0, true).await {
             Ok(()) => {}
             Err(EngineError::NoSuchContainer(_)) => return Ok(()),
             Err(e) => return Err(e),
