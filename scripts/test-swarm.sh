@@ -17,6 +17,8 @@ IMAGES=(meca-echo:latest meca-test-exit-at-start:latest meca-test-never-ready:la
     meca-test-mark-no-listen:latest meca-test-crash:latest meca-test-oom:latest
     meca-test-limits:latest meca-test-slow-answer:latest meca-test-probe:latest)
 
+# The pull test serves a registry of its own (Debian's docker-registry) on each node.
+ensure_tool docker-registry docker-registry
 trap swarm_down EXIT
 swarm_up 3
 for n in 1 2 3; do

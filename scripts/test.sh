@@ -18,20 +18,12 @@ ensure_docker
 trap stop_started_dockerd EXIT
 # The micro-VM runtime test runs tasks under gVisor (Debian's runsc), registered as `runsc`.
 ensure_gvisor_runtime
-# The pull test serves a registry on 127.0.0.1 (Debian's docker-registry).
-if ! command -v docker-registry >/dev/null 2>&1; then
-    as_root apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry >/dev/null
-fi
-
+# The pull tests serve a registry on 127.0.0.1 (Debian's docker-registry).
+ensure_tool docker-registry docker-registry
 # The network isolation tests build a test "internet" in a network namespace (iproute2)
 # with a listener in it (python3).
-for tool in ip:iproute2 python3:python3; do
-    if ! command -v "${tool%%:*}" >/dev/null 2>&1; then
-        as_root apt-get update -qq
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${tool#*:}" >/dev/null
-    fi
-done
+ensure_tool ip iproute2
+ensure_tool python3 python3
 
 scripts/build-task-images.sh
 # Real CPython tasks: a Debian root (debootstrap) imported as an image, built once.

@@ -1,4 +1,6 @@
-# Shared by scripts/test.sh and scripts/run-example.sh (sourced, not run).
+# Shared by the scripts under scripts/ (sourced, not run).
+#
+# ensure_tool COMMAND PACKAGE installs a Debian package when a command is missing.
 #
 # ensure_docker: installs Docker from Debian's packages when it is missing and starts
 # dockerd in the background when no daemon answers. Sets STARTED_DOCKERD=1 when it started
@@ -9,6 +11,14 @@ DOCKERD_PID=""
 
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# ensure_tool COMMAND PACKAGE: installs Debian package PACKAGE when COMMAND is missing.
+ensure_tool() {
+    if ! command -v "$1" >/dev/null 2>&1; then
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+    fi
 }
 
 ensure_docker() {
