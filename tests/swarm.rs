@@ -5,7 +5,8 @@
 //! requests answered, tasks spread over the nodes, limits seen from inside a task, a
 //! reservation no node fits queued then refused on time, a node pulling a task's image
 //! from a registry (the test's own, on each node's loopback) and naming one it cannot get,
-//! a node lost mid-run, and nothing left on any node.
+//! a node lost mid-run, a prewarm key ready ahead and idle keys reaped, and nothing left on
+//! any node.
 //!
 //! One at a time: the lost-node test takes a node away (and brings it back as a new one).
 
@@ -230,6 +231,72 @@ fn a_reservation_no_node_fits_is_queued_then_refused_on_time() {
     let reply = ex.execute(&echo(0.5, 64, "fits"));
     assert!(reply.success(), "{reply:?}");
     assert_eq!(swarm.services_of(&ex.name).len(), 1);
+}
+
+/// Waits up to `limit` for `done`, checking every 200 ms; whether it came.
+fn until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    done()
+}
+
+/// A number in `/metrics` (the first line starting with `series`).
+fn metric(ex: &Executor, series: &str) -> f64 {
+    let text = ex.get("/metrics").raw;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("/metrics has no {series}:\n{text}"))
+}
+
+#[test]
+#[ignore = "needs the 3-node swarm of scripts/test-swarm.sh (run by scripts/test.sh)"]
+fn a_prewarm_key_is_ready_ahead_and_serves_warm_and_idle_keys_are_reaped() {
+    let swarm = Swarm::from_env();
+    let yaml = "cpu: 2\nmem: 1024\nidle_timeout: 2s\n\
+                prewarm:\n  - image: meca-echo:latest\n    cpu: 0.5\n    mem: 64\n";
+    let (_left, mut ex) = start(&swarm, "swarm-prewarm", yaml);
+    // Before any request, the prewarm key's service runs on a node.
+    assert!(
+        until(Duration::from_secs(60), || swarm.task_nodes(&ex.name).len()
+            == 1),
+        "no prewarmed task on the swarm: {:?}; log:\n{}",
+        swarm.services_of(&ex.name),
+        ex.log()
+    );
+    assert_eq!(stat(&ex, "containers"), 1.0);
+    let prewarmed = swarm.services_of(&ex.name);
+    // Its key is served by it: no new service.
+    let reply = ex.execute(&echo(0.5, 64, "prewarmed"));
+    assert!(reply.success(), "{reply:?}");
+    assert_eq!(reply.msg(), "prewarmed");
+    assert_eq!(swarm.services_of(&ex.name), prewarmed);
+    // Another key starts a service of its own, which goes once idle for 2 s; the prewarm
+    // key's stays.
+    let reply = ex.execute(&echo(0.25, 32, "other"));
+    assert!(reply.success(), "{reply:?}");
+    assert_eq!(swarm.services_of(&ex.name).len(), 2);
+    assert!(
+        until(Duration::from_secs(30), || swarm.services_of(&ex.name)
+            == prewarmed),
+        "the idle key was not reaped: {:?}",
+        swarm.services_of(&ex.name)
+    );
+    assert_eq!(metric(&ex, "meca_idle_reaped_total"), 1.0);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(swarm.services_of(&ex.name), prewarmed, "prewarm key reaped");
+    assert_eq!(swarm.task_nodes(&ex.name).len(), 1);
+    let reply = ex.execute(&echo(0.5, 64, "still warm"));
+    assert!(reply.success(), "{reply:?}");
+    assert_eq!(swarm.services_of(&ex.name), prewarmed);
+
+    ex.stop();
+    let left = swarm.settled_left_by(&ex.name, Duration::from_secs(30));
+    assert!(left.is_empty(), "left on the swarm after /stop: {left:?}");
 }
 
 #[test]
