@@ -5,8 +5,8 @@
 //! requests answered, tasks spread over the nodes, limits seen from inside a task, a
 //! reservation no node fits queued then refused on time, a node pulling a task's image
 //! from a registry (the test's own, on each node's loopback) and naming one it cannot get,
-//! a node lost mid-run, a prewarm key ready ahead and idle keys reaped, and nothing left on
-//! any node.
+//! a node lost mid-run, a prewarm key ready ahead and idle keys reaped, a service scaled
+//! away by hand seen, and nothing left on any node.
 //!
 //! One at a time: the lost-node test takes a node away (and brings it back as a new one).
 
@@ -297,6 +297,31 @@ fn a_prewarm_key_is_ready_ahead_and_serves_warm_and_idle_keys_are_reaped() {
     ex.stop();
     let left = swarm.settled_left_by(&ex.name, Duration::from_secs(30));
     assert!(left.is_empty(), "left on the swarm after /stop: {left:?}");
+}
+
+#[test]
+#[ignore = "needs the 3-node swarm of scripts/test-swarm.sh (run by scripts/test.sh)"]
+fn a_task_service_scaled_away_by_hand_is_seen_and_its_key_starts_again() {
+    let swarm = Swarm::from_env();
+    let (_left, ex) = start(&swarm, "swarm-by-hand", "cpu: 2\nmem: 1024\n");
+    let reply = ex.execute(&echo(0.5, 64, "first"));
+    assert!(reply.success(), "{reply:?}");
+    let services = swarm.services_of(&ex.name);
+    assert_eq!(services.len(), 1);
+    // An operator scales it to 0: Swarm stops its task and deletes it.
+    swarm.docker(
+        1,
+        &["service", "scale", "-d", &format!("{}=0", services[0])],
+    );
+    assert!(
+        until(Duration::from_secs(30), || stat(&ex, "containers") == 0.0),
+        "the executor still counts the scaled-away task; log:\n{}",
+        ex.log()
+    );
+    let reply = ex.execute(&echo(0.5, 64, "again"));
+    assert!(reply.success(), "{reply:?}");
+    assert_eq!(reply.msg(), "again");
+    assert_eq!(swarm.task_nodes(&ex.name).len(), 1);
 }
 
 #[test]

@@ -1344,7 +1344,8 @@ struct ExitPoller {
 
 impl ExitPoller {
     /// One look at the labelled services: the ids of those whose task ended (or whose node
-    /// went down) or that were removed since they were seen alive, each reported once.
+    /// went down), lost its task, or that were removed since they were seen alive, each
+    /// reported once.
     async fn poll(
         &self,
         alive: &mut HashSet<String>,
@@ -1371,6 +1372,11 @@ impl ExitPoller {
                 }
                 Some(_) => {
                     alive.insert(id.clone());
+                }
+                // Seen with a task before, none now: Swarm deleted it once it stopped (its
+                // service was scaled to 0 by someone else than this engine).
+                None if alive.remove(id) && reported.insert(id.clone()) => {
+                    gone.push(id.clone());
                 }
                 None => {}
             }
