@@ -58,8 +58,9 @@ use bytes::Bytes;
 /// [`LABEL_ROLE`] of a sandbox's overlay network.
 pub const ROLE_SANDBOX_NETWORK: &str = "sandbox-network";
 /// Set on a service that [`SwarmEngine::kill`] scaled to 0. Swarm deletes the task of a
-/// service scaled down soon after it stopped, so once it is gone this label is how
-/// [`SwarmEngine::exit_state`] still tells a killed task (SIGKILL, 137) from one never started.
+/// service scaled down soon after it stopped; once it is gone, this label is how
+/// [`SwarmEngine::exit_state`] still tells a killed task (SIGKILL, 137) from one never
+/// started.
 const LABEL_KILLED: &str = "org.mecanywhere.killed";
 /// The name of every sandbox network starts so.
 const NETWORK_PREFIX: &str = "meca-sbx-";
@@ -340,9 +341,8 @@ impl SwarmEngine {
         }
     }
 
-    /// Sets service `id`'s replicas to `replicas`.
-    /// Sets service `id`'s replicas; `killed` also labels it [`LABEL_KILLED`], in the same
-    /// update.
+    /// Sets service `id`'s replicas to `replicas`; `killed` also labels it [`LABEL_KILLED`],
+    /// in the same update.
     async fn scale(&self, id: &str, replicas: i64, killed: bool) -> Result<(), EngineError> {
         for _ in 0..5 {
             let service = self.inspect_service(id).await?;
@@ -1374,7 +1374,7 @@ impl ExitPoller {
                     alive.insert(id.clone());
                 }
                 // Seen with a task before, none now: Swarm deleted it once it stopped (its
-                // service was scaled to 0 by someone else than this engine).
+                // service was scaled to 0 by someone other than this engine).
                 None if alive.remove(id) && reported.insert(id.clone()) => {
                     gone.push(id.clone());
                 }
