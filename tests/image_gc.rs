@@ -16,20 +16,6 @@ use common::*;
 use mecanywhere_executor::metrics_text::Scrape;
 use serde_json::{json, Value};
 
-/// Waits up to `limit` for `done`; returns whether it came.
-fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if done() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// The `image_gc` section with a state file in `dir` and passes every second.
 fn gc_config(dir: &Path, settings: &str) -> String {
     format!(

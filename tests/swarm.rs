@@ -18,7 +18,8 @@ use serde_json::json;
 
 use common::registry::{build_with_random_layer, push_and_forget, Registry, Tags};
 use common::swarm::{LeftRemoved, Swarm};
-use common::{unique_name, Executor};
+use common::{unique_name, wait_until, Executor};
+use mecanywhere_executor::metrics_text;
 
 /// The images the tests run, loaded on every node (`scripts/test-swarm.sh`).
 const IMAGES: &[&str] = &[
@@ -233,26 +234,6 @@ fn a_reservation_no_node_fits_is_queued_then_refused_on_time() {
     assert_eq!(swarm.services_of(&ex.name).len(), 1);
 }
 
-/// Waits up to `limit` for `done`, checking every 200 ms; whether it came.
-fn until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    done()
-}
-
-/// A number in `/metrics` (the first line starting with `series`).
-fn metric(ex: &Executor, series: &str) -> f64 {
-    let text = ex.get("/metrics").raw;
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("/metrics has no {series}:\n{text}"))
-}
-
 #[test]
 #[ignore = "needs the 3-node swarm of scripts/test-swarm.sh (run by scripts/test.sh)"]
 fn a_prewarm_key_is_ready_ahead_and_serves_warm_and_idle_keys_are_reaped() {
@@ -262,7 +243,7 @@ fn a_prewarm_key_is_ready_ahead_and_serves_warm_and_idle_keys_are_reaped() {
     let (_left, mut ex) = start(&swarm, "swarm-prewarm", yaml);
     // Before any request, the prewarm key's service runs on a node.
     assert!(
-        until(Duration::from_secs(60), || swarm.task_nodes(&ex.name).len()
+        wait_until(Duration::from_secs(60), || swarm.task_nodes(&ex.name).len()
             == 1),
         "no prewarmed task on the swarm: {:?}; log:\n{}",
         swarm.services_of(&ex.name),
@@ -281,12 +262,15 @@ fn a_prewarm_key_is_ready_ahead_and_serves_warm_and_idle_keys_are_reaped() {
     assert!(reply.success(), "{reply:?}");
     assert_eq!(swarm.services_of(&ex.name).len(), 2);
     assert!(
-        until(Duration::from_secs(30), || swarm.services_of(&ex.name)
+        wait_until(Duration::from_secs(30), || swarm.services_of(&ex.name)
             == prewarmed),
         "the idle key was not reaped: {:?}",
         swarm.services_of(&ex.name)
     );
-    assert_eq!(metric(&ex, "meca_idle_reaped_total"), 1.0);
+    assert_eq!(
+        metrics_text::value(&ex.get("/metrics").raw, "meca_idle_reaped_total"),
+        1.0
+    );
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(swarm.services_of(&ex.name), prewarmed, "prewarm key reaped");
     assert_eq!(swarm.task_nodes(&ex.name).len(), 1);
@@ -314,7 +298,7 @@ fn a_task_service_scaled_away_by_hand_is_seen_and_its_key_starts_again() {
         &["service", "scale", "-d", &format!("{}=0", services[0])],
     );
     assert!(
-        until(Duration::from_secs(30), || stat(&ex, "containers") == 0.0),
+        wait_until(Duration::from_secs(30), || stat(&ex, "containers") == 0.0),
         "the executor still counts the scaled-away task; log:\n{}",
         ex.log()
     );

@@ -182,6 +182,20 @@ pub fn wait_for_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     }
 }
 
+/// Waits up to `limit` for `done`, checking every 100 ms; returns whether it came.
+pub fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Stops `child` as an operator would (SIGTERM, up to 30 s), then kills it, and reaps it.
 pub fn terminate(child: &mut Child) {
     if child.try_wait().ok().flatten().is_none() {
