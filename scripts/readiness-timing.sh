@@ -4,6 +4,7 @@
 #   meca-echo                    flushes its ready line, listens first (reference)
 #   meca-test-buffered           ready line left in a stdio buffer (needs the terminal)
 #   meca-test-mark-first         ready line 2 s before it listens (the port check waits)
+#   meca-test-chatty             64 MiB on one line (a progress bar redrawn with \r) before its ready line
 #   meca-test-flask-template     real CPython + Flask, plain print() at import
 # For Flask, "after listening" is the time from the log line Flask prints once it has bound
 # port 8080 (" * Running on ...", timestamped by Docker) to the executor's answer.
@@ -43,7 +44,8 @@ cold() { # IMAGE -> prints seconds to the answer; fails unless success
 }
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
-for image in meca-echo:latest meca-test-buffered:latest meca-test-mark-first:latest; do
+for image in meca-echo:latest meca-test-buffered:latest meca-test-mark-first:latest \
+    meca-test-chatty:latest; do
     for _ in $(seq 1 "$RUNS"); do cold "$image"; done >"$WORK/t"
     printf '%-34s cold start median %6.0f ms (min %.0f, max %.0f) over %s runs\n' "$image" \
         "$(median <"$WORK/t" | awk '{print $1*1000}')" \
@@ -57,7 +59,8 @@ for _ in $(seq 1 "$RUNS"); do
     t="$(cold "$image")"
     answered="$(date +%s.%N)"
     echo "$t" >>"$WORK/t"
-    id="$(docker ps -q --filter "label=org.mecanywhere.executor=$NAME")"
+    # The task container, not the executor's sandbox holders or spares beside it.
+    id="$(docker ps -q --filter "label=org.mecanywhere.executor=$NAME" --filter "ancestor=$image")"
     listening="$(docker logs -t "$id" 2>&1 | grep -m1 'Running on' | cut -d' ' -f1)"
     echo "$answered $(date -d "$listening" +%s.%N)" | awk '{print $1-$2}' >>"$WORK/gap"
 done

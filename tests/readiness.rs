@@ -157,6 +157,25 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .expect("VmHWM in /proc/PID/status")
 }
 
+/// The same 64 MiB before the ready mark, with the task's log file rotated every 100 KB (an
+/// owner's small `log_max_size`): the mark is still seen, on a terminal and on a pipe. Docker
+/// 20.10's followed log stream ends or stalls when the file rotates under it; the executor
+/// reads a starting task's output from its attached stream, which no rotation touches.
+#[test]
+fn a_task_that_prints_much_before_ready_is_seen_ready_however_often_its_log_rotates() {
+    for tty in [true, false] {
+        let ex = Executor::start(
+            "chatty-rotated",
+            &format!(
+                "start_timeout: \"30s\"\ntask_tty: {tty}\nspare_containers: 0\nlog_max_size: \"100k\"\n"
+            ),
+        );
+        let reply = ex.execute(&run("meca-test-chatty:latest", "{\"n\": 3}"));
+        assert!(reply.success(), "tty {tty}: {reply:?}\nlog:\n{}", ex.log());
+        assert_eq!(reply.msg(), "{\"n\": 3}");
+    }
+}
+
 /// A task that writes one 64 MiB line before its ready mark (a progress bar redrawn with `\r`
 /// and no newline, as tqdm does while a model downloads), on a terminal and on a pipe: the
 /// mark behind the `\r` is found well within the start timeout, and the executor's memory

@@ -2,7 +2,7 @@
 //! honoured), with the API version negotiated so older daemons (API 1.41) work.
 //!
 //! Owns every Docker API call the executor makes. Readiness is read from the container's
-//! followed log stream, never by polling.
+//! output, attached before its start (see [`super::docker_logs`]), never by polling.
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
@@ -836,12 +836,13 @@ impl Engine for DockerEngine {
         spec: &ContainerSpec,
         deadline: Duration,
     ) -> Result<TaskAddr, EngineError> {
+        // Attached before the start, so that nothing the task prints is missed.
+        let mut logs = LogFollower::attach(&self.logs, &self.api_version, id, spec.tty).await?;
         self.docker
             .start_container(id, None::<StartContainerOptions>)
             .await
             .map_err(api_error)?;
         let started = tokio::time::Instant::now();
-        let mut logs = LogFollower::open(&self.logs, &self.api_version, id, spec.tty).await?;
         let mut scanner = OutputScanner::default();
         let ready =
             match tokio::time::timeout(deadline, Self::follow_until_ready(&mut logs, &mut scanner))

@@ -1,6 +1,5 @@
-//! Following a starting container's output straight from Docker's log endpoint, decoded here
-//! piece by piece: memory per follower is one chunk of the HTTP body, and every byte is looked
-//! at once.
+//! Following a starting container's output straight from Docker, decoded here piece by
+//! piece: memory per follower is one chunk of the HTTP body, and every byte is looked at once.
 //!
 //! Why not bollard's log stream: for a terminal (`Tty`, the tasks' default) its decoder
 //! buffers the output up to the next newline and scans the whole buffer again on every read.
@@ -8,9 +7,16 @@
 //! hold that line and take about 97 s to reach the ready mark that Docker's own stream
 //! delivered after 1.3 s.
 //!
+//! Why a container is followed by attaching to it (before it starts), not through its log
+//! endpoint: Docker 20.10's followed json-file log ends or stalls when the file rotates under
+//! the reader. A task that printed 64 MiB before its ready mark, with `log_max_size` 100k,
+//! was reported as "output ended" on every try, with the task still running; the attached
+//! stream is the container's stdio itself and no rotation touches it. A swarm service's
+//! tasks run on other nodes and are followed through the service's log endpoint.
+//!
 //! Owns one HTTP/1.1 connection per follower (to `DOCKER_HOST`, unix or tcp, as bollard
-//! reads it); the connection is closed when the follower is dropped. Knows nothing of ready
-//! lines: [`super::ready`] scans what this yields.
+//! reads it); the connection is closed when the follower is dropped, which detaches. Knows
+//! nothing of ready lines: [`super::ready`] scans what this yields.
 //!
 //! Also [`get_json`]: one plain GET whose JSON body is returned whole, for the fields
 //! bollard's models drop (a swarm task's network addresses).
@@ -134,15 +140,18 @@ impl Drop for LogFollower {
 }
 
 impl LogFollower {
-    /// Follows the output of container `id` from its start (`tty`: the container has a
-    /// terminal, so its output is one raw stream).
-    pub(super) async fn open(
+    /// Attaches to the stdout and stderr of container `id`, which has not started yet, so
+    /// that its whole output from its start is followed (`tty`: the container has a terminal,
+    /// so its output is one raw stream). The stream ends when the container stops; dropping
+    /// the follower detaches, and the container's output goes on to its log as before.
+    pub(super) async fn attach(
         endpoint: &Endpoint,
         api_version: &str,
         id: &str,
         tty: bool,
     ) -> Result<LogFollower, EngineError> {
-        Self::open_path(endpoint, &format!("/v{api_version}/containers/{id}"), tty).await
+        let path = format!("/v{api_version}/containers/{id}/attach?stream=1&stdout=1&stderr=1");
+        Self::open_request(endpoint, hyper::Method::POST, &path, tty).await
     }
 
     /// Follows the output of swarm service `id`'s tasks (on any node) from their start.
@@ -152,13 +161,15 @@ impl LogFollower {
         id: &str,
         tty: bool,
     ) -> Result<LogFollower, EngineError> {
-        Self::open_path(endpoint, &format!("/v{api_version}/services/{id}"), tty).await
+        let path = format!("/v{api_version}/services/{id}/logs?follow=1&stdout=1&stderr=1");
+        Self::open_request(endpoint, hyper::Method::GET, &path, tty).await
     }
 
-    /// Follows `{object}/logs` (a container's or a service's).
-    async fn open_path(
+    /// Sends `method path` and follows its streamed answer.
+    async fn open_request(
         endpoint: &Endpoint,
-        object: &str,
+        method: hyper::Method,
+        path: &str,
         tty: bool,
     ) -> Result<LogFollower, EngineError> {
         let unreachable = |e: std::io::Error| {
@@ -178,7 +189,9 @@ impl LogFollower {
                 handshake(stream).await?
             }
         };
-        let request = hyper::Request::get(format!("{object}/logs?follow=1&stdout=1&stderr=1"))
+        let request = hyper::Request::builder()
+            .method(method)
+            .uri(path)
             .header(hyper::header::HOST, "docker")
             .body(Empty::<Bytes>::new())
             .map_err(|e| EngineError::Api(format!("log request: {e}")))?;
