@@ -9,10 +9,11 @@
 //!
 //! Why a container is followed by attaching to it (before it starts), not through its log
 //! endpoint: Docker 20.10's followed json-file log ends or stalls when the file rotates under
-//! the reader. A task that printed 64 MiB before its ready mark, with `log_max_size` 100k,
-//! was reported as "output ended" on every try, with the task still running; the attached
-//! stream is the container's stdio itself and no rotation touches it. A swarm service's
-//! tasks run on other nodes and are followed through the service's log endpoint.
+//! the reader. A task that printed 64 MiB before its ready mark on a pipe was reported as
+//! "output ended" with `log_max_size` 100k (6 tries of 6), the task still running; with the
+//! default 10m, one start in ten stalled until its start timeout. The attached stream is the
+//! container's stdio itself and no rotation touches it. A swarm service's tasks run on other
+//! nodes and are followed through the service's log endpoint.
 //!
 //! Owns one HTTP/1.1 connection per follower (to `DOCKER_HOST`, unix or tcp, as bollard
 //! reads it); the connection is closed when the follower is dropped, which detaches. Knows
@@ -194,7 +195,7 @@ impl LogFollower {
             .uri(path)
             .header(hyper::header::HOST, "docker")
             .body(Empty::<Bytes>::new())
-            .map_err(|e| EngineError::Api(format!("log request: {e}")))?;
+            .map_err(|e| EngineError::Api(format!("output request: {e}")))?;
         let response = sender
             .send_request(request)
             .await
